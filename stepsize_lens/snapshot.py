@@ -1,0 +1,143 @@
+"""Snapshot buffers: where the lens keeps w and g across ``optimizer.step()``.
+
+Rows of equal length (same device and dtype) from all tracked tensors share one bucket, a
+preallocated ``[rows, 3, C]`` buffer holding (w, g, Δ) per row. Before the step the lens copies
+w and g into slots 0 and 1 (two multi-tensor copies per bucket group); after the step it writes
+Δ = w' − w into slot 2 and takes the per-row Gram matrices of the whole bucket with one batched
+matmul (`metrics.row_grams`). A ResNet-18 has 62 tensors but about ten distinct row lengths, so a
+record costs a handful of kernels, not one per tensor, and allocates nothing parameter-sized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from stepsize_lens.metrics import row_grams
+
+
+def row_view(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as a [rows, C] matrix, rows = slices along dim 0 (1-D and 0-D: one row).
+
+    Row sums of products do not depend on the order of elements within a row, so a
+    channels_last (or otherwise permuted) tensor is read in its memory order: a view, no copy.
+    """
+    if tensor.ndim == 0:
+        return tensor.reshape(1, 1)
+    if tensor.ndim == 1:
+        return tensor.reshape(1, -1)
+    rows = tensor.shape[0]
+    if tensor.is_contiguous():
+        return tensor.reshape(rows, -1)
+    order = [0] + sorted(range(1, tensor.ndim), key=lambda d: -tensor.stride(d))
+    permuted = tensor.permute(order)
+    if permuted.is_contiguous():
+        return permuted.reshape(rows, -1)
+    return tensor.reshape(rows, -1)  # a copy, still correct
+
+
+@dataclass
+class _Bucket:
+    buffer: torch.Tensor  # [rows, 3, C]
+    members: list[tuple[int, int, int]]  # (tensor index, first row, rows)
+
+
+class Snapshot:
+    """Buffers for one fixed list of tensors; rebuild it when the tensor list changes."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.num_tensors = len(tensors)
+        self.device = tensors[0].device if tensors else torch.device("cpu")
+        groups: dict[tuple[torch.device, torch.dtype, int], list[int]] = {}
+        shapes = [row_view(t).shape for t in tensors]
+        for index, tensor in enumerate(tensors):
+            key = (tensor.device, tensor.dtype, shapes[index][1])
+            groups.setdefault(key, []).append(index)
+        self.buckets: list[_Bucket] = []
+        row_tensor: list[int] = []
+        for (device, dtype, width), members in groups.items():
+            total = sum(shapes[i][0] for i in members)
+            buffer = torch.zeros((total, 3, width), device=device, dtype=dtype)
+            placed, first = [], 0
+            for index in members:
+                rows = shapes[index][0]
+                placed.append((index, first, rows))
+                row_tensor.extend([index] * rows)
+                first += rows
+            self.buckets.append(_Bucket(buffer, placed))
+        self.row_tensor_cpu = torch.tensor(row_tensor, dtype=torch.long)
+        self._row_tensor: dict[torch.device, torch.Tensor] = {}
+        self.multi_row = torch.tensor([t.ndim >= 2 for t in tensors], dtype=torch.bool)
+
+    def row_tensor(self, device: torch.device) -> torch.Tensor:
+        if device not in self._row_tensor:
+            self._row_tensor[device] = self.row_tensor_cpu.to(device)
+        return self._row_tensor[device]
+
+    def _slots(self, slot: int) -> list[tuple[int, torch.Tensor]]:
+        return [
+            (index, bucket.buffer[first : first + rows, slot])
+            for bucket in self.buckets
+            for index, first, rows in bucket.members
+        ]
+
+    def capture(
+        self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]
+    ) -> None:
+        """Before the step: copy w (slot 0) and g (slot 1; zeros where g is None)."""
+        dst_w, src_w, dst_g, src_g = [], [], [], []
+        for index, slot in self._slots(0):
+            dst_w.append(slot)
+            src_w.append(row_view(weights[index]))
+        for index, slot in self._slots(1):
+            grad = grads[index]
+            if grad is None:
+                slot.zero_()
+            else:
+                dst_g.append(slot)
+                src_g.append(row_view(grad.detach()))
+        with torch.no_grad():
+            _foreach_copy(dst_w, src_w)
+            _foreach_copy(dst_g, src_g)
+
+    def grams(self, weights_after: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """After the step: per-row Gram matrices of (w, g, Δ) and tangential parts ‖Δ⊥_r‖².
+
+        Δ = w' − w goes into slot 2; one batched matmul per bucket gives the Grams. Computing
+        ‖Δ⊥‖² = ‖Δ‖² − <Δ,ŵ>² from the Gram loses all precision when an update is nearly radial
+        (pure weight decay), so slot 2 is then replaced by Δ − c_r·w with c_r = <w_r,Δ_r>/‖w_r‖²
+        and its norm taken directly. Rows come out bucket by bucket, matching `row_tensor`, as
+        float64 on `self.device`.
+        """
+        grams, perps = [], []
+        with torch.no_grad():
+            for bucket in self.buckets:
+                for index, first, rows in bucket.members:
+                    block = bucket.buffer[first : first + rows]
+                    torch.sub(row_view(weights_after[index]), block[:, 0], out=block[:, 2])
+                stacked = bucket.buffer
+                if stacked.dtype not in (torch.float32, torch.float64):
+                    stacked = stacked.float()  # half-precision sums of squares overflow
+                gram = row_grams(stacked)
+                ww, wd = gram[:, 0, 0], gram[:, 0, 2]
+                radial_coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+                tangential = stacked[:, 2]
+                tangential.addcmul_(stacked[:, 0], radial_coef[:, None], value=-1)
+                perp = torch.linalg.vector_norm(tangential, dim=-1)
+                grams.append(gram.to(device=self.device, dtype=torch.float64))
+                perps.append(perp.to(device=self.device, dtype=torch.float64).square())
+        if len(grams) == 1:
+            return grams[0], perps[0]
+        return torch.cat(grams), torch.cat(perps)
+
+
+def _foreach_copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    if not dst:
+        return
+    try:
+        torch._foreach_copy_(dst, src)
+    except (RuntimeError, TypeError):  # e.g. mixed devices in one list: fall back per tensor
+        for d, s in zip(dst, src, strict=True):
+            d.copy_(s)
