@@ -53,6 +53,7 @@ class Lens:
         flush_every: float | None = 30.0,
         scaler: Any | None = None,
         write: bool | None = None,
+        probe_inputs: Any | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -86,6 +87,7 @@ class Lens:
         self._group_of: list[int] = []
         self._layout_signature: tuple[int, ...] = ()
         self._snapshot: Snapshot | None = None
+        self._shape_info: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._has_grad: torch.Tensor | None = None
         self._armed = False
         self._post_calls = 0
@@ -93,6 +95,8 @@ class Lens:
         self._flushed_records = -1
         self._closed = False
         self._sync_params()
+        if probe_inputs is not None:
+            self._store_probe(probe_inputs)
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
@@ -143,7 +147,19 @@ class Lens:
                 self.writer.add_event(self.step, "params_added", f"{len(new_rows)} tensors")
         self.writer.set_num_groups(len(groups))
         self._snapshot = None  # rebuilt lazily at the next recorded step
+        self._shape_info = None
         return True
+
+    def _store_probe(self, probe_inputs: Any) -> None:
+        """Run the functional scale-invariance probe once and store its verdicts per tensor."""
+        from stepsize_lens.invariance import probe, probe_param_columns
+
+        if self.model is None:
+            raise TypeError("attach(..., probe_inputs=...) needs the model")
+        result = probe(self.model, probe_inputs)
+        for column, values in probe_param_columns(self.model, self._params, result).items():
+            self.writer.set_param_column(column, values)
+        self.writer.meta["probe"] = dict(result.settings)
 
     # -- hooks --------------------------------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -208,15 +224,15 @@ class Lens:
 
         cos_grad = block[METRICS.index("cos_grad")]
         channel_max = block[METRICS.index("channel_cos_grad_max")]
-        table = self.writer.params
-        views = paper_test(
-            cos_grad,
-            channel_max,
-            torch.tensor(table["numel"], dtype=torch.float64, device=device),
-            torch.tensor(table["rows"], dtype=torch.float64, device=device),
-            torch.tensor(table["ndim"], dtype=torch.int64, device=device),
-            delta=self.delta,
-        )
+        if self._shape_info is None:
+            table = self.writer.params
+            self._shape_info = (
+                torch.tensor(table["numel"], dtype=torch.float64, device=device),
+                torch.tensor(table["rows"], dtype=torch.float64, device=device),
+                torch.tensor(table["ndim"], dtype=torch.int64, device=device),
+            )
+        numel, rows, ndim = self._shape_info
+        views = paper_test(cos_grad, channel_max, numel, rows, ndim, delta=self.delta)
         # a tensor without a gradient was not tested
         views = torch.where(self._has_grad.to(device), views, torch.full_like(views, VIEW_UNTESTED))
         return views.to(torch.float64)
@@ -362,7 +378,9 @@ def attach(
     `schedules.default_schedule` (dense early, sparse late). Options: ``delta`` (the paper
     test's δ, default 0.1), ``flush_every`` (seconds between saves, default 30; None: only at
     close), ``scaler`` (a GradScaler whose skipped steps to record), ``write`` (default: only
-    rank 0 of a distributed job writes). Returns the `Lens`, also a context manager.
+    rank 0 of a distributed job writes), ``probe_inputs`` (example inputs: run the functional
+    scale-invariance probe `invariance.probe` once and store its verdicts in the params table).
+    Returns the `Lens`, also a context manager.
     """
     if isinstance(model, torch.optim.Optimizer) and optimizer is None:
         model, optimizer = None, model

@@ -304,3 +304,18 @@ def test_sigkill_leaves_last_flushed_run_loadable(tmp_path):
     assert run.num_records >= last
     assert list(run.steps) == list(range(1, run.num_records + 1))
     assert run.meta["closed"] is False
+
+
+def test_probe_inputs_store_verdicts_in_params_table(tmp_path):
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, _ = next(_batches(1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    lens = stepsize_lens.attach(model, optimizer, path=tmp_path / "run.pt", probe_inputs=x)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    _train(model, optimizer, 2)
+    lens.close()
+    params = stepsize_lens.load(tmp_path / "run.pt").params.set_index("name")
+    assert params.loc["0.weight", "probe_verdict"] == "channel"  # conv -> BatchNorm
+    assert params.loc["7.weight", "probe_verdict"] == "none"  # the classifier
