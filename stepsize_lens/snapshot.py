@@ -10,6 +10,7 @@ record costs a handful of kernels, not one per tensor, and allocates nothing par
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ def row_view(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 1:
         return tensor.reshape(1, -1)
     rows = tensor.shape[0]
+    if rows == 0:  # an empty shard (FSDP2 with more ranks than rows): -1 would be ambiguous
+        return tensor.reshape(0, math.prod(tensor.shape[1:]))
     if tensor.is_contiguous():
         return tensor.reshape(rows, -1)
     order = [0] + sorted(range(1, tensor.ndim), key=lambda d: -tensor.stride(d))
@@ -105,11 +108,14 @@ class Snapshot:
     def grams(self, weights_after: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """After the step: per-row Gram matrices of (w, g, Δ) and tangential parts ‖Δ⊥_r‖².
 
-        Δ = w' − w goes into slot 2; one batched matmul per bucket gives the Grams. Computing
-        ‖Δ⊥‖² = ‖Δ‖² − <Δ,ŵ>² from the Gram loses all precision when an update is nearly radial
-        (pure weight decay), so slot 2 is then replaced by Δ − c_r·w with c_r = <w_r,Δ_r>/‖w_r‖²
-        and its norm taken directly. Rows come out bucket by bucket, matching `row_tensor`, as
-        float64 on `self.device`.
+        Δ = w' − w goes into slot 2; one batched matmul per bucket gives the Grams. Rows come
+        out bucket by bucket, matching `row_tensor`, as float64 on `self.device`.
+
+        ‖Δ⊥‖² = ‖Δ‖² − <Δ,ŵ>² taken from the Gram loses its precision when an update is mostly
+        radial (pure weight decay: an embedding row outside the batch), so for rows whose radial
+        part is at least `REFINE_FRACTION` of ‖Δ‖² the tangential part Δ − c_r·w, with
+        c_r = <w_r,Δ_r>/‖w_r‖², is formed and its norm taken directly. On the CPU only those rows
+        are refined; on accelerators every row is, to avoid a host synchronisation.
         """
         grams, perps = [], []
         with torch.no_grad():
@@ -120,17 +126,35 @@ class Snapshot:
                 stacked = bucket.buffer
                 if stacked.dtype not in (torch.float32, torch.float64):
                     stacked = stacked.float()  # half-precision sums of squares overflow
-                gram = row_grams(stacked)
-                ww, wd = gram[:, 0, 0], gram[:, 0, 2]
-                radial_coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
-                tangential = stacked[:, 2]
-                tangential.addcmul_(stacked[:, 0], radial_coef[:, None], value=-1)
-                perp = torch.linalg.vector_norm(tangential, dim=-1)
-                grams.append(gram.to(device=self.device, dtype=torch.float64))
-                perps.append(perp.to(device=self.device, dtype=torch.float64).square())
+                gram = row_grams(stacked).to(torch.float64)
+                grams.append(gram.to(self.device))
+                perps.append(_tangential_sq(stacked, gram).to(self.device))
         if len(grams) == 1:
             return grams[0], perps[0]
         return torch.cat(grams), torch.cat(perps)
+
+
+REFINE_FRACTION = 0.5
+
+
+def _tangential_sq(stacked: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """‖Δ_r − c_r·w_r‖² per row of a [rows, 3, C] (w, g, Δ) buffer, given its float64 Grams."""
+    ww, wd, dd = gram[:, 0, 0], gram[:, 0, 2], gram[:, 2, 2]
+    coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+    perp2 = (dd - coef * wd).clamp_min(0)
+    unsure = perp2 < (1 - REFINE_FRACTION) * dd
+    if stacked.device.type == "cpu":
+        rows = unsure.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return perp2
+        coef_rows = coef[rows].to(stacked.dtype)[:, None]
+        tangential = stacked[rows, 2] - coef_rows * stacked[rows, 0]
+        refined = torch.linalg.vector_norm(tangential, dim=-1).to(torch.float64).square()
+        return perp2.index_put((rows,), refined)
+    tangential = stacked[:, 2]
+    tangential.addcmul_(stacked[:, 0], coef.to(stacked.dtype)[:, None], value=-1)
+    refined = torch.linalg.vector_norm(tangential, dim=-1).to(torch.float64).square()
+    return torch.where(unsure, refined, perp2)
 
 
 def _foreach_copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
