@@ -1,0 +1,332 @@
+"""Tidy and wide pandas frames of a run: per tensor, per param group, per invariance class.
+
+A *set* of tensors is what a row of a reduced frame stands for: one tensor (``by="tensor"``),
+one param group (``"group"``), one invariance class (``"class"``: channel / layer / none, from
+`stepsize_lens.invariance.classify_tensors` unless ``classes`` is given) or the whole model
+(``"all"``). Reducers over the tensors of a set, per record, ignoring NaN:
+
+- ``mean``: (1/n) Σ x_i
+- ``weighted``: Σ numel_i·x_i / Σ numel_i (the parameter-weighted mean)
+- ``median``
+
+Skipped records (a GradScaler skipped the step; every metric is NaN) are left out unless
+``include_skipped=True``. Frames always carry a ``run`` column (the run's label) so frames of
+several runs concatenate; `stack` does that for a list of runs, with an ``x`` column holding the
+step or the user-logged epoch (`epochs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from stepsize_lens.run import Run
+
+BY: tuple[str, ...] = ("tensor", "group", "class", "all")
+REDUCERS: tuple[str, ...] = ("mean", "weighted", "median")
+CLASS_ORDER: tuple[str, ...] = ("channel", "layer", "none")
+
+
+def tensor_classes(
+    run: Run, classes: pd.Series | Mapping[str, str] | None = None, delta: float | None = None
+) -> pd.Series:
+    """The invariance class of every tensor (Series indexed by tensor name, values channel /
+    layer / none). ``classes`` overrides (missing names become ``none``); default:
+    `stepsize_lens.invariance.classify_tensors(run, delta)`."""
+    import pandas as pd
+
+    if classes is None:
+        from stepsize_lens.invariance import classify_tensors
+
+        series = classify_tensors(run, delta)
+    else:
+        series = pd.Series(dict(classes)) if not isinstance(classes, pd.Series) else classes
+    out = series.reindex(run.tensor_names).fillna("none").astype(object)
+    out.index.name = "tensor"
+    out.name = "class"
+    return out
+
+
+def tensor_sets(run: Run, by: str, classes: pd.Series | None = None) -> dict[object, np.ndarray]:
+    """Key → tensor indices for ``by`` in `BY`.
+
+    Keys: tensor names, group ints, class names or "all"."""
+    if by == "tensor":
+        return {name: np.array([i]) for i, name in enumerate(run.tensor_names)}
+    if by == "group":
+        groups = np.asarray(run.data["params"]["group"], dtype=np.int64)
+        return {int(g): np.flatnonzero(groups == g) for g in np.unique(groups)}
+    if by == "class":
+        names = np.asarray(tensor_classes(run, classes), dtype=object)
+        return {c: np.flatnonzero(names == c) for c in CLASS_ORDER if (names == c).any()}
+    if by == "all":
+        return {"all": np.arange(run.num_tensors)}
+    raise ValueError(f"by must be one of {BY}, not {by!r}")
+
+
+def tensor_numel(run: Run) -> np.ndarray:
+    """Elements per tensor, float64 [T]."""
+    values = run.data["params"]["numel"]
+    return np.array([v if v is not None else 1 for v in values], dtype=np.float64)
+
+
+def tensor_group_field(run: Run, name: str, default: float = np.nan) -> np.ndarray:
+    """A param-group hyperparameter per record and tensor, float64 [R, T] (NaN → ``default``)."""
+    values = run.group_field(name)
+    groups = np.asarray(run.data["params"]["group"], dtype=np.int64)
+    if values.shape[1] == 0:
+        return np.full((run.num_records, run.num_tensors), default)
+    out = values[:, np.clip(groups, 0, values.shape[1] - 1)]
+    return np.where(np.isnan(out), default, out)
+
+
+def reduce_values(
+    values: np.ndarray, reducer: str, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Reduce [records, k] over axis 1 ignoring NaN (all-NaN rows give NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if reducer == "mean" or (reducer == "weighted" and weights is None):
+        count = finite.sum(axis=1)
+        total = np.where(finite, values, 0.0).sum(axis=1)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if reducer == "weighted":
+        w = np.where(
+            finite, np.broadcast_to(np.asarray(weights, dtype=np.float64), values.shape), 0.0
+        )
+        total = (w * np.where(finite, values, 0.0)).sum(axis=1)
+        mass = w.sum(axis=1)
+        return np.where(mass > 0, total / np.where(mass > 0, mass, 1.0), np.nan)
+    if reducer == "median":
+        out = np.full(values.shape[0], np.nan)
+        rows = finite.any(axis=1)
+        if rows.any():
+            out[rows] = np.nanmedian(np.where(finite, values, np.nan)[rows], axis=1)
+        return out
+    raise ValueError(f"reducer must be one of {REDUCERS}, not {reducer!r}")
+
+
+def _record_mask(run: Run, include_skipped: bool) -> np.ndarray:
+    return np.ones(run.num_records, bool) if include_skipped else ~run.skipped.astype(bool)
+
+
+def tensor_frame(
+    run: Run,
+    metrics: Sequence[str] | None = None,
+    form: str = "tidy",
+    classes: pd.Series | Mapping[str, str] | None = None,
+    include_skipped: bool = False,
+) -> pd.DataFrame:
+    """Every recorded metric per record and tensor, with the tensor's group, class and numel.
+
+    ``form="tidy"``: columns run, step, tensor, group, class, numel, metric, value (for seaborn).
+    ``form="wide"``: run, step, tensor, group, class, numel, skipped, a column per metric,
+    test_view and applied_view.
+    """
+    import pandas as pd
+
+    names = list(metrics) if metrics is not None else list(run.metric_names)
+    keep = _record_mask(run, include_skipped)
+    steps = run.steps[keep]
+    num_records, num_tensors = int(keep.sum()), run.num_tensors
+    cls = np.asarray(tensor_classes(run, classes), dtype=object)
+    base = {
+        "run": run.label,
+        "step": np.repeat(steps, num_tensors),
+        "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
+        "group": np.tile(np.asarray(run.data["params"]["group"], dtype=np.int64), num_records),
+        "class": np.tile(cls, num_records),
+        "numel": np.tile(tensor_numel(run).astype(np.int64), num_records),
+    }
+    if form == "wide":
+        columns = dict(base)
+        columns["skipped"] = np.repeat(run.skipped[keep], num_tensors)
+        for name in names:
+            columns[name] = run.metric(name)[keep].reshape(-1)
+        for view in ("test_view", "applied_view"):
+            columns[view] = run.view(view)[keep].reshape(-1)
+        return pd.DataFrame(columns)
+    if form != "tidy":
+        raise ValueError(f"form must be 'tidy' or 'wide', not {form!r}")
+    cells = num_records * num_tensors
+    tidy = {
+        k: (np.tile(v, len(names)) if isinstance(v, np.ndarray) else v) for k, v in base.items()
+    }
+    tidy["metric"] = np.repeat(np.asarray(names, dtype=object), cells)
+    tidy["value"] = (
+        np.concatenate([run.metric(n)[keep].reshape(-1) for n in names])
+        if names
+        else np.array([], np.float32)
+    )
+    return pd.DataFrame(tidy)
+
+
+def reduce(
+    run: Run,
+    by: str = "class",
+    metrics: Sequence[str] | None = None,
+    reducer: str = "mean",
+    form: str = "tidy",
+    classes: pd.Series | Mapping[str, str] | None = None,
+    include_skipped: bool = False,
+) -> pd.DataFrame:
+    """Metrics reduced over the tensors of each set (``by``: tensor, group, class or all).
+
+    ``form="tidy"``: columns run, step, <by>, metric, value, tensors (how many tensors had a
+    finite value). ``form="wide"``: run, step, <by>, a column per metric.
+    Values are float64 whatever the stored precision.
+    """
+    import pandas as pd
+
+    if reducer not in REDUCERS:
+        raise ValueError(f"reducer must be one of {REDUCERS}, not {reducer!r}")
+    if form not in ("tidy", "wide"):
+        raise ValueError(f"form must be 'tidy' or 'wide', not {form!r}")
+    names = list(metrics) if metrics is not None else list(run.metric_names)
+    keep = _record_mask(run, include_skipped)
+    steps = run.steps[keep]
+    sets = tensor_sets(run, by, None if classes is None else tensor_classes(run, classes))
+    numel = tensor_numel(run)
+    arrays = {name: run.metric(name)[keep] for name in names}
+    parts = []
+    for key, index in sets.items():
+        columns: dict[str, object] = {"run": run.label, "step": steps, by: [key] * len(steps)}
+        if form == "wide":
+            for name in names:
+                columns[name] = reduce_values(arrays[name][:, index], reducer, numel[index])
+            parts.append(pd.DataFrame(columns))
+            continue
+        for name in names:
+            block = arrays[name][:, index]
+            part = dict(columns)
+            part["metric"] = name
+            part["value"] = reduce_values(block, reducer, numel[index])
+            part["tensors"] = np.isfinite(block).sum(axis=1)
+            parts.append(pd.DataFrame(part))
+    if not parts:
+        empty = ["run", "step", by] + (names if form == "wide" else ["metric", "value", "tensors"])
+        return pd.DataFrame(columns=empty)
+    return pd.concat(parts, ignore_index=True)
+
+
+def ema_values(values: np.ndarray, alpha: float) -> np.ndarray:
+    """Bias-corrected exponential moving average along axis 0, skipping NaN.
+
+    s_t = Σ_k (1−α)^{t−k} x_k / Σ_k (1−α)^{t−k} over the finite x_k seen so far (NaN before the
+    first one). t and k count records, so a NaN adds nothing but still ages the past. α = 1
+    returns the values unchanged.
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    x = np.asarray(values, dtype=np.float64)
+    out = np.empty_like(x)
+    num = np.zeros(x.shape[1:])
+    den = np.zeros(x.shape[1:])
+    for t in range(x.shape[0]):
+        finite = np.isfinite(x[t])
+        num = (1.0 - alpha) * num + np.where(finite, alpha * np.where(finite, x[t], 0.0), 0.0)
+        den = (1.0 - alpha) * den + np.where(finite, alpha, 0.0)
+        out[t] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
+def ema(
+    frame: pd.DataFrame,
+    alpha: float = 0.1,
+    value: str | Sequence[str] = "value",
+    order: str = "step",
+    keys: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """A copy of ``frame`` with ``value`` column(s) EMA-smoothed (`ema_values`) within each series.
+
+    Series are identified by ``keys`` (default: whichever of run, tensor, group, class, all,
+    metric the frame has) and ordered by ``order``.
+    """
+    values = [value] if isinstance(value, str) else list(value)
+    if keys is None:
+        keys = [
+            c for c in ("run", "tensor", "group", "class", "all", "metric") if c in frame.columns
+        ]
+    out = frame.sort_values([*keys, order], kind="stable").copy()
+    if out.empty:
+        return out
+    for column in values:
+        data = out[column].to_numpy(dtype=np.float64)
+        smoothed = np.empty_like(data)
+        positions = (
+            out.groupby(list(keys), sort=False).indices if keys else {None: np.arange(len(out))}
+        )
+        for index in positions.values():
+            smoothed[index] = ema_values(data[index][:, None], alpha)[:, 0]
+        out[column] = smoothed
+    return out.sort_index()
+
+
+def epochs(run: Run, scalar: str = "epoch") -> np.ndarray:
+    """Fractional epoch of every record from a user-logged scalar (``lens.log(epoch=e)``).
+
+    Linear interpolation of the logged (step, value) pairs at each record's step; NaN outside
+    the logged range. Raises ValueError if the run has no such scalar.
+    """
+    series = run.data["scalars"].get(scalar)
+    if series is None or series["step"].numel() == 0:
+        known = ", ".join(run.data["scalars"]) or "none"
+        raise ValueError(f"run {run.label!r} has no logged scalar {scalar!r} (logged: {known})")
+    xs = series["step"].numpy().astype(np.float64)
+    ys = series["value"].numpy().astype(np.float64)
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    steps = run.steps.astype(np.float64)
+    out = np.interp(steps, xs, ys)
+    out[(steps < xs[0]) | (steps > xs[-1])] = np.nan
+    return out
+
+
+def x_axis(run: Run, on: str = "step", scalar: str = "epoch") -> np.ndarray:
+    """Per record: the step (``on="step"``) or the logged epoch (``on="epoch"``, `epochs`)."""
+    if on == "step":
+        return run.steps.astype(np.float64)
+    if on == "epoch":
+        return epochs(run, scalar)
+    raise ValueError(f"on must be 'step' or 'epoch', not {on!r}")
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """Labels of several runs, made unique by suffixing #2, #3... to repeats."""
+    seen: dict[str, int] = {}
+    labels = []
+    for run in runs:
+        label = run.label
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return labels
+
+
+def stack(
+    runs: Sequence[Run],
+    by: str = "class",
+    metrics: Sequence[str] | None = None,
+    reducer: str = "mean",
+    on: str = "step",
+    classes: pd.Series | Mapping[str, str] | None = None,
+    scalar: str = "epoch",
+) -> pd.DataFrame:
+    """Tidy `reduce` frames of several runs, concatenated, with an ``x`` column (step or epoch)
+    and unique ``run`` labels: the input of overlaid plots. ``classes`` applies to every run;
+    default: each run's own classification."""
+    import pandas as pd
+
+    parts = []
+    for label, run in zip(run_labels(runs), runs):
+        frame = reduce(run, by=by, metrics=metrics, reducer=reducer, classes=classes)
+        keep = ~run.skipped.astype(bool)
+        lookup = dict(zip(run.steps[keep].tolist(), x_axis(run, on, scalar)[keep].tolist()))
+        frame["run"] = label
+        frame["x"] = frame["step"].map(lookup).astype(np.float64)
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

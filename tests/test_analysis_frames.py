@@ -1,0 +1,155 @@
+"""Frames: per tensor / group / class, reducers, tidy and wide, EMA, epochs and stacking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _runs import DEFAULT_TENSORS, Tensor, crafted_run
+
+from stepsize_lens.analysis import frames
+
+TENSORS = (
+    Tensor("a.weight", (2, 3), 0, "channel"),  # numel 6
+    Tensor("b.weight", (4, 6), 0, "channel"),  # numel 24
+    Tensor("c.weight", (5, 2), 1, "layer"),  # numel 10
+    Tensor("d.bias", (5,), 1, "none"),  # numel 5
+)
+
+
+def _run(**kwargs):
+    weight = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0], [3.0, 6.0, 9.0, 12.0]])
+    return crafted_run(tensors=TENSORS, records=3, weight_norm=weight, **kwargs)
+
+
+def test_classes_come_from_the_paper_test_or_an_override() -> None:
+    run = _run()
+    assert frames.tensor_classes(run).tolist() == ["channel", "channel", "layer", "none"]
+    override = frames.tensor_classes(run, {"a.weight": "layer"})
+    assert override.tolist() == ["layer", "none", "none", "none"]
+    assert override.index.tolist() == run.tensor_names
+
+
+def test_tensor_frame_tidy_and_wide() -> None:
+    run = _run()
+    tidy = frames.tensor_frame(run, metrics=["weight_norm", "effective_lr"])
+    assert list(tidy.columns) == [
+        "run",
+        "step",
+        "tensor",
+        "group",
+        "class",
+        "numel",
+        "metric",
+        "value",
+    ]
+    assert len(tidy) == 3 * 4 * 2
+    row = tidy[(tidy.step == 2) & (tidy.tensor == "c.weight") & (tidy.metric == "weight_norm")]
+    assert (
+        row["value"].item() == 6.0 and row["class"].item() == "layer" and row["numel"].item() == 10
+    )
+    wide = frames.tensor_frame(run, form="wide")
+    assert {"weight_norm", "angular_update", "test_view", "applied_view", "skipped"} <= set(
+        wide.columns
+    )
+    assert len(wide) == 12
+    with pytest.raises(ValueError, match="form"):
+        frames.tensor_frame(run, form="long")
+
+
+def test_reducers_mean_weighted_median() -> None:
+    run = _run()
+    mean = frames.reduce(run, by="all", metrics=["weight_norm"], form="wide")
+    assert mean["weight_norm"].tolist() == pytest.approx([2.5, 5.0, 7.5])
+    weighted = frames.reduce(
+        run, by="all", metrics=["weight_norm"], reducer="weighted", form="wide"
+    )
+    expected = (6 * 1 + 24 * 2 + 10 * 3 + 5 * 4) / 45
+    assert weighted["weight_norm"].iloc[0] == pytest.approx(expected)
+    median = frames.reduce(run, by="group", metrics=["weight_norm"], reducer="median", form="wide")
+    assert median[median.group == 0]["weight_norm"].tolist() == pytest.approx([1.5, 3.0, 4.5])
+    with pytest.raises(ValueError, match="reducer"):
+        frames.reduce(run, reducer="max")
+
+
+def test_reduce_by_class_and_group_tidy() -> None:
+    run = _run()
+    by_class = frames.reduce(run, by="class", metrics=["weight_norm", "angular_update"])
+    assert list(by_class.columns) == ["run", "step", "class", "metric", "value", "tensors"]
+    assert set(by_class["class"]) == {"channel", "layer", "none"}
+    channel = by_class[(by_class["class"] == "channel") & (by_class.metric == "weight_norm")]
+    assert channel["value"].tolist() == pytest.approx([1.5, 3.0, 4.5])
+    assert (channel["tensors"] == 2).all()
+    by_group = frames.reduce(run, by="group", form="wide")
+    assert sorted(by_group["group"].unique()) == [0, 1]
+    by_tensor = frames.reduce(run, by="tensor", metrics=["weight_norm"], form="wide")
+    assert len(by_tensor) == 12
+    with pytest.raises(ValueError, match="by"):
+        frames.reduce(run, by="module")
+
+
+def test_reduction_ignores_nan_and_skipped_records() -> None:
+    weight = np.array([[1.0, np.nan, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0], [3.0, 6.0, 9.0, 12.0]])
+    run = crafted_run(tensors=TENSORS, records=3, weight_norm=weight, skipped=[False, True, False])
+    wide = frames.reduce(run, by="class", metrics=["weight_norm"], form="wide")
+    channel = wide[wide["class"] == "channel"]
+    assert channel["step"].tolist() == [1, 3]  # the skipped step is left out
+    assert channel["weight_norm"].tolist() == pytest.approx([1.0, 4.5])
+    with_skipped = frames.reduce(
+        run, by="all", metrics=["weight_norm"], form="wide", include_skipped=True
+    )
+    assert len(with_skipped) == 3 and np.isnan(with_skipped["weight_norm"].iloc[1])
+    assert np.isnan(frames.reduce_values(np.full((1, 3), np.nan), "weighted", np.ones(3))[0])
+    assert np.isnan(frames.reduce_values(np.full((1, 3), np.nan), "median")[0])
+
+
+def test_ema_values_and_frame_smoothing() -> None:
+    values = np.array([1.0, np.nan, 3.0, 3.0])
+    out = frames.ema_values(values[:, None], alpha=0.5)[:, 0]
+    # bias-corrected: the first value is kept; a NaN adds nothing but still ages the past
+    assert out[0] == 1.0 and out[1] == 1.0
+    assert out[2] == pytest.approx((0.25 * 0.5 * 1 + 0.5 * 3) / (0.25 * 0.5 + 0.5))
+    assert np.array_equal(
+        frames.ema_values(values[:, None], 1.0)[:, 0],
+        np.array([1.0, np.nan, 3.0, 3.0]),
+        equal_nan=True,
+    )
+    with pytest.raises(ValueError, match="alpha"):
+        frames.ema_values(values[:, None], 0.0)
+    run = _run()
+    tidy = frames.reduce(run, by="class", metrics=["weight_norm"])
+    smooth = frames.ema(tidy, alpha=0.5)
+    assert smooth.index.equals(tidy.index)
+    channel = smooth[smooth["class"] == "channel"]["value"].to_numpy()
+    assert channel == pytest.approx(
+        [
+            1.5,
+            (0.25 * 1.5 + 0.5 * 3.0) / 0.75,
+            frames.ema_values(np.array([[1.5], [3.0], [4.5]]), 0.5)[2, 0],
+        ]
+    )
+
+
+def test_epochs_interpolate_logged_scalar() -> None:
+    run = crafted_run(tensors=DEFAULT_TENSORS, records=10, scalars={"epoch": ([2, 6], [0.0, 1.0])})
+    epochs = frames.epochs(run)
+    assert np.isnan(epochs[0])  # step 1 is before the first logged point
+    assert epochs[1] == 0.0 and epochs[3] == pytest.approx(0.5) and epochs[5] == 1.0
+    assert np.isnan(epochs[9])
+    with pytest.raises(ValueError, match="no logged scalar 'epoch'"):
+        frames.epochs(crafted_run(tensors=DEFAULT_TENSORS, records=2))
+
+
+def test_stack_labels_runs_uniquely_and_adds_x() -> None:
+    first = crafted_run(tensors=TENSORS, records=4, label="sgd")
+    second = crafted_run(
+        tensors=TENSORS, records=4, label="sgd", scalars={"epoch": ([1, 4], [0.0, 3.0])}
+    )
+    stacked = frames.stack([first, second], by="class", metrics=["weight_norm"])
+    assert set(stacked["run"]) == {"sgd", "sgd#2"}
+    assert stacked["x"].equals(stacked["step"].astype(float))
+    epoch = frames.stack([second], metrics=["weight_norm"], on="epoch")
+    assert sorted(epoch["x"].unique()) == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="on"):
+        frames.stack([first], on="time")
+    assert isinstance(frames.stack([]), pd.DataFrame)
