@@ -1,0 +1,353 @@
+"""The functional probe: which parameter tensors are scale-invariant, found by rescaling them.
+
+Ground truth without training: `probe(model, example_inputs)` rescales rows (random positive
+factors) or the whole tensor (one factor), runs the model forward in training mode, and
+compares outputs (see `probe` for the exact protocol). `probe_param_columns` turns a
+`ProbeResult` into params-table columns for a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from stepsize_lens.invariance._forward import (
+    _call,
+    _cast_inputs,
+    _float_leaves,
+    _relative_change,
+    _StateGuard,
+)
+from stepsize_lens.invariance.classes import CLASSES, PROBE_VERDICT_COLUMN
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+STRUCTURAL_EPS = 1e-30
+_MAX_LOG_FACTOR = float(np.log(4.0))
+_MIN_LOG_LAYER_FACTOR = float(np.log(1.5))
+
+
+def _negligible_eps(model: torch.nn.Module, eps: float) -> int:
+    """Set every module's float ``eps`` attribute (normalisation layers) to ``eps``."""
+    changed = 0
+    rms_norm = getattr(torch.nn, "RMSNorm", None)
+    for module in model.modules():
+        value = getattr(module, "eps", None)
+        if isinstance(value, float) or (
+            value is None and rms_norm is not None and isinstance(module, rms_norm)
+        ):
+            module.eps = eps
+            changed += 1
+    return changed
+
+
+def _factor_plan(
+    seed: int, index: int, shape: Sequence[int], draws: int
+) -> tuple[list[np.ndarray], list[float]]:
+    """Random positive factors: rows log-uniform in [1/4, 4]; tensor in [1/4, 2/3]∪[1.5, 4]."""
+    rng = np.random.default_rng([seed, index])
+    view_shape = (shape[0],) + (1,) * (len(shape) - 1)
+    rows = [
+        np.exp(rng.uniform(-_MAX_LOG_FACTOR, _MAX_LOG_FACTOR, size=shape[0])).reshape(view_shape)
+        for _ in range(draws)
+    ]
+    layer = [
+        float(np.exp(rng.choice([-1.0, 1.0]) * rng.uniform(_MIN_LOG_LAYER_FACTOR, _MAX_LOG_FACTOR)))
+        for _ in range(draws)
+    ]
+    return rows, layer
+
+
+def _module_types(model: torch.nn.Module) -> dict[int, str]:
+    owner: dict[int, str] = {}
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                owner.setdefault(id(param), type(module).__name__)
+    return owner
+
+
+class _Prober:
+    """Runs perturbed forwards on one model (the float64 copy or the original)."""
+
+    def __init__(self, model: torch.nn.Module, inputs: Any) -> None:
+        self.model = model
+        self.inputs = inputs
+        self.params = dict(model.named_parameters())
+        self.guard = _StateGuard(model)
+        try:
+            model.train()
+            self.base = self.forward()
+            if not self.base:
+                raise ValueError("the model's output holds no floating-point tensor to compare")
+            self.noise = _relative_change(self.forward(), self.base)
+        except BaseException:
+            self.guard.restore()
+            raise
+
+    def forward(self) -> list[torch.Tensor]:
+        self.guard.replay()
+        with torch.no_grad():
+            return _float_leaves(_call(self.model, self.inputs))
+
+    def change(self, name: str, factor: np.ndarray | float) -> float:
+        param = self.params[name]
+        saved = param.detach().clone()
+        scale = torch.as_tensor(factor, dtype=param.dtype, device=param.device)
+        try:
+            with torch.no_grad():
+                param.mul_(scale)
+            return _relative_change(self.forward(), self.base)
+        finally:
+            with torch.no_grad():
+                param.copy_(saved)
+
+    def max_change(self, name: str, factors: Sequence[Any], stop_above: float | None) -> float:
+        worst = 0.0
+        for factor in factors:
+            change = self.change(name, factor)
+            if change != change:
+                return float("nan")
+            worst = max(worst, change)
+            if stop_above is not None and worst > stop_above:
+                break
+        return worst
+
+    def close(self) -> None:
+        self.guard.restore()
+
+
+class ProbeResult:
+    """Verdicts of `probe`, one row per parameter tensor in ``table`` (index: parameter name).
+
+    Columns: ``shape``, ``numel``, ``ndim``, ``rows``, ``module_type``, ``tested`` (ndim >= 2),
+    ``verdict`` ("channel" / "layer" / "none": the structural verdict), ``channel_change`` and
+    ``layer_change`` (max relative output change under row / whole-tensor rescaling in the
+    structural probe; ``layer_change`` is NaN when the channel test passed, since channel
+    invariance implies layer invariance, and both are NaN for untested tensors),
+    ``numerical_change`` (max relative change under the verdict's rescaling in the model as it
+    is, with its real dtype and normalisation eps; NaN for non-invariant tensors) and
+    ``approximate`` (numerical_change > numerical_tolerance: the invariance holds in structure
+    but the real eps or precision bends it).
+    """
+
+    def __init__(self, table: pd.DataFrame, settings: dict[str, Any]) -> None:
+        self.table = table
+        self.settings = settings
+
+    @property
+    def tolerance(self) -> float:
+        return float(self.settings["tolerance"])
+
+    @property
+    def numerical_tolerance(self) -> float:
+        return float(self.settings["numerical_tolerance"])
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return dict(self.table["verdict"])
+
+    def verdict(self, name: str) -> str:
+        return str(self.table.at[name, "verdict"])
+
+    def census(self, by: str = "module_type") -> pd.DataFrame:
+        from stepsize_lens.invariance.census_report import census
+
+        return census(self, by=by)
+
+    def __repr__(self) -> str:
+        counts = self.table["verdict"].value_counts()
+        parts = ", ".join(f"{cls}={int(counts.get(cls, 0))}" for cls in CLASSES)
+        return f"ProbeResult(tensors={len(self.table)}, {parts})"
+
+
+def probe(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    names: Sequence[str] | None = None,
+    draws: int = 3,
+    tolerance: float | None = None,
+    numerical_tolerance: float = 1e-3,
+    structural: bool = True,
+    structural_dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> ProbeResult:
+    """Find which parameter tensors are scale-invariant by rescaling them and running the model.
+
+    Protocol, per parameter tensor w with ndim >= 2 (1-D tensors are not tested, verdict "none"):
+
+    - *channel test*: ``draws`` times, multiply each row w_k (slice along dim 0) by its own
+      random factor c_k, log-uniform in [1/4, 4]; *layer test* (only if the channel test fails):
+      ``draws`` times, multiply all of w by one factor in [1/4, 2/3] ∪ [1.5, 4].
+    - each time, run the model forward in training mode on ``example_inputs`` (a tensor, a
+      tuple of positional arguments, or a dict of keyword arguments) under ``torch.no_grad``,
+      and measure the change of its output, max|y' - y| / max|y| over every floating-point
+      tensor of the output (tuples, lists and dicts are walked).
+    - a view passes when every draw changes the output by at most ``tolerance``.
+
+    Every forward starts from the same buffers (BatchNorm running statistics,
+    num_batches_tracked) and the same RNG state (torch CPU and CUDA, Python, numpy), so dropout
+    draws the same masks; afterwards all parameters, buffers, RNG states and train/eval flags are
+    restored bit for bit. Factors come from a private generator seeded with ``seed``.
+
+    **Structural vs numerical.** Normalisation layers add eps to the variance, which makes
+    invariance only approximate: a channel with a small variance barely normalises. The verdict
+    is therefore *structural*: it probes a copy of the model in ``structural_dtype`` (float64)
+    with every module's float ``eps`` set to 1e-30 (default ``tolerance``: 1e-6 in float64, 1e-3
+    otherwise). The invariant tensors are then probed again in the model as it is (real dtype
+    and eps) and that deviation is reported as ``numerical_change``. ``structural=False`` skips
+    the copy and gives verdicts from the model as it is, against ``numerical_tolerance``.
+
+    Why LayerNorm makes a linear layer *layer*- but not channel-invariant: for y = LN(W x), with
+    LN normalising over the features (the rows of W), scaling all of W by c scales every
+    feature by c, so the mean and the standard deviation over the features scale by c too and
+    cancel. Scaling row k alone by c_k changes only feature k: the mean and standard deviation
+    over the features move, and the other, unscaled features get normalised differently. BatchNorm
+    normalises each channel over the batch, so every row cancels on its own: channel-invariant.
+
+    A weight shared by several paths is invariant only if every path it feeds is normalised.
+    Call ``probe`` outside a forward/backward pass (parameters are rescaled in place and put back).
+    """
+    import pandas as pd
+
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, not {draws}")
+    all_params = dict(model.named_parameters())
+    if names is None:
+        selected = list(all_params)
+    else:
+        unknown = [name for name in names if name not in all_params]
+        if unknown:
+            raise KeyError(f"model has no parameter named {unknown[0]!r}")
+        selected = list(names)
+    owners = _module_types(model)
+    plans = {
+        name: _factor_plan(seed, index, tuple(all_params[name].shape), draws)
+        for index, name in enumerate(selected)
+        if all_params[name].ndim >= 2
+    }
+    if tolerance is None:
+        tolerance = 1e-6 if structural and structural_dtype == torch.float64 else 1e-3
+
+    verdict: dict[str, str] = {name: "none" for name in selected}
+    channel_change = dict.fromkeys(selected, float("nan"))
+    layer_change = dict.fromkeys(selected, float("nan"))
+    numerical_change = dict.fromkeys(selected, float("nan"))
+    noise = {"structural": float("nan"), "numerical": float("nan")}
+
+    def judge(prober: _Prober, limit: float) -> None:
+        for name, (row_factors, layer_factors) in plans.items():
+            channel_change[name] = prober.max_change(name, row_factors, stop_above=limit)
+            if channel_change[name] <= limit:
+                verdict[name] = "channel"
+                continue
+            layer_change[name] = prober.max_change(name, layer_factors, stop_above=limit)
+            verdict[name] = "layer" if layer_change[name] <= limit else "none"
+
+    if structural:
+        import copy
+
+        twin = copy.deepcopy(model).to(structural_dtype)
+        _negligible_eps(twin, STRUCTURAL_EPS)
+        prober = _Prober(twin, _cast_inputs(example_inputs, structural_dtype))
+        try:
+            noise["structural"] = prober.noise
+            judge(prober, tolerance)
+        finally:
+            prober.close()
+            del twin, prober
+
+    prober = _Prober(model, example_inputs)
+    try:
+        noise["numerical"] = prober.noise
+        if structural:
+            for name, (row_factors, layer_factors) in plans.items():
+                if verdict[name] == "channel":
+                    numerical_change[name] = prober.max_change(name, row_factors, None)
+                elif verdict[name] == "layer":
+                    numerical_change[name] = prober.max_change(name, layer_factors, None)
+        else:
+            judge(prober, numerical_tolerance)
+            for name in plans:
+                if verdict[name] != "none":
+                    numerical_change[name] = (
+                        channel_change[name] if verdict[name] == "channel" else layer_change[name]
+                    )
+    finally:
+        prober.close()
+
+    numerical = pd.Series(numerical_change, dtype=np.float64)
+    table = pd.DataFrame(
+        {
+            "shape": [tuple(all_params[name].shape) for name in selected],
+            "numel": [all_params[name].numel() for name in selected],
+            "ndim": [all_params[name].ndim for name in selected],
+            "rows": [
+                all_params[name].shape[0] if all_params[name].ndim else 1 for name in selected
+            ],
+            "module_type": [owners.get(id(all_params[name]), "") for name in selected],
+            "tested": [all_params[name].ndim >= 2 for name in selected],
+            "verdict": [verdict[name] for name in selected],
+            "channel_change": [channel_change[name] for name in selected],
+            "layer_change": [layer_change[name] for name in selected],
+            "numerical_change": numerical.to_numpy(),
+            "approximate": (numerical > numerical_tolerance).to_numpy(),
+        },
+        index=pd.Index(selected, name="tensor"),
+    )
+    settings = {
+        "draws": draws,
+        "seed": seed,
+        "tolerance": float(tolerance),
+        "numerical_tolerance": float(numerical_tolerance),
+        "structural": structural,
+        "structural_dtype": str(structural_dtype).replace("torch.", ""),
+        "structural_eps": STRUCTURAL_EPS,
+        "noise_floor": noise["structural"],
+        "numerical_noise_floor": noise["numerical"],
+    }
+    return ProbeResult(table, settings)
+
+
+PROBE_COLUMNS: tuple[str, ...] = (
+    PROBE_VERDICT_COLUMN,
+    "probe_channel_change",
+    "probe_layer_change",
+    "probe_numerical_change",
+)
+
+
+def probe_param_columns(
+    model: torch.nn.Module, params: Sequence[torch.Tensor], result: ProbeResult
+) -> dict[str, list[Any]]:
+    """Params-table columns for a run from a probe of ``model``, in the order of ``params``.
+
+    ``params`` are the tensors of the run's params table (optimizer order); each is matched to
+    the model's parameter by identity, so tied weights find their probed name. Columns
+    (`PROBE_COLUMNS`): ``probe_verdict`` (str, None for a tensor the probe did not see),
+    ``probe_channel_change``, ``probe_layer_change``, ``probe_numerical_change`` (float, NaN when
+    not measured).
+    """
+    name_of: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        name_of.setdefault(id(param), name)
+    table = result.table
+    columns: dict[str, list[Any]] = {column: [] for column in PROBE_COLUMNS}
+    sources = ("verdict", "channel_change", "layer_change", "numerical_change")
+    for param in params:
+        name = name_of.get(id(param))
+        known = name is not None and name in table.index
+        for column, source in zip(PROBE_COLUMNS, sources, strict=True):
+            if not known:
+                columns[column].append(None if source == "verdict" else float("nan"))
+            elif source == "verdict":
+                columns[column].append(str(table.at[name, source]))
+            else:
+                columns[column].append(float(table.at[name, source]))
+    return columns
