@@ -24,8 +24,9 @@ c_k > 0. Channel invariance implies layer invariance (take every c_k equal).
 
 Modules: `classes` (class names and codes), `cosine_test` (1), `functional_probe` (2),
 `census_report` (3), `disagreement` (4), `inspect` (``stepsize-lens inspect``); module names
-differ from the function names so that ``invariance.probe`` is always the function. Everything public is importable from
-here; pandas and rich are imported only inside the functions that need them.
+differ from the function names so that ``invariance.probe`` is always the function. Everything
+public is importable from here; pandas and rich are imported only inside the functions that
+need them.
 """
 
 from __future__ import annotations
