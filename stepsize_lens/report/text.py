@@ -1,0 +1,147 @@
+"""The terminal view (rich) and the markdown view of a report `Document`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from stepsize_lens.report.document import (
+    SEVERITY_COLORS,
+    Document,
+    Figures,
+    Findings,
+    Header,
+    Table,
+    evidence_text,
+)
+
+MAX_TENSORS_SHOWN = 6
+
+
+def _tensors(names: list[str], total: int | None) -> str:
+    shown = ", ".join(names[:MAX_TENSORS_SHOWN])
+    more = (total or len(names)) - min(len(names), MAX_TENSORS_SHOWN)
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def print_document(doc: Document, console: Any) -> None:
+    """Render ``doc`` on a rich console: a header panel, coloured findings, tables."""
+    from rich import box
+    from rich.panel import Panel
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    console.print()
+    for block in doc.blocks:
+        if isinstance(block, Header):
+            grid = RichTable.grid(padding=(0, 2))
+            grid.add_column(style="bold")
+            grid.add_column()
+            for key, value in block.items:
+                grid.add_row(key, Text(value))
+            console.print(Panel(grid, title=f"[bold]{doc.title}[/bold]", title_align="left"))
+        elif isinstance(block, Findings):
+            console.print(f"\n[bold]{block.title}[/bold] ({len(block.items)})")
+            if not block.items:
+                console.print("  [green]Nothing looks off.[/green]")
+            for f in block.items:
+                color = SEVERITY_COLORS.get(f["severity"], "white")
+                line = Text("  ● ", style=color)
+                line.append(f"{f['severity'].upper():<8} ", style=f"bold {color}")
+                line.append(f["title"])
+                console.print(line)
+                evidence = evidence_text(f["evidence"])
+                if evidence:
+                    console.print(Text(f"      evidence: {evidence}", style="dim"))
+                if f["tensors"]:
+                    total = f["evidence"].get("tensor_count")
+                    console.print(
+                        Text(f"      tensors: {_tensors(f['tensors'], total)}", style="dim")
+                    )
+                console.print(Text(f"      → {f['suggestion']}", style="italic"))
+        elif isinstance(block, Table):
+            table = RichTable(
+                title=block.title,
+                title_justify="left",
+                title_style="bold",
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
+            )
+            keep = _terminal_columns(block, console.width)
+            for i in keep:
+                label = i < block.text_columns
+                header = block.columns[i] if label else block.columns[i].replace(" ", "\n")
+                widest = max((len(row[i]) for row in block.rows), default=1)
+                table.add_column(
+                    header,
+                    justify="left" if label else "right",
+                    no_wrap=True,
+                    min_width=widest if (i == 0 or not label) else None,
+                )
+            for row in block.rows:
+                table.add_row(*(row[i] for i in keep))
+            console.print()
+            console.print(table)
+            if block.note:
+                console.print(Text(block.note, style="dim"))
+        elif isinstance(block, Figures):
+            where = f" in {block.folder}" if block.folder is not None else ""
+            console.print(
+                f"\n[bold]Figures[/bold]{where}: " + ", ".join(f.path.name for f in block.items)
+            )
+
+
+def _terminal_columns(block: Table, width: int) -> list[int]:
+    """Column indices to show: never a column that is "–" in every row; on a terminal narrower
+    than 120 characters, not the block's optional columns either."""
+    keep = []
+    for i, name in enumerate(block.columns):
+        if i >= block.text_columns and block.rows and all(row[i] == "–" for row in block.rows):
+            continue
+        if width < 120 and name in block.optional:
+            continue
+        keep.append(i)
+    return keep
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
+    """GitHub-flavoured markdown; figures linked relative to ``relative_to`` (the folder the
+    markdown file is written to)."""
+    lines = [f"# {doc.title}", ""]
+    for block in doc.blocks:
+        if isinstance(block, Header):
+            lines += [f"- **{key}**: {_md_cell(value)}" for key, value in block.items] + [""]
+        elif isinstance(block, Findings):
+            lines += [f"## {block.title} ({len(block.items)})", ""]
+            if not block.items:
+                lines += ["Nothing looks off.", ""]
+            for f in block.items:
+                lines.append(f"- **{f['severity'].upper()}** ({f['kind']}): {f['title']}")
+                evidence = evidence_text(f["evidence"])
+                if evidence:
+                    lines.append(f"  - evidence: {evidence}")
+                if f["tensors"]:
+                    total = f["evidence"].get("tensor_count")
+                    lines.append(f"  - tensors: `{_tensors(f['tensors'], total)}`")
+                lines.append(f"  - suggestion: {f['suggestion']}")
+            lines.append("")
+        elif isinstance(block, Table):
+            lines += [f"## {block.title}", ""]
+            lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
+            aligns = [":--" if i < block.text_columns else "--:" for i in range(len(block.columns))]
+            lines.append("| " + " | ".join(aligns) + " |")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            lines += ["", f"*{block.note}*" if block.note else "", ""]
+        elif isinstance(block, Figures):
+            lines += ["## Figures", ""]
+            for ref in block.items:
+                target = ref.path
+                if relative_to is not None:
+                    target = Path(os.path.relpath(ref.path, relative_to))
+                lines += [f"![{ref.name}]({target.as_posix()})", "", f"*{ref.caption}*", ""]
+    return "\n".join(lines).rstrip() + "\n"
