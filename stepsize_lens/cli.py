@@ -80,12 +80,36 @@ def demo(
     steps: Annotated[
         int | None, typer.Option(help="Training steps per run (default: the quick setting).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (initial weights, minibatch order).")] = 0,
 ) -> None:
-    """Train a small BatchNorm CNN on CPU with the lens attached and summarise what it recorded."""
+    """Train a small BatchNorm CNN on real digits with SGD, SGD+momentum, SGDP, AdamW and AdamP
+    (lens attached, about a minute and a half on CPU), then write their comparison report."""
     from stepsize_lens.demo import run_demo
 
     run_demo(out=out, steps=steps, seed=seed)
+
+
+@app.command()
+@_user_errors
+def reproduce(
+    experiment: Annotated[
+        Experiment, typer.Argument(help="toy2d, toy3d, digits (the CNN, minutes) or all.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for figures, tables and runs/.")] = Path(
+        "figures"
+    ),
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Steps of every run (default: toy2d 1000, toy3d 5000, digits 1000)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="First digits seed (the toys are deterministic).")] = 0,
+    seeds: Annotated[int, typer.Option(help="Number of digits seeds.")] = 3,
+) -> None:
+    """Reproduce the AdamP paper's experiments: tables printed and saved (markdown, CSV) with
+    their figures (PNG) in --out; run files and trajectories in --out/runs/."""
+    from stepsize_lens.experiments.reproduce import reproduce as run_reproduce
+
+    run_reproduce(experiment.value, out=out, steps=steps, seed=seed, seeds=seeds)
 
 
 @app.command()
@@ -114,9 +138,125 @@ def inspect(
     print_inspection(result, spec=model, tensors=tensors)
 
 
-def main() -> None:
-    """Console-script entry point."""
+class Reducer(str, Enum):
+    mean = "mean"
+    weighted = "weighted"
+    median = "median"
+
+
+@app.command()
+@_user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A run file recorded with stepsize_lens.attach.")],
+    tensorboard: Annotated[
+        Path,
+        typer.Option(help="Folder for TensorBoard event files (created if needed)."),
+    ],
+    reducer: Annotated[
+        Reducer, typer.Option(help="How to combine the tensors of a group or class.")
+    ] = Reducer.mean,
+) -> None:
+    """Export RUN as TensorBoard scalars, per param group and per scale-invariance class."""
+    from stepsize_lens.run import load
+
+    logdir = load(run).to_tensorboard(tensorboard, reducer=reducer.value)
+    typer.echo(f"wrote {run} to {logdir}; view with: tensorboard --logdir {logdir}")
+
+
+def _reference(text: str | None) -> int | str:
+    if text is None:
+        return 0
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+_OUT_HELP = "Folder for the figures and the report file (default: beside the first run)."
+_FORMAT_HELP = (
+    "text (terminal view), markdown, html (one self-contained page) or json (for scripts)."
+)
+_DELTA_HELP = "δ of the paper's scale-invariance test (default: the run's, usually 0.1)."
+_FIGURES_HELP = "Draw the figures (PNG + PDF) into --out."
+
+
+@app.command()
+@_user_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="A run file recorded with stepsize_lens.attach.")],
+    out: Annotated[Path | None, typer.Option(help=_OUT_HELP)] = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help=_FORMAT_HELP)] = (
+        ReportFormat.text
+    ),
+    delta: Annotated[float | None, typer.Option(help=_DELTA_HELP)] = None,
+    by: Annotated[
+        GroupBy, typer.Option(help="Split tensors into sets by invariance class, group or tensor.")
+    ] = GroupBy.cls,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help=_FIGURES_HELP)] = True,
+) -> None:
+    """Report on RUN: findings, norm growth and effective-step decay per class and group, and
+    the paper's figures."""
+    from stepsize_lens.report import report as make_report
+
+    make_report(run, out=out, format=fmt.value, delta=delta, by=by.value, figures=figures)
+
+
+@app.command()
+@_user_errors
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Two or more run files (the first is the reference).")
+    ],
+    out: Annotated[Path | None, typer.Option(help=_OUT_HELP)] = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help=_FORMAT_HELP)] = (
+        ReportFormat.text
+    ),
+    delta: Annotated[float | None, typer.Option(help=_DELTA_HELP)] = None,
+    by: Annotated[
+        GroupBy, typer.Option(help="Split tensors into sets by invariance class or group.")
+    ] = GroupBy.cls,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Label or index of the run the ratios refer to (default: the first)."),
+    ] = None,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help=_FIGURES_HELP)] = True,
+) -> None:
+    """Compare RUNS side by side: overlaid curves, and ratios to the reference run."""
+    from stepsize_lens.report import compare_report
+
+    compare_report(
+        runs,
+        out=out,
+        format=fmt.value,
+        delta=delta,
+        by=by.value,
+        reference=_reference(reference),
+        figures=figures,
+    )
+
+
+def _click_exceptions() -> Any:
+    """click's exception module: typer >= 0.20 vendors its own copy of click."""
     try:
-        app()
-    except SystemExit as exc:  # keep click's exit codes (2 for usage errors)
-        sys.exit(exc.code)
+        from typer._click import exceptions
+    except ImportError:  # older typer runs on click itself
+        from click import exceptions
+    return exceptions
+
+
+def main() -> None:
+    """Console-script entry point. Usage errors (an unknown option, a missing argument, a bad
+    choice) become one line on stderr and exit code 2, like every other bad input."""
+    errors = _click_exceptions()
+    try:
+        code = app(standalone_mode=False, prog_name="stepsize-lens")
+    except errors.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except errors.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"stepsize-lens: error: {message}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except errors.Abort:
+        typer.echo("stepsize-lens: error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -3,7 +3,9 @@
 ``attach(model, optimizer, path="run.pt")`` registers ``Optimizer.register_step_pre_hook`` and
 ``register_step_post_hook`` on the optimizer, so it works for every ``torch.optim.Optimizer``
 subclass with no change to the training loop. On a step the schedule selects, the pre hook
-copies w and g into preallocated snapshot buffers (`snapshot.Snapshot`); the post hook writes
+copies w and g into preallocated snapshot buffers (`snapshot.Snapshot`; when ``step`` gets a
+closure, as with LBFGS or Lightning, g is computed inside ``step`` and read after it); the post
+hook writes
 Δ = w' − w, takes per-row Gram matrices with one batched matmul per bucket of equal-length rows,
 turns them into every metric with `metrics.all_metrics`, and moves one small [metrics, tensors]
 block to the host. Steps the schedule skips cost one Python call.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stepsize_lens import schedules
+from stepsize_lens.distributed import ShardedRows, rank_path, sharded_rows
 from stepsize_lens.metrics import all_metrics
 from stepsize_lens.run import GROUP_FIELDS, METRICS, VIEW_UNTESTED, RunWriter, validate
 from stepsize_lens.snapshot import Snapshot
@@ -65,7 +68,7 @@ class Lens:
         self.step = 0
         rank, world_size = _dist_rank()
         self.writing = (rank == 0) if write is None else bool(write)
-        self.path = os.fspath(path) if path is not None else None
+        self.path = rank_path(path, rank, world_size)
         meta = {
             "label": label or type(optimizer).__name__,
             "optimizer": {
@@ -87,9 +90,11 @@ class Lens:
         self._group_of: list[int] = []
         self._layout_signature: tuple[int, ...] = ()
         self._snapshot: Snapshot | None = None
+        self._shards: ShardedRows | None = None
         self._shape_info: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._has_grad: torch.Tensor | None = None
         self._armed = False
+        self._grads_after_step = False
         self._post_calls = 0
         self._last_flush = time.monotonic()
         self._flushed_records = -1
@@ -161,6 +166,10 @@ class Lens:
             self.writer.set_param_column(column, values)
         self.writer.meta["probe"] = dict(result.settings)
 
+    def _local(self, tensors: list[Any]) -> list[Any]:
+        """Local shards of DTensors (FSDP2); the tensors themselves in a single process."""
+        return tensors if self._shards is None else self._shards.local(tensors)
+
     # -- hooks --------------------------------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.step += 1
@@ -169,11 +178,20 @@ class Lens:
             return
         self._sync_params()
         if self._snapshot is None:
-            self._snapshot = Snapshot(self._params)
+            self._shards = sharded_rows(self._params)  # None unless DTensor params (FSDP2)
+            self._snapshot = Snapshot(self._local(self._params))
+        self._snapshot.capture_weights(self._local(self._params))
+        # With a closure (LBFGS, Lightning) the gradient is computed inside step(): read it after
+        self._grads_after_step = _closure_of(args or (), kwargs or {}) is not None
+        if not self._grads_after_step:
+            self._capture_grads()
+        self._armed = True
+
+    def _capture_grads(self) -> None:
+        assert self._snapshot is not None
         grads = [_dense_grad(p) for p in self._params]
         self._has_grad = torch.tensor([g is not None for g in grads], dtype=torch.bool)
-        self._snapshot.capture(self._params, grads)
-        self._armed = True
+        self._snapshot.capture_grads(self._local(grads))
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._post_calls += 1
@@ -187,6 +205,8 @@ class Lens:
 
     @torch.no_grad()
     def _record(self) -> None:
+        if self._grads_after_step:
+            self._capture_grads()
         snapshot = self._snapshot
         assert snapshot is not None and self._has_grad is not None
         device = snapshot.device
@@ -197,11 +217,14 @@ class Lens:
             device=device,
         )
         has_grad = self._has_grad.to(device)
-        row_gram, row_perp2 = snapshot.grams(self._params)
+        row_gram, row_perp2 = snapshot.grams(self._local(self._params))
+        row_tensor = snapshot.row_tensor(device)
+        if self._shards is not None:  # merge shard pieces into whole rows before any sqrt/max/mean
+            row_gram, row_perp2, row_tensor = self._shards.merge(row_gram, row_perp2, row_tensor)
         block = all_metrics(
             row_gram,
             row_perp2,
-            snapshot.row_tensor(device),
+            row_tensor,
             snapshot.multi_row.to(device),
             lr,
             has_grad,
@@ -402,6 +425,16 @@ def _parameter_names(model: torch.nn.Module | None) -> dict[int, tuple[list[str]
         for param in module.parameters(recurse=False):
             owners.setdefault(id(param), type(module).__name__)
     return {key: (value, owners.get(key, "")) for key, value in names.items()}
+
+
+def _closure_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The closure passed to ``optimizer.step(closure)``, if any (the hooks' ``args`` start
+    with the optimizer itself)."""
+    closure = kwargs.get("closure")
+    positional = [a for a in args if not isinstance(a, torch.optim.Optimizer)]
+    if closure is None and positional and callable(positional[0]):
+        closure = positional[0]
+    return closure
 
 
 def _dense_grad(param: torch.Tensor) -> torch.Tensor | None:

@@ -231,6 +231,19 @@ class RunWriter:
         for mat, row in zip(self._groups, groups, strict=True):
             mat.append(row)
 
+    def last_record(self) -> dict[str, Any] | None:
+        """The latest record without copying the run: step, skipped, metrics and views as [T]
+        tensors (views of the writer's buffers: read, don't keep). None before the first."""
+        last = self.num_records - 1
+        if last < 0:
+            return None
+        return {
+            "step": self._steps[last],
+            "skipped": self._skipped[last],
+            "metrics": {name: mat.data[last] for name, mat in zip(METRICS, self._metric_mats)},
+            "views": {name: mat.data[last] for name, mat in zip(VIEWS, self._views)},
+        }
+
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for name, value in scalars.items():
             steps, values = self.scalars.setdefault(str(name), ([], []))
@@ -612,3 +625,11 @@ class Run:
         from stepsize_lens.invariance import classify_tensors
 
         return classify_tensors(self, delta)
+
+    # -- export (delegates to stepsize_lens.integrations.tensorboard) -------------------------
+    def to_tensorboard(self, logdir: str | os.PathLike[str], **options: Any) -> Path:
+        """Write the run as TensorBoard scalars, per param group and per invariance class
+        (needs the ``tensorboard`` package); see `integrations.tensorboard.to_tensorboard`."""
+        from stepsize_lens.integrations.tensorboard import to_tensorboard
+
+        return to_tensorboard(self, logdir, **options)

@@ -90,20 +90,30 @@ class Snapshot:
         self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]
     ) -> None:
         """Before the step: copy w (slot 0) and g (slot 1; zeros where g is None)."""
-        dst_w, src_w, dst_g, src_g = [], [], [], []
+        self.capture_weights(weights)
+        self.capture_grads(grads)
+
+    def capture_weights(self, weights: Sequence[torch.Tensor]) -> None:
+        """Copy w into slot 0 (one multi-tensor copy)."""
+        dst, src = [], []
         for index, slot in self._slots(0):
-            dst_w.append(slot)
-            src_w.append(row_view(weights[index]))
+            dst.append(slot)
+            src.append(row_view(weights[index]))
+        with torch.no_grad():
+            _foreach_copy(dst, src)
+
+    def capture_grads(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """Copy g into slot 1 (zeros where g is None)."""
+        dst, src = [], []
         for index, slot in self._slots(1):
             grad = grads[index]
             if grad is None:
                 slot.zero_()
             else:
-                dst_g.append(slot)
-                src_g.append(row_view(grad.detach()))
+                dst.append(slot)
+                src.append(row_view(grad.detach()))
         with torch.no_grad():
-            _foreach_copy(dst_w, src_w)
-            _foreach_copy(dst_g, src_g)
+            _foreach_copy(dst, src)
 
     def grams(self, weights_after: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """After the step: per-row Gram matrices of (w, g, Δ) and tangential parts ‖Δ⊥_r‖².

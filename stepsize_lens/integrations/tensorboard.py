@@ -1,0 +1,92 @@
+"""Export a run to TensorBoard: scalars per param group and per scale-invariance class.
+
+For every recorded metric m (DESIGN.md §3) and every non-skipped record (at its optimizer step
+and wall time):
+
+- ``m/group_<g>``: the mean of m over the tensors of param group g;
+- ``m/class_<c>``: the mean over the tensors of invariance class c (channel, layer, none; from
+  `stepsize_lens.invariance.classify_tensors`, i.e. the probe verdict if the run has one, else
+  the majority of the paper's test);
+
+plus ``lr/group_<g>`` (each group's learning rate) and ``scalars/<name>`` for the user scalars
+logged with ``lens.log``. Means ignore NaN (``reducer="weighted"`` weighs tensors by their
+number of elements; see `stepsize_lens.analysis.frames.reduce`); undefined points are not
+written. TensorBoard sections group tags by their first component, so each metric gets one
+chart section with a curve per group and class.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stepsize_lens.errors import UserInputError
+
+if TYPE_CHECKING:
+    from stepsize_lens.run import Run
+
+
+def _summary_writer(logdir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserInputError(
+            "TensorBoard export needs the tensorboard package: "
+            "pip install 'stepsize-lens[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(logdir))
+
+
+def to_tensorboard(
+    run: Run,
+    logdir: str | os.PathLike[str],
+    reducer: str = "mean",
+    metrics: list[str] | None = None,
+) -> Path:
+    """Write ``run`` as TensorBoard event files into ``logdir`` (created if needed); returns it.
+
+    Tags: ``<metric>/group_<g>``, ``<metric>/class_<c>``, ``lr/group_<g>``, ``scalars/<name>``
+    (see the module docstring). ``metrics``: which metrics (default: all recorded ones).
+    """
+    from stepsize_lens.analysis.frames import REDUCERS, reduce
+
+    target = Path(logdir)
+    if target.exists() and not target.is_dir():
+        raise UserInputError(f"{target}: exists and is not a folder")
+    if reducer not in REDUCERS:
+        raise UserInputError(f"reducer must be one of {', '.join(REDUCERS)}, not {reducer!r}")
+    names = list(run.metric_names) if metrics is None else list(metrics)
+    unknown = [name for name in names if name not in run.metric_names]
+    if unknown:
+        raise UserInputError(f"unknown metric {unknown[0]!r}; known: {', '.join(run.metric_names)}")
+    wall = {int(step): float(t) for step, t in zip(run.steps, run.times)}
+    writer = _summary_writer(target)
+    try:
+        for by, label in (("group", "group_{}"), ("class", "class_{}")):
+            frame = reduce(run, by=by, metrics=names, reducer=reducer, form="wide")
+            for row in frame.to_dict("records"):
+                step = int(row["step"])
+                for name in names:
+                    _add(writer, f"{name}/{label.format(row[by])}", row[name], step, wall)
+        skipped = run.skipped.astype(bool)
+        lr = run.group_field("lr")
+        for record, step in enumerate(run.steps):
+            if skipped[record]:
+                continue
+            for group, value in enumerate(lr[record]):
+                _add(writer, f"lr/group_{group}", value, int(step), wall)
+        scalars = run.scalars
+        for row in scalars.itertuples(index=False):
+            _add(writer, f"scalars/{row.name}", row.value, int(row.step), wall)
+        writer.flush()
+    finally:
+        writer.close()
+    return target
+
+
+def _add(writer: Any, tag: str, value: Any, step: int, wall: dict[int, float]) -> None:
+    value = float(value)
+    if math.isfinite(value):
+        writer.add_scalar(tag, value, global_step=step, walltime=wall.get(step))
