@@ -3,4 +3,11 @@
 `toys`: the 2D toy (`toy2d`, `toy2d_all`), plain vs momentum norm growth on a fixed gradient
 sequence (`fixed_gradient_growth`) and the 3D scale-invariant Rosenbrock (`rosenbrock3d`,
 `rosenbrock3d_all`). Pure numpy, float64, each well under a second.
+
+`digits`: the small BatchNorm CNN on scikit-learn's bundled handwritten digits, trained with
+SGD, SGD+momentum, SGDP, AdamW and AdamP on the same seeds and data order, each recorded with
+the lens (`train_digits_run`, `train_all`, tables over seeds).
+
+`reproduce`: ``stepsize-lens reproduce {toy2d,toy3d,digits,all}`` — runs, tables and figures
+into one folder (`figures/` in this repository). `figures`: the toy figures.
 """

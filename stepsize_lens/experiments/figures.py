@@ -1,0 +1,258 @@
+"""Figures of the reproduced experiments, in the house style of `stepsize_lens.plots`.
+
+One function per figure, each returning a matplotlib `Figure` built without pyplot::
+
+    toy2d_figure(runs)          ‖w_t‖ and angle(w_t, w*) per step for the 2D toy's methods
+    toy3d_figure(runs)          radius ‖w_t‖ per iteration and the path of (w1/w3, w2/w3) over
+                                the Rosenbrock contours, for the 3D toy's methods
+    digits_seeds_figure(runs)   mean ± std over seeds of the scale-invariant tensors' relative
+                                norm and angular update, and the final test accuracy
+
+The digits runs' own figures (paper panel, norm growth, effective step) come from
+`stepsize_lens.plots`; save any figure with `stepsize_lens.plots.save_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stepsize_lens.plots import OKABE_ITO, style
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from stepsize_lens.experiments.toys import RosenbrockTrajectory, ToyTrajectory
+    from stepsize_lens.run import Run
+
+WIDTH = 7.0
+ANGLE_FLOOR = 1e-6
+
+TOY2D_LABELS = {
+    "sgd": "SGD",
+    "momentum(beta=0.9)": "SGD momentum β=0.9",
+    "momentum(beta=0.99)": "SGD momentum β=0.99",
+    "sgdp(beta=0.9)": "SGDP β=0.9",
+}
+TOY3D_LABELS = {
+    "gd": "GD",
+    "momentum": "GD + momentum",
+    "momentum_wd": "GD + momentum + weight decay",
+    "momentum_projection": "GD + momentum + projection",
+}
+
+
+TOY2D_COLORS = {
+    "sgd": OKABE_ITO[0],
+    "momentum(beta=0.9)": OKABE_ITO[1],
+    "momentum(beta=0.99)": OKABE_ITO[4],
+    "sgdp(beta=0.9)": OKABE_ITO[2],
+}
+TOY3D_COLORS = {
+    "gd": OKABE_ITO[0],
+    "momentum": OKABE_ITO[1],
+    "momentum_wd": OKABE_ITO[4],
+    "momentum_projection": OKABE_ITO[2],
+}
+
+
+def _colors(runs: Mapping[str, object], known: Mapping[str, str]) -> dict[str, str]:
+    spare = iter(c for c in OKABE_ITO if c not in known.values())
+    return {method: known.get(method) or next(spare) for method in runs}
+
+
+def _figure(ncols: int, height: float = 2.6) -> tuple[Figure, np.ndarray]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(WIDTH, height), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(1, ncols))
+
+
+def _label(method: str, labels: Mapping[str, str]) -> str:
+    return labels.get(method, method)
+
+
+def toy2d_figure(runs: Mapping[str, ToyTrajectory]) -> Figure:
+    """Two panels over steps: ‖w_t‖ (log scale, from 1) and the angle between w_t and w*
+    (radians, log scale, cut at 1e-6: below that arccos of a float64 cosine is rounding)."""
+    colors = _colors(runs, TOY2D_COLORS)
+    with style():
+        fig, (norm_ax, angle_ax) = _figure(2)
+        for method, run in runs.items():
+            color = colors[method]
+            steps = np.arange(len(run.norms))
+            label = f"{_label(method, TOY2D_LABELS)}: ‖w‖ → {run.final_norm:.2f}"
+            norm_ax.plot(steps, run.norms, color=color, label=label)
+            angles = np.where(run.angles > ANGLE_FLOOR, run.angles, np.nan)
+            angle_ax.plot(steps, angles, color=color)
+        lr = next(iter(runs.values())).params["lr"]
+        norm_ax.set_yscale("log")
+        norm_ax.set_title("Weight norm ‖w_t‖ (‖w_0‖ = 1)")
+        norm_ax.set_ylabel("‖w‖")
+        angle_ax.set_yscale("log")
+        angle_ax.set_ylim(bottom=ANGLE_FLOOR)
+        angle_ax.set_title("Angle to the optimum w*")
+        angle_ax.set_ylabel("radians")
+        for ax in (norm_ax, angle_ax):
+            ax.set_xlabel("step")
+        handles, names = norm_ax.get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=2)
+        fig.suptitle(
+            f"2D toy: minimise −cos(w, w*) from 90° away, lr {lr:g}", fontsize=9, color="0.3"
+        )
+    return fig
+
+
+def toy3d_figure(runs: Mapping[str, RosenbrockTrajectory]) -> Figure:
+    """Top: radius ‖w_t‖ and distance of (w1/w3, w2/w3) to the optimum (1, 1) per iteration
+    (log-scaled iterations). Bottom, one panel per method: the path of (w1/w3, w2/w3) over
+    log-spaced contours of r(x, y) = (1 − x)² + 100 (y − x²)², a dot every 10% of the
+    iterations (start: circle, optimum: star)."""
+    from stepsize_lens.experiments.toys import rosenbrock
+
+    colors = _colors(runs, TOY3D_COLORS)
+    with style():
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(WIDTH, 5.4), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=(1.0, 1.05))
+        radius_ax, distance_ax = top.subplots(1, 2)
+        path_axes = np.atleast_1d(bottom.subplots(1, len(runs), sharex=True, sharey=True))
+        paths = [run.path for run in runs.values()]
+        lo = np.min([p.min(axis=0) for p in paths], axis=0)
+        hi = np.max([p.max(axis=0) for p in paths], axis=0)
+        pad = 0.1 * (hi - lo)
+        xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 300)
+        ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 300)
+        grid_x, grid_y = np.meshgrid(xs, ys)
+        surface = rosenbrock(grid_x, grid_y)
+        levels = np.logspace(-1, 3.5, 10)
+        for ax, (method, run) in zip(path_axes, runs.items()):
+            color = colors[method]
+            label = _label(method, TOY3D_LABELS)
+            iterations = np.arange(1, len(run.radius) + 1)
+            radius_ax.plot(iterations, run.radius, color=color, label=label)
+            distance = np.hypot(run.path[:, 0] - 1.0, run.path[:, 1] - 1.0)
+            distance_ax.plot(iterations, np.maximum(distance, 1e-12), color=color)
+            ax.contour(grid_x, grid_y, surface, levels=levels, colors="0.8", linewidths=0.5)
+            ax.plot(run.path[:, 0], run.path[:, 1], color=color, linewidth=1.0)
+            marks = np.linspace(0, len(run.path) - 1, 11).astype(int)[1:]
+            ax.plot(run.path[marks, 0], run.path[marks, 1], "o", color=color, markersize=2.5)
+            ax.plot(*run.path[0], "o", color="black", markersize=5, fillstyle="none")
+            ax.plot(1.0, 1.0, "*", color="black", markersize=7)
+            ax.set_title(label.replace("GD + momentum + ", "momentum +\n"), fontsize=7)
+            ax.set_xlabel("w1 / w3")
+            ax.grid(False)
+        path_axes[0].set_ylabel("w2 / w3")
+        path_axes[0].set_xlim(xs[0], xs[-1])
+        path_axes[0].set_ylim(ys[0], ys[-1])
+        radius_ax.set_title("Radius ‖w_t‖ (‖w_0‖ = 1)")
+        radius_ax.set_ylabel("‖w‖")
+        distance_ax.set_title("Distance of (w1/w3, w2/w3) to (1, 1)")
+        distance_ax.set_ylabel("distance")
+        distance_ax.set_yscale("log")
+        for ax in (radius_ax, distance_ax):
+            ax.set_xscale("log")
+            ax.set_xlabel("iteration")
+        handles, names = radius_ax.get_legend_handles_labels()
+        top.legend(handles, names, loc="outside lower center", ncols=len(names))
+        params = next(iter(runs.values())).params
+        fig.suptitle(
+            f"3D scale-invariant Rosenbrock r(w1/w3, w2/w3), lr {params['lr']:g}, "
+            f"{params['steps']:g} iterations",
+            fontsize=9,
+            color="0.3",
+        )
+    return fig
+
+
+def _invariant_series(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and the mean of ``metric`` over the run's scale-invariant tensors per record."""
+    import warnings
+
+    from stepsize_lens.analysis import tensor_classes
+
+    classes = tensor_classes(run)
+    index = np.flatnonzero(classes.isin(("channel", "layer")).to_numpy())
+    keep = ~run.skipped.astype(bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = np.nanmean(run.metric(metric)[keep][:, index], axis=1)
+    return run.steps[keep], values
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1:
+        return values
+    import pandas as pd
+
+    return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
+
+
+def digits_seeds_figure(runs: Mapping[str, Sequence[Run]]) -> Figure:
+    """Label → the runs of one optimizer over seeds (same steps recorded). Three panels: the
+    scale-invariant tensors' mean ‖w_t‖/‖w_0‖ and mean angular update (smoothed over
+    records/40, log scale), each as mean over seeds with a ± std band, and the final test
+    accuracy per seed with its mean."""
+    with style():
+        fig, (norm_ax, angle_ax, acc_ax) = _figure(3, height=2.6)
+        lowest = np.inf
+        for i, (label, group) in enumerate(runs.items()):
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            norms, angles, steps = [], [], None
+            for run in group:
+                steps, norm = _invariant_series(run, "weight_norm")
+                norms.append(norm / norm[0])
+                angles.append(_invariant_series(run, "angular_update")[1])
+            window = max(1, round(len(steps) / 40))
+            for ax, series in ((norm_ax, norms), (angle_ax, angles)):
+                stacked = np.vstack([_smooth(s, window if ax is angle_ax else 1) for s in series])
+                mean, std = stacked.mean(axis=0), stacked.std(axis=0, ddof=0)
+                ax.plot(steps, mean, color=color, label=label)
+                if ax is angle_ax:
+                    lowest = min(lowest, float(np.nanmin(mean)))
+                if len(group) > 1:
+                    lower = np.maximum(mean - std, mean * 0.2) if ax is angle_ax else mean - std
+                    ax.fill_between(steps, lower, mean + std, color=color, alpha=0.2, lw=0)
+            accuracy = [_final_accuracy(run) for run in group]
+            acc_ax.plot(np.full(len(accuracy), i), accuracy, "o", color=color, alpha=0.5, ms=3)
+            acc_ax.plot([i - 0.3, i + 0.3], [np.mean(accuracy)] * 2, color=color, lw=2)
+        seeds = min(len(group) for group in runs.values())
+        norm_ax.set_title("‖w_t‖ / ‖w_0‖, scale-invariant tensors")
+        norm_ax.set_ylabel("relative norm")
+        angle_ax.set_title("Angular update (effective step)")
+        angle_ax.set_ylabel("radians per step")
+        angle_ax.set_yscale("log")
+        angle_ax.set_ylim(bottom=0.5 * lowest)
+        for ax in (norm_ax, angle_ax):
+            ax.set_xlabel("step")
+        acc_ax.set_title("Final test accuracy")
+        acc_ax.set_xticks(range(len(runs)))
+        acc_ax.set_xticklabels(
+            [label.replace(" momentum ", "\nmomentum ") for label in runs],
+            rotation=0,
+            fontsize=6,
+        )
+        acc_ax.yaxis.set_major_formatter(_percent())
+        handles, names = norm_ax.get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=len(names))
+        fig.suptitle(
+            f"Digits CNN, mean ± std over {seeds} seed(s)" if seeds > 1 else "Digits CNN",
+            fontsize=9,
+            color="0.3",
+        )
+    return fig
+
+
+def _final_accuracy(run: Run) -> float:
+    scalars = run.scalars
+    values = scalars.loc[scalars["name"] == "test_accuracy", "value"]
+    return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def _percent():
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0, decimals=1)

@@ -1,0 +1,405 @@
+"""``stepsize-lens reproduce``: run the paper's experiments and write tables and figures.
+
+    reproduce("toy2d" | "toy3d" | "digits" | "all", out="figures", steps=None, seed=0, seeds=3)
+
+writes into ``out``:
+
+- ``toy2d.png``, ``toy2d.md``, ``toy2d.csv``: the 2D toy (`toys.toy2d_all`, lr 0.04, 1000 steps,
+  start 90° from w*): final ‖w‖ per method beside the paper's, and the steps until the angle to
+  w* stays below 0.01 rad; per-step norms and angles in ``runs/toy2d_trajectories.csv``.
+- ``toy3d.png``, ``toy3d.md``, ``toy3d.csv``: the scale-invariant Rosenbrock
+  (`toys.rosenbrock3d_all`, lr 3e-4, momentum 0.9, weight decay 0.05, 5000 iterations from
+  (−1.5, 2)): final and largest radius, final distance of (w1/w3, w2/w3) to (1, 1) and the
+  iterations until it stays within 0.01; per-iteration data in ``runs/toy3d_trajectories.csv``.
+- ``digits_panel.png``, ``digits_seeds.png``, ``digits.md``, ``digits.csv``,
+  ``digits_runs.csv``: the digits CNN with the five optimizers of `digits.OPTIMIZERS` on seeds
+  seed … seed+seeds−1 (1000 steps each), mean ± std over seeds; run files in ``runs/digits/``.
+
+``steps`` overrides every experiment's horizon. The toys are deterministic; ``seed`` only moves
+the digits seeds. Everything in ``out`` except ``runs/`` is small enough to commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stepsize_lens.errors import UserInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EXPERIMENTS = ("toy2d", "toy3d", "digits")
+TOY2D_LR = 0.04
+TOY2D_STEPS = 1000
+TOY2D_TOLERANCE = 1e-2
+TOY2D_PAPER = {"momentum(beta=0.9)": 2.93, "momentum(beta=0.99)": 27.87}
+"""Final ‖w‖ the paper reports for momentum SGD on the 2D toy (Heo et al. 2021, Sec. 2)."""
+TOY3D_STEPS = 5000
+TOY3D_TOLERANCE = 1e-2
+
+
+@dataclass
+class Reproduction:
+    """What one experiment produced: its summary ``table``, the same as ``markdown``, and the
+    ``files`` written (figures first)."""
+
+    experiment: str
+    table: pd.DataFrame
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+
+
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and steps < 1:
+        raise UserInputError(f"--steps must be at least 1, not {steps}")
+
+
+def _markdown(rows: list[list[str]], header: Sequence[str]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| :-- | " + " | ".join("--:" for _ in header[1:]) + " |",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _save(fig: Any, stem: Path) -> Path:
+    from stepsize_lens.plots import save_figure
+
+    return save_figure(fig, stem, formats=("png",))[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 2D toy
+# --------------------------------------------------------------------------------------------
+
+TOY2D_HEADER = ("method", "β", "final ‖w‖", "paper", "steps to angle < 0.01 rad")
+
+
+def toy2d_table(runs: dict[str, Any]) -> pd.DataFrame:
+    """One row per method: method, label, beta, lr, steps, final_norm, paper_norm (NaN where the
+    paper gives none), steps_to_optimum (first step from which the angle to w* stays below
+    0.01 rad; NaN: not within the horizon)."""
+    import pandas as pd
+
+    from stepsize_lens.experiments.figures import TOY2D_LABELS
+
+    rows = []
+    for method, run in runs.items():
+        reached = run.steps_to_angle(TOY2D_TOLERANCE)
+        rows.append(
+            {
+                "method": method,
+                "label": TOY2D_LABELS.get(method, method),
+                "beta": run.params["beta"],
+                "lr": run.params["lr"],
+                "steps": int(run.params["steps"]),
+                "final_norm": run.final_norm,
+                "paper_norm": TOY2D_PAPER.get(method, np.nan),
+                "steps_to_optimum": np.nan if reached is None else reached,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def toy2d_markdown(table: pd.DataFrame) -> str:
+    """The README's 2D-toy table: norms to 2 decimals, the paper's value or –."""
+    rows = []
+    for _, row in table.iterrows():
+        rows.append(
+            [
+                row["label"],
+                "–" if row["beta"] == 0 else f"{row['beta']:g}",
+                f"{row['final_norm']:.2f}",
+                "–" if np.isnan(row["paper_norm"]) else f"{row['paper_norm']:.2f}",
+                "not reached"
+                if np.isnan(row["steps_to_optimum"])
+                else f"{row['steps_to_optimum']:.0f}",
+            ]
+        )
+    return _markdown(rows, TOY2D_HEADER)
+
+
+def reproduce_toy2d(out: str | Path, steps: int | None = None) -> Reproduction:
+    """Run the 2D toy's four methods (lr `TOY2D_LR`) and write figure, tables and data."""
+    import pandas as pd
+
+    from stepsize_lens.experiments.figures import toy2d_figure
+    from stepsize_lens.experiments.toys import toy2d_all
+
+    _check_steps(steps)
+    out = Path(out)
+    runs = toy2d_all(lr=TOY2D_LR, steps=steps or TOY2D_STEPS)
+    table = toy2d_table(runs)
+    markdown = toy2d_markdown(table)
+    files = [
+        _save(toy2d_figure(runs), out / "toy2d"),
+        _write(out / "toy2d.md", markdown),
+        _write(out / "toy2d.csv", table.to_csv(index=False)),
+        _write(
+            out / "runs" / "toy2d_trajectories.csv",
+            pd.concat([run.frame() for run in runs.values()]).to_csv(index=False),
+        ),
+    ]
+    return Reproduction("toy2d", table, markdown, files)
+
+
+# --------------------------------------------------------------------------------------------
+# 3D toy
+# --------------------------------------------------------------------------------------------
+
+TOY3D_HEADER = (
+    "method",
+    "final radius",
+    "largest radius",
+    "final distance to (1, 1)",
+    "iterations to within 0.01",
+)
+
+
+def _steps_within(distance: np.ndarray, tolerance: float) -> float:
+    outside = np.flatnonzero(distance > tolerance)
+    if outside.size == 0:
+        return 0.0
+    return float(outside[-1] + 1) if outside[-1] + 1 < len(distance) else np.nan
+
+
+def toy3d_table(runs: dict[str, Any]) -> pd.DataFrame:
+    """One row per method: method, label, lr, momentum, weight_decay, steps, final_radius,
+    max_radius, final_distance (of (w1/w3, w2/w3) to (1, 1)), steps_to_optimum (first
+    iteration from which that distance stays below 0.01; NaN: not within the horizon)."""
+    import pandas as pd
+
+    from stepsize_lens.experiments.figures import TOY3D_LABELS
+
+    rows = []
+    for method, run in runs.items():
+        distance = np.hypot(run.path[:, 0] - 1.0, run.path[:, 1] - 1.0)
+        rows.append(
+            {
+                "method": method,
+                "label": TOY3D_LABELS.get(method, method),
+                "lr": run.params["lr"],
+                "momentum": run.params.get("momentum", 0.0),
+                "weight_decay": run.params.get("weight_decay", 0.0),
+                "steps": int(run.params["steps"]),
+                "final_radius": float(run.radius[-1]),
+                "max_radius": float(run.radius.max()),
+                "final_distance": run.final_distance,
+                "steps_to_optimum": _steps_within(distance, TOY3D_TOLERANCE),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def toy3d_markdown(table: pd.DataFrame) -> str:
+    """The README's 3D-toy table."""
+    rows = []
+    for _, row in table.iterrows():
+        reached = row["steps_to_optimum"]
+        rows.append(
+            [
+                row["label"],
+                f"{row['final_radius']:.2f}",
+                f"{row['max_radius']:.2f}",
+                f"{row['final_distance']:.2g}",
+                "not reached" if np.isnan(reached) else f"{reached:.0f}",
+            ]
+        )
+    return _markdown(rows, TOY3D_HEADER)
+
+
+def reproduce_toy3d(out: str | Path, steps: int | None = None) -> Reproduction:
+    """Run the scale-invariant Rosenbrock with every method and write figure, tables, data."""
+    import pandas as pd
+
+    from stepsize_lens.experiments.figures import toy3d_figure
+    from stepsize_lens.experiments.toys import rosenbrock3d_all
+
+    _check_steps(steps)
+    out = Path(out)
+    runs = rosenbrock3d_all(steps=steps or TOY3D_STEPS)
+    table = toy3d_table(runs)
+    markdown = toy3d_markdown(table)
+    files = [
+        _save(toy3d_figure(runs), out / "toy3d"),
+        _write(out / "toy3d.md", markdown),
+        _write(out / "toy3d.csv", table.to_csv(index=False)),
+        _write(
+            out / "runs" / "toy3d_trajectories.csv",
+            pd.concat([run.frame() for run in runs.values()]).to_csv(index=False),
+        ),
+    ]
+    return Reproduction("toy3d", table, markdown, files)
+
+
+# --------------------------------------------------------------------------------------------
+# Digits CNN
+# --------------------------------------------------------------------------------------------
+
+
+def training_progress(console: Any, total: int) -> tuple[Any, Callable[[str], None], Callable]:
+    """A rich progress bar over ``total`` training steps; returns (progress, on_run, on_step)
+    for `digits.train_all` (use the progress as a context manager)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("training {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("", total=total)
+
+    def on_run(description: str) -> None:
+        progress.update(task, description=description)
+
+    def on_step() -> None:
+        progress.advance(task)
+
+    return progress, on_run, on_step
+
+
+def reproduce_digits(
+    out: str | Path,
+    steps: int | None = None,
+    seed: int = 0,
+    seeds: int = 3,
+    optimizers: Sequence[str] | None = None,
+    threads: int | None = 1,
+    console: Any = None,
+) -> Reproduction:
+    """Train every optimizer on seeds seed … seed+seeds−1 and write figures and tables."""
+    from stepsize_lens.experiments import digits
+    from stepsize_lens.experiments.figures import digits_seeds_figure
+    from stepsize_lens.plots import paper_panel
+    from stepsize_lens.run import load
+
+    _check_steps(steps)
+    if seeds < 1:
+        raise UserInputError(f"--seeds must be at least 1, not {seeds}")
+    out = Path(out)
+    steps = steps or digits.FULL_STEPS
+    seed_list = list(range(seed, seed + seeds))
+    specs = digits.select(optimizers)
+    progress, on_run, on_step = training_progress(console, len(specs) * len(seed_list) * steps)
+    with progress:
+        trained = digits.train_all(
+            out / "runs" / "digits",
+            steps=steps,
+            seeds=seed_list,
+            optimizers=[spec.name for spec in specs],
+            threads=threads,
+            on_run=on_run,
+            on_step=on_step,
+        )
+    per_run = digits.runs_table(trained)
+    summary = digits.aggregate(per_run)
+    markdown = digits.markdown_table(summary)
+    loaded = {item.path: load(item.path) for item in trained}
+    by_label: dict[str, list[Any]] = {}
+    for item in trained:
+        by_label.setdefault(item.label, []).append(loaded[item.path])
+    first = [loaded[item.path] for item in trained if item.seed == seed_list[0]]
+    files = [
+        _save(paper_panel(first), out / "digits_panel"),
+        _save(digits_seeds_figure(by_label), out / "digits_seeds"),
+        _write(out / "digits.md", markdown),
+        _write(out / "digits.csv", summary.to_csv(index=False)),
+        _write(out / "digits_runs.csv", per_run.to_csv(index=False)),
+    ]
+    return Reproduction("digits", summary, markdown, files)
+
+
+# --------------------------------------------------------------------------------------------
+# All of it, with terminal output
+# --------------------------------------------------------------------------------------------
+
+
+def _rich_table(reproduction: Reproduction, title: str) -> Any:
+    from rich.table import Table
+
+    from stepsize_lens.experiments.digits import CAPTION
+
+    lines = [line for line in reproduction.markdown.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    caption = CAPTION if reproduction.experiment == "digits" else None
+    table = Table(title=title, caption=caption)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for line in lines[2:]:
+        table.add_row(*(cell.strip() for cell in line.strip("|").split("|")))
+    return table
+
+
+TITLES = {
+    "toy2d": "2D toy: −cos(w, w*), lr 0.04, from ‖w0‖ = 1",
+    "toy3d": "3D scale-invariant Rosenbrock",
+    "digits": "Digits CNN: scale-invariant tensors, mean ± std over seeds",
+}
+
+
+def reproduce(
+    experiment: str,
+    out: str | Path = "figures",
+    steps: int | None = None,
+    seed: int = 0,
+    seeds: int = 3,
+    threads: int | None = 1,
+    console: Any = None,
+) -> list[Reproduction]:
+    """Run ``experiment`` (toy2d, toy3d, digits or all), write its files into ``out`` and print
+    each summary table and the files written."""
+    if experiment not in (*EXPERIMENTS, "all"):
+        raise UserInputError(
+            f"experiment must be one of {', '.join(EXPERIMENTS)}, all; not {experiment!r}"
+        )
+    _check_steps(steps)
+    if seeds < 1:
+        raise UserInputError(f"--seeds must be at least 1, not {seeds}")
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    names = EXPERIMENTS if experiment == "all" else (experiment,)
+    results = []
+    for name in names:
+        if name == "toy2d":
+            result = reproduce_toy2d(out, steps)
+        elif name == "toy3d":
+            result = reproduce_toy3d(out, steps)
+        else:
+            result = reproduce_digits(
+                out, steps, seed=seed, seeds=seeds, threads=threads, console=console
+            )
+        title = TITLES[name]
+        if name == "digits":
+            title += f" ({int(result.table['steps'].max())} steps)"
+        console.print(_rich_table(result, title))
+        console.print("wrote " + ", ".join(str(path) for path in result.files))
+        results.append(result)
+    return results

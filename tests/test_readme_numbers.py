@@ -1,0 +1,76 @@
+"""The README's "Reproducing the paper" numbers are the ones the committed command produces.
+
+The toy tables are re-run here and compared cell by cell with the README's; the digits table
+(minutes to train) must equal the committed ``figures/digits.md`` and be the formatting of the
+committed ``figures/digits.csv``. Tables sit between ``<!-- reproduce:NAME -->`` and
+``<!-- /reproduce:NAME -->`` in README.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stepsize_lens.experiments import digits
+from stepsize_lens.experiments import reproduce as R
+from stepsize_lens.experiments.toys import rosenbrock3d_all, toy2d_all
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+FIGURES = ROOT / "figures"
+
+
+def _rows(markdown: str) -> list[list[str]]:
+    """The cells of a markdown table's header and body rows (the alignment row dropped)."""
+    lines = [line.strip() for line in markdown.splitlines() if line.strip().startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return [row for row in rows if not all(re.fullmatch(r":?-+:?", cell) for cell in row)]
+
+
+def _readme_table(name: str) -> list[list[str]]:
+    match = re.search(
+        rf"<!-- reproduce:{name} -->(.*?)<!-- /reproduce:{name} -->", README, flags=re.S
+    )
+    assert match, f"README.md has no <!-- reproduce:{name} --> table"
+    rows = _rows(match.group(1))
+    assert len(rows) >= 2, f"the {name} table in README.md is empty"
+    return rows
+
+
+def test_readme_toy2d_table_is_what_the_command_computes() -> None:
+    runs = toy2d_all(lr=R.TOY2D_LR, steps=R.TOY2D_STEPS)
+    fresh = R.toy2d_markdown(R.toy2d_table(runs))
+    table = _readme_table("toy2d")
+    assert table == _rows(fresh)
+    by_label = {row[0]: row for row in table[1:]}
+    # the paper's column is the paper's numbers, beside ours
+    assert by_label["SGD momentum β=0.9"][2:4] == [
+        f"{runs['momentum(beta=0.9)'].final_norm:.2f}",
+        "2.93",
+    ]
+    assert by_label["SGD momentum β=0.99"][3] == "27.87"
+    assert (FIGURES / "toy2d.md").read_text(encoding="utf-8") == fresh
+
+
+def test_readme_toy3d_table_is_what_the_command_computes() -> None:
+    fresh = R.toy3d_markdown(R.toy3d_table(rosenbrock3d_all(steps=R.TOY3D_STEPS)))
+    assert _readme_table("toy3d") == _rows(fresh)
+    assert (FIGURES / "toy3d.md").read_text(encoding="utf-8") == fresh
+
+
+def test_readme_digits_table_is_the_committed_output() -> None:
+    committed = (FIGURES / "digits.md").read_text(encoding="utf-8")
+    assert _readme_table("digits") == _rows(committed)
+    summary = pd.read_csv(FIGURES / "digits.csv")
+    assert digits.markdown_table(summary) == committed
+    assert (summary["seeds"] == digits.SEEDS).all()
+    assert (summary["steps"] == digits.FULL_STEPS).all()
+
+
+@pytest.mark.parametrize("name", ["toy2d", "toy3d", "digits_panel", "digits_seeds"])
+def test_readme_shows_each_committed_figure(name: str) -> None:
+    assert f"(figures/{name}.png)" in README
+    assert (FIGURES / f"{name}.png").is_file()
