@@ -75,6 +75,7 @@ def test_agreement_with_a_probe_result_and_without_verdicts():
         inv.agreement(run)
 
 
+@pytest.mark.slow
 def test_recorded_run_with_probe_columns_end_to_end():
     import stepsize_lens
     from stepsize_lens.models import digits_cnn
