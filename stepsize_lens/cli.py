@@ -144,10 +144,36 @@ class Reducer(str, Enum):
     median = "median"
 
 
+# arguments and options that several commands share, declared once
+RunFile = Annotated[Path, typer.Argument(help="A run file recorded with stepsize_lens.attach.")]
+OutFolder = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder for the figures and the report file (default: beside the first run)."
+    ),
+]
+Format = Annotated[
+    ReportFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        help="text (terminal view), markdown, html (one self-contained page) or json (for "
+        "scripts).",
+    ),
+]
+Delta = Annotated[
+    float | None,
+    typer.Option(help="δ of the paper's scale-invariance test (default: the run's, usually 0.1)."),
+]
+Figures = Annotated[
+    bool, typer.Option("--figures/--no-figures", help="Draw the figures (PNG + PDF) into --out.")
+]
+
+
 @app.command()
 @_user_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="A run file recorded with stepsize_lens.attach.")],
+    run: RunFile,
     tensorboard: Annotated[
         Path,
         typer.Option(help="Folder for TensorBoard event files (created if needed)."),
@@ -169,27 +195,17 @@ def _reference(text: str | None) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-_OUT_HELP = "Folder for the figures and the report file (default: beside the first run)."
-_FORMAT_HELP = (
-    "text (terminal view), markdown, html (one self-contained page) or json (for scripts)."
-)
-_DELTA_HELP = "δ of the paper's scale-invariance test (default: the run's, usually 0.1)."
-_FIGURES_HELP = "Draw the figures (PNG + PDF) into --out."
-
-
 @app.command()
 @_user_errors
 def report(
-    run: Annotated[Path, typer.Argument(help="A run file recorded with stepsize_lens.attach.")],
-    out: Annotated[Path | None, typer.Option(help=_OUT_HELP)] = None,
-    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help=_FORMAT_HELP)] = (
-        ReportFormat.text
-    ),
-    delta: Annotated[float | None, typer.Option(help=_DELTA_HELP)] = None,
+    run: RunFile,
+    out: OutFolder = None,
+    fmt: Format = ReportFormat.text,
+    delta: Delta = None,
     by: Annotated[
         GroupBy, typer.Option(help="Split tensors into sets by invariance class, group or tensor.")
     ] = GroupBy.cls,
-    figures: Annotated[bool, typer.Option("--figures/--no-figures", help=_FIGURES_HELP)] = True,
+    figures: Figures = True,
 ) -> None:
     """Report on RUN: findings, norm growth and effective-step decay per class and group, and
     the paper's figures."""
@@ -204,11 +220,9 @@ def compare(
     runs: Annotated[
         list[Path], typer.Argument(help="Two or more run files (the first is the reference).")
     ],
-    out: Annotated[Path | None, typer.Option(help=_OUT_HELP)] = None,
-    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help=_FORMAT_HELP)] = (
-        ReportFormat.text
-    ),
-    delta: Annotated[float | None, typer.Option(help=_DELTA_HELP)] = None,
+    out: OutFolder = None,
+    fmt: Format = ReportFormat.text,
+    delta: Delta = None,
     by: Annotated[
         GroupBy, typer.Option(help="Split tensors into sets by invariance class or group.")
     ] = GroupBy.cls,
@@ -216,7 +230,7 @@ def compare(
         str | None,
         typer.Option(help="Label or index of the run the ratios refer to (default: the first)."),
     ] = None,
-    figures: Annotated[bool, typer.Option("--figures/--no-figures", help=_FIGURES_HELP)] = True,
+    figures: Figures = True,
 ) -> None:
     """Compare RUNS side by side: overlaid curves, and ratios to the reference run."""
     from stepsize_lens.report import compare_report

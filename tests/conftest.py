@@ -7,6 +7,7 @@ with the lens, built once per test session.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def report_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 folder / f"{name}.pt", make, steps=REPORT_STEPS, seed=0, label=label, batch_size=32
             )
     return paths
+
+
+@pytest.fixture
+def local_runs(report_runs: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """Copies of the `report_runs` in this test's folder (default outputs land beside them)."""
+    return {
+        name: Path(shutil.copy(path, tmp_path / path.name)) for name, path in report_runs.items()
+    }
 
 
 @pytest.fixture(scope="session")

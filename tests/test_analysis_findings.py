@@ -103,6 +103,26 @@ def test_no_weight_decay_on_scale_invariant_tensors_fires() -> None:
     assert "no_weight_decay" not in kinds(find(healthy_run(groups={"weight_decay": [5e-4, 0.0]})))
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "expected", "absent"),
+    [
+        ("SGD", "1e-4 to 5e-4 with SGD)", "AdamW"),
+        ("SGDP", "1e-4 to 5e-4 with SGDP", "0.01"),
+        ("AdamW", "0.01 to 0.05 with AdamW", "5e-4"),
+        ("AdamP", "0.01 to 0.05 with AdamP", "5e-4"),
+        ("Adam", "torch.optim.AdamW", "5e-4"),
+        ("Lion", "typically a small value", "5e-4"),
+    ],
+)
+def test_no_weight_decay_suggests_a_value_for_the_optimizer_family(
+    optimizer: str, expected: str, absent: str
+) -> None:
+    run = healthy_run(optimizer=optimizer, groups={"weight_decay": [0.0, 0.0]})
+    (finding,) = [f for f in find(run) if f.kind == "no_weight_decay"]
+    assert expected in finding.suggestion
+    assert absent not in finding.suggestion
+
+
 def test_equilibrium_missed_fires_when_off_the_prediction() -> None:
     angle = 2.0 * equilibrium_angle_sgd() * _noise()
     findings = find(healthy_run(angular_update=angle))

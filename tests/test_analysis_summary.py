@@ -93,6 +93,64 @@ def pd_na():
     return pd.NA
 
 
+def test_tensors_that_start_at_zero_have_undefined_ratios_and_stay_out_of_set_means() -> None:
+    records = 100
+    r = np.arange(records, dtype=np.float64)
+    # fc.bias starts at zero (a zero-initialised bias) and grows; lin.weight stops moving halfway
+    weight = np.ones((records, 4))
+    weight[:, 3] = 0.01 * r
+    angle = np.full((records, 4), 0.01)
+    angle[50:, 1] = 0.0
+    angle[:, 3] = 0.5 / (1 + r)
+    angle[0, 3] = np.nan  # as the lens records them: undefined at ‖w‖ = 0
+    # finite gradient and update at ‖w‖ = 0; η/‖w‖² undefined there, then huge
+    bias_norm = np.where(r > 0, weight[:, 3], 1.0)
+    grad = np.ones((records, 4))
+    grad[:, 3] = 1.0 / bias_norm
+    update = weight * np.tan(np.nan_to_num(angle))
+    update[0, 3] = 0.01
+    eff = np.full((records, 4), 0.1)
+    eff[:, 3] = np.where(r > 0, 0.1 / bias_norm**2, np.nan)
+    run = crafted_run(
+        tensors=TENSORS,
+        records=records,
+        weight_norm=weight,
+        angular_update=angle,
+        overrides={"effective_lr": eff, "grad_norm": grad, "update_norm": update},
+    )
+    assert list(summary.starts_at_zero(run.metric("weight_norm"))) == [False, False, False, True]
+    table = summary.summarize(run, by=["tensor", "class", "group"])
+    assert (table["nonfinite"] == 0).all()
+    numbers = table.select_dtypes("number").to_numpy(dtype=np.float64, na_value=np.nan)
+    assert not np.isinf(numbers).any()
+    per_tensor = table[table["by"] == "tensor"].set_index("key")
+    bias = per_tensor.loc["fc.bias"]
+    assert bias["weight_norm_initial"] == 0.0 and np.isnan(bias["weight_norm_ratio"])
+    # alone in its set, the tensor's own series still count
+    assert bias["weight_norm_final"] == pytest.approx(0.99)
+    assert bias["effective_lr_final"] == pytest.approx(np.mean(0.1 / (0.01 * r[-5:]) ** 2))
+    assert np.isnan(per_tensor.loc["lin.weight", "angular_update_decay"])  # stopped: 0.01/0
+    # in the "none" class and in group 1 it sits beside fc.weight, whose values the set shows
+    fc = per_tensor.loc["fc.weight"]
+    for by in ("class", "group"):
+        key = "none" if by == "class" else 1
+        row = table[(table["by"] == by) & (table["key"] == key)].iloc[0]
+        assert row["tensors"] == 2 and row["numel"] == 15
+        for column in (
+            "weight_norm_initial",
+            "weight_norm_ratio",
+            "angular_update_initial",
+            "angular_update_decay",
+            "effective_lr_initial",
+            "effective_lr_decay",
+            "early_angular_update",
+        ):
+            assert row[column] == pytest.approx(fc[column]), column
+    assert table[(table["by"] == "class") & (table["key"] == "none")].iloc[0][
+        "effective_lr_decay"
+    ] == pytest.approx(1.0)
+
+
 def test_decay_after_an_lr_drop_is_not_counted() -> None:
     records = 100
     lr = np.where(np.arange(records) < 50, 0.1, 0.01)[:, None] * np.ones((1, 2))

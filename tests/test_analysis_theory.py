@@ -297,6 +297,13 @@ def test_equilibrium_check_compares_the_final_window() -> None:
     assert whole["ratio"].iloc[0] == pytest.approx(2.05, rel=1e-5)
     with pytest.raises(ValueError, match="by"):
         theory.equilibrium_check(run, by="group")
+    # predictions computed once can be handed in: same result, checked against the run's size
+    pred = theory.equilibrium_predictions(run)
+    for by in ("tensor", "class", "invariant"):
+        reused = theory.equilibrium_check(run, by=by, predictions=pred)
+        assert reused.equals(theory.equilibrium_check(run, by=by))
+    with pytest.raises(ValueError, match="one per record and tensor"):
+        theory.equilibrium_check(run, predictions=pred.iloc[: len(pred) // 2])
     no_decay = crafted_run(tensors=TENSORS, records=20, groups={"weight_decay": 0.0})
     assert theory.equilibrium_check(no_decay).empty
 

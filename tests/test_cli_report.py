@@ -41,13 +41,6 @@ def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     )
 
 
-@pytest.fixture
-def local_runs(report_runs, tmp_path):
-    return {
-        name: Path(shutil.copy(path, tmp_path / path.name)) for name, path in report_runs.items()
-    }
-
-
 def assert_png(path: Path) -> None:
     with Image.open(path) as image:
         image.load()

@@ -173,6 +173,22 @@ def test_theory_overlay_draws_the_adamw_equilibrium_band(runs):
     assert any(isinstance(c, PolyCollection) for c in angle_ax.collections)  # the ±25% band
 
 
+def test_theory_overlay_reuses_given_predictions(runs):
+    from stepsize_lens.analysis import equilibrium_predictions
+
+    run = runs["adamw"]
+    own = plots.theory_overlay(run)
+    shared = plots.theory_overlay(run, predictions=equilibrium_predictions(run))
+    for mine, theirs in zip(own.axes, shared.axes, strict=True):
+        assert [line.get_label() for line in mine.get_lines()] == [
+            line.get_label() for line in theirs.get_lines()
+        ]
+        for a, b in zip(mine.get_lines(), theirs.get_lines(), strict=True):
+            np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    with pytest.raises(ValueError, match="one per record and tensor"):
+        plots.theory_overlay(run, predictions=equilibrium_predictions(runs["sgd"]).iloc[:-1])
+
+
 def test_theory_overlay_without_weight_decay_shows_the_no_decay_laws(runs):
     fig = plots.theory_overlay(runs["sgd_momentum"])
     labels = _legend_texts(fig)

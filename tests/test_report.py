@@ -6,9 +6,9 @@ import base64
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -59,20 +59,21 @@ RUN_KEYS = {
     "lr_changes",
     "scalars",
 }
+
+
+def initial_final(metric: str, change: str) -> set[str]:
+    """The docstring's ``<metric>_initial / _final / _<change>``."""
+    return {f"{metric}_initial", f"{metric}_final", f"{metric}_{change}"}
+
+
 SUMMARY_KEYS = {
     "by",
     "key",
     "tensors",
     "numel",
-    "weight_norm_initial",
-    "weight_norm_final",
-    "weight_norm_ratio",
-    "angular_update_initial",
-    "angular_update_final",
-    "angular_update_decay",
-    "effective_lr_initial",
-    "effective_lr_final",
-    "effective_lr_decay",
+    *initial_final("weight_norm", "ratio"),
+    *initial_final("angular_update", "decay"),
+    *initial_final("effective_lr", "decay"),
     "early_angular_update",
     "constant_lr_from",
     "constant_lr_until",
@@ -90,12 +91,8 @@ DECAY_KEYS = {
     "group",
     "shape",
     "numel",
-    "weight_norm_initial",
-    "weight_norm_final",
-    "weight_norm_ratio",
-    "angular_update_initial",
-    "angular_update_final",
-    "angular_update_decay",
+    *initial_final("weight_norm", "ratio"),
+    *initial_final("angular_update", "decay"),
     "half_step",
     "tenth_step",
     "exponent",
@@ -122,14 +119,6 @@ REPORT_FIGURES = {
 
 def quiet(width: int = 160) -> Console:
     return Console(file=io.StringIO(), width=width, color_system=None)
-
-
-@pytest.fixture
-def local_runs(report_runs, tmp_path):
-    """Copies of the session's runs in this test's folder (default outputs land beside them)."""
-    return {
-        name: Path(shutil.copy(path, tmp_path / path.name)) for name, path in report_runs.items()
-    }
 
 
 def check_png(path: Path) -> None:
@@ -200,6 +189,50 @@ def test_findings_are_those_of_analysis_find(report_runs):
     data = report_data(run)
     assert [f["kind"] for f in data["findings"]] == [f.kind for f in find(run)]
     assert "no_weight_decay" in [f["kind"] for f in data["findings"]]
+
+
+def test_tensors_that_start_at_zero_have_no_norm_ratio(report_runs):
+    """The digits CNN's BatchNorm biases start at zero: their ‖w‖ ratio is undefined (null in
+    the JSON, – on the page), and the "none" class they belong to shows its other tensors."""
+    from stepsize_lens.analysis import tensor_classes
+    from stepsize_lens.report.document import summary_tables
+
+    run = stepsize_lens.load(report_runs["sgd_momentum"])
+    data = report_data(run, by="tensor")
+    json.dumps(data, allow_nan=False)
+    rows = {r["key"]: r for r in data["summary"] if r["by"] == "tensor"}
+    zero = [name for name, r in rows.items() if r["weight_norm_initial"] == 0]
+    assert zero and all(name.endswith(".bias") for name in zero)
+    assert all(rows[name]["weight_norm_ratio"] is None for name in zero)
+    (table,) = [t for t in summary_tables(data) if t.columns[0] == "tensor"]
+    grew = table.columns.index("‖w‖ grew")
+    assert {row[0]: row[grew] for row in table.rows if row[0] in zero} == dict.fromkeys(zero, "–")
+    classes = tensor_classes(run)
+    others = [n for n in run.tensor_names if classes[n] == "none" and n not in zero]
+    none = next(r for r in data["summary"] if r["by"] == "class" and r["key"] == "none")
+    for column in ("weight_norm_initial", "weight_norm_final"):
+        assert none[column] == pytest.approx(np.mean([rows[n][column] for n in others]))
+
+
+def test_report_computes_the_equilibrium_predictions_once(report_runs, tmp_path, monkeypatch):
+    from stepsize_lens import analysis
+    from stepsize_lens.analysis import theory
+
+    calls = []
+    original = theory.equilibrium_predictions
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(theory, "equilibrium_predictions", counting)
+    monkeypatch.setattr(analysis, "equilibrium_predictions", counting)
+    run = stepsize_lens.load(report_runs["sgdp"])  # weight decay: the findings need them too
+    result = report(run, out=tmp_path, format="json", formats=("png",), console=quiet())
+    assert len(calls) == 1 and "theory" in result.figures
+    monkeypatch.undo()
+    assert "equilibrium_missed" in [f["kind"] for f in result.data["findings"]]
+    assert result.data["findings"] == report_data(run)["findings"]
 
 
 def test_delta_changes_the_classes(report_runs):

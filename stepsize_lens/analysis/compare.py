@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 DEFAULT_METRICS: tuple[str, ...] = ("weight_norm", "angular_update", "effective_lr")
 
 
-def _reference_index(runs: Sequence[Run], labels: list[str], reference: int | str) -> int:
+def reference_index(runs: Sequence[Run], reference: int | str) -> int:
+    """The position in ``runs`` of the reference run: ``reference`` is an index (negative counts
+    from the end) or a label (`frames.run_labels`, so repeated labels carry #2, #3...).
+    ValueError when no run matches."""
+    labels = run_labels(runs)
     if isinstance(reference, str):
         if reference not in labels:
             raise ValueError(f"no run labelled {reference!r}; runs: {', '.join(labels)}")
@@ -94,7 +98,7 @@ def compare(
     if len(runs) == 0:
         raise ValueError("compare needs at least one run")
     labels = run_labels(runs)
-    ref = _reference_index(runs, labels, reference)
+    ref = reference_index(runs, reference)
     metrics = list(metrics)
     series = [_series(run, by, metrics, reducer, on, classes, alpha, scalar) for run in runs]
     parts = []

@@ -9,7 +9,8 @@
 - ``premature_decay`` (warning): a scale-invariant tensor's angular update fell to
   ``decay_fraction`` of its early level while the lr was unchanged (`summary.decay_crossings`).
 - ``no_weight_decay`` (warning): scale-invariant tensors sit in groups with weight decay 0: no
-  equilibrium, the effective step keeps falling (≈ t^(−1/2)).
+  equilibrium, the effective step keeps falling (≈ t^(−1/2)). The suggested value fits the
+  optimizer family (`TYPICAL_WEIGHT_DECAY`).
 - ``equilibrium_missed`` (warning) / ``equilibrium_reached`` (info): the mean angular update of
   the scale-invariant, weight-decayed tensors over the last ``equilibrium_window`` of the run is
   off the theory (`theory.equilibrium_check`) by more than ``equilibrium_tolerance``, or not.
@@ -58,6 +59,21 @@ KINDS: tuple[str, ...] = (
     "wd_mismatch",
 )
 MAX_LISTED = 20  # tensors listed in a finding's evidence
+# the ``no_weight_decay`` suggestion's usual weight decay, per theory family
+TYPICAL_WEIGHT_DECAY: dict[str, str] = {
+    "sgd": "1e-4 to 5e-4 with SGD",
+    "sgdp": (
+        "1e-4 to 5e-4 with SGDP, as for SGD; it applies weight_decay x wd_ratio / (1 - momentum) "
+        "on the tensors it projects"
+    ),
+    "adamw": "0.01 to 0.05 with AdamW",
+    "adamp": "0.01 to 0.05 with AdamP, as for AdamW; it applies weight_decay x wd_ratio on the "
+    "tensors it projects",
+    "adam": (
+        "0.01 to 0.05 as decoupled decay: torch.optim.AdamW, or stepsize_lens.AdamP; Adam's own "
+        "weight_decay is an L2 term that its normaliser rescales"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,7 @@ class _Context:
     family: str
     wd_last: np.ndarray  # [T] weight decay at the last record (NaN -> 0)
     groups: np.ndarray  # [T] param group
+    predictions: pd.DataFrame | None  # theory.equilibrium_predictions, if the caller has it
 
 
 def find(
@@ -139,8 +156,13 @@ def find(
     classes: pd.Series | Mapping[str, str] | None = None,
     delta: float | None = None,
     thresholds: Thresholds | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> list[Finding]:
-    """All findings for a run, ranked (`rank`)."""
+    """All findings for a run, ranked (`rank`).
+
+    ``predictions``: `theory.equilibrium_predictions` of this run with these classes, when the
+    caller already has it (a report computes it once for the findings and the theory figure).
+    """
     from stepsize_lens.analysis.theory import optimizer_family
 
     cls = tensor_classes(run, classes, delta)
@@ -161,6 +183,7 @@ def find(
         family=optimizer_family(run),
         wd_last=wd_last,
         groups=groups,
+        predictions=predictions,
     )
     findings: list[Finding] = []
     for check in (
@@ -358,9 +381,7 @@ def _no_weight_decay(ctx: _Context) -> list[Finding]:
         exponents = [decay_exponent(steps[late], angle[:, i]) for i in target]
         finite = [e for e in exponents if np.isfinite(e)]
         evidence["median_decay_exponent"] = _num(np.median(finite)) if finite else None
-    typical = (
-        "5e-4 for SGD, 0.01-0.05 for AdamW/AdamP" if ctx.family != "unknown" else "a small value"
-    )
+    typical = TYPICAL_WEIGHT_DECAY.get(ctx.family, "a small value")
     return [
         Finding(
             kind="no_weight_decay",
@@ -388,7 +409,12 @@ def _equilibrium(ctx: _Context) -> list[Finding]:
     from stepsize_lens.analysis.theory import equilibrium_check
 
     per_tensor = equilibrium_check(
-        ctx.run, ctx.classes, window=th.equilibrium_window, by="tensor", family=ctx.family
+        ctx.run,
+        ctx.classes,
+        window=th.equilibrium_window,
+        by="tensor",
+        family=ctx.family,
+        predictions=ctx.predictions,
     )
     per_tensor = per_tensor[np.isfinite(per_tensor["measured"].to_numpy(dtype=float))]
     if per_tensor.empty:

@@ -7,6 +7,14 @@ series reduced over its tensors (`frames.reduce_values`, default the mean):
 - effective step, both as the angular update (radians per step) and as η/‖w‖²: initial = mean of
   the first ``window`` records, final = mean of the last ``window``, ``*_decay`` =
   initial/final (10 means it fell tenfold);
+- ratios with a zero or undefined denominator are NaN (DESIGN: undefined ratios are NaN), never
+  inf;
+- tensors that *start at zero* (first finite ‖w‖ = 0, e.g. BatchNorm and other zero-initialised
+  biases) have no scale to grow from: their η/‖w‖² is undefined at first, huge just after, then
+  falls by orders of magnitude, and their early angular updates are large. They are left out of
+  a set's weight norm, angular update and η/‖w‖² series (and so of every column built from them)
+  unless every tensor of the set starts at zero; ``tensors``, ``numel``, the shares and the
+  counts include them.
 - ``half_step`` / ``tenth_step``: the first step at which the angular update, smoothed by a
   trailing mean over ``window`` records, fell to 1/2 and 1/10 of its *early level* while the lr
   was unchanged. The early level is the mean over the first ``window`` records of the first
@@ -156,6 +164,23 @@ def _last_finite(series: np.ndarray) -> float:
     return float(series[idx[-1]]) if idx.size else np.nan
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN unless both are finite and the denominator is non-zero."""
+    if not (np.isfinite(numerator) and np.isfinite(denominator)) or denominator == 0:
+        return np.nan
+    return float(np.float64(numerator) / denominator)
+
+
+def starts_at_zero(weight_norm: np.ndarray) -> np.ndarray:
+    """[T] bool: the first finite value of each column of ``weight_norm`` [R, T] is 0."""
+    finite = np.isfinite(weight_norm)
+    if weight_norm.shape[0] == 0:
+        return np.zeros(weight_norm.shape[1], dtype=bool)
+    first = np.argmax(finite, axis=0)
+    values = weight_norm[first, np.arange(weight_norm.shape[1])]
+    return finite.any(axis=0) & (values == 0)
+
+
 def _head_mean(series: np.ndarray, window: int, tail: bool = False) -> float:
     finite = series[np.isfinite(series)]
     if finite.size == 0:
@@ -196,13 +221,15 @@ def summarize(
     tested = recorded_test_views(run, delta)[keep]
     applied = run.view("applied_view")[keep]
     bad = nonfinite_mask(run)
+    zero_start = starts_at_zero(weight)
     rows = []
     for by_name in keys:
         for key, index in tensor_sets(run, by_name, cls).items():
-            w = reduce_values(weight[:, index], reducer, numel[index])
-            a = reduce_values(angle[:, index], reducer, numel[index])
-            e = reduce_values(eff[:, index], reducer, numel[index])
-            crossings = decay_crossings(steps, a, lr[:, index], (0.5, 0.1), win)
+            measured = index[~zero_start[index]] if not zero_start[index].all() else index
+            w = reduce_values(weight[:, measured], reducer, numel[measured])
+            a = reduce_values(angle[:, measured], reducer, numel[measured])
+            e = reduce_values(eff[:, measured], reducer, numel[measured])
+            crossings = decay_crossings(steps, a, lr[:, measured], (0.5, 0.1), win)
             t = tested[:, index]
             p = applied[:, index]
             w0, w1 = _first_finite(w), _last_finite(w)
@@ -217,13 +244,13 @@ def summarize(
                         "numel": int(numel[index].sum()),
                         "weight_norm_initial": w0,
                         "weight_norm_final": w1,
-                        "weight_norm_ratio": np.float64(w1) / w0,
+                        "weight_norm_ratio": _ratio(w1, w0),
                         "angular_update_initial": a0,
                         "angular_update_final": a1,
-                        "angular_update_decay": np.float64(a0) / a1,
+                        "angular_update_decay": _ratio(a0, a1),
                         "effective_lr_initial": e0,
                         "effective_lr_final": e1,
-                        "effective_lr_decay": np.float64(e0) / e1,
+                        "effective_lr_decay": _ratio(e0, e1),
                         "early_angular_update": crossings.early,
                         "constant_lr_from": crossings.segment[0] if crossings.segment else None,
                         "constant_lr_until": crossings.segment[1] if crossings.segment else None,

@@ -364,6 +364,31 @@ def optimizer_family(run: Run) -> str:
     return family
 
 
+def _record_frame(run: Run, columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """A frame with one row per record and tensor: step, tensor, group, then ``columns``
+    (each [R, T], flattened record-major; 1-D [T] arrays are repeated for every record)."""
+    import pandas as pd
+
+    num_records, num_tensors = run.num_records, run.num_tensors
+    frame: dict[str, np.ndarray] = {
+        "step": np.repeat(run.steps, num_tensors),
+        "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
+        "group": np.tile(np.asarray(run.data["params"]["group"]), num_records),
+    }
+    for name, values in columns.items():
+        values = np.asarray(values)
+        frame[name] = np.tile(values, num_records) if values.ndim == 1 else values.reshape(-1)
+    return pd.DataFrame(frame)
+
+
+def _late_records(run: Run, start: float) -> np.ndarray:
+    """[R] bool: non-skipped records whose step is at least ``start`` × the last step."""
+    steps = run.steps.astype(np.float64)
+    if steps.size == 0:
+        return np.zeros(0, bool)
+    return (steps >= start * steps.max()) & ~run.skipped.astype(bool)
+
+
 def _projected(run: Run, classes: pd.Series) -> np.ndarray:
     """[R, T] bool: did AdamP/SGDP project this tensor at this record (else: is it invariant)."""
     applied = run.view("applied_view")
@@ -381,8 +406,6 @@ def norm_identity(run: Run) -> pd.DataFrame:
     decoupled decay leaves, NaN for coupled-decay optimizers), and for plain SGD (no momentum)
     ``gradient_sq`` = (1−ηλ)²‖w‖² − 2η(1−ηλ)⟨w,g⟩ + η²‖g‖², predicted from the gradient alone.
     """
-    import pandas as pd
-
     w = run.metric("weight_norm").astype(np.float64)
     d = run.metric("update_norm").astype(np.float64)
     cos_u = run.metric("cos_update").astype(np.float64)
@@ -415,19 +438,16 @@ def norm_identity(run: Run) -> pd.DataFrame:
         gradient = np.where(plain, decoupled_norm_sq(w * w, lr, wd, w_dot_g, g * g), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(predicted - measured) / measured
-    num_records, num_tensors = w.shape
-    return pd.DataFrame(
+    return _record_frame(
+        run,
         {
-            "step": np.repeat(steps, num_tensors),
-            "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
-            "group": np.tile(np.asarray(run.data["params"]["group"]), num_records),
-            "weight_sq": (w * w).reshape(-1),
-            "predicted_sq": predicted.reshape(-1),
-            "measured_sq": measured.reshape(-1),
-            "rel_error": rel.reshape(-1),
-            "decay_sq": decay.reshape(-1),
-            "gradient_sq": gradient.reshape(-1),
-        }
+            "weight_sq": w * w,
+            "predicted_sq": predicted,
+            "measured_sq": measured,
+            "rel_error": rel,
+            "decay_sq": decay,
+            "gradient_sq": gradient,
+        },
     )
 
 
@@ -448,8 +468,6 @@ def equilibrium_predictions(
     ``measured_angle``, ``weight_norm``. Only meaningful for scale-invariant tensors; all tensors
     are listed, with their class.
     """
-    import pandas as pd
-
     classes = tensor_classes(run, classes)
     family = family or optimizer_family(run)
     lr = tensor_group_field(run, "lr", np.nan)
@@ -505,24 +523,39 @@ def equilibrium_predictions(
         ),
         dtype=np.float64,
     ) * np.ones_like(lr)
-    num_records, num_tensors = lr.shape
-    class_names = np.asarray(classes, dtype=object)
-    return pd.DataFrame(
+    return _record_frame(
+        run,
         {
-            "step": np.repeat(run.steps, num_tensors),
-            "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
-            "group": np.tile(np.asarray(run.data["params"]["group"]), num_records),
-            "class": np.tile(class_names, num_records),
-            "projected": projected.reshape(-1),
-            "lr": lr.reshape(-1),
-            "weight_decay": wd.reshape(-1),
-            "predicted_angle": angle.reshape(-1),
-            "predicted_norm": np.asarray(norm, dtype=np.float64).reshape(-1),
-            "relaxation_steps": relax.reshape(-1),
-            "measured_angle": run.metric("angular_update").astype(np.float64).reshape(-1),
-            "weight_norm": weight.reshape(-1),
-        }
+            "class": np.asarray(classes, dtype=object),
+            "projected": projected,
+            "lr": lr,
+            "weight_decay": wd,
+            "predicted_angle": angle,
+            "predicted_norm": np.asarray(norm, dtype=np.float64),
+            "relaxation_steps": relax,
+            "measured_angle": run.metric("angular_update").astype(np.float64),
+            "weight_norm": weight,
+        },
     )
+
+
+def predictions_for(
+    run: Run,
+    predictions: pd.DataFrame | None = None,
+    classes: pd.Series | Mapping[str, str] | None = None,
+    family: str | None = None,
+) -> pd.DataFrame:
+    """`equilibrium_predictions` (run, classes, family), or ``predictions`` when a caller that
+    needs them several times computed them already (checked to have one row per record and
+    tensor of ``run``; ValueError otherwise)."""
+    if predictions is None:
+        return equilibrium_predictions(run, classes, family)
+    if len(predictions) != run.num_records * run.num_tensors:
+        raise ValueError(
+            f"predictions has {len(predictions)} rows, not one per record and tensor of run "
+            f"{run.label!r} ({run.num_records} x {run.num_tensors})"
+        )
+    return predictions
 
 
 def _final_window(steps: np.ndarray, skipped: np.ndarray, window: float) -> np.ndarray:
@@ -540,6 +573,7 @@ def equilibrium_check(
     window: float = 0.2,
     by: str = "tensor",
     family: str | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Measured against predicted equilibrium angular update over the last part of a run.
 
@@ -549,12 +583,15 @@ def equilibrium_check(
     the key, tensors, ``measured`` and ``predicted`` (means over the window and tensors),
     ``ratio`` = measured/predicted, ``relaxation_steps`` (largest, at the window's end),
     ``span_steps`` (steps the run covers), ``window_start`` (first step of the window).
+    ``predictions``: `equilibrium_predictions` of this run with the same ``classes`` and
+    ``family``, when the caller already has it (it is not recomputed; ``classes`` and ``family``
+    are then not used).
     """
     import pandas as pd
 
     if by not in ("tensor", "class", "invariant"):
         raise ValueError(f"by must be 'tensor', 'class' or 'invariant', not {by!r}")
-    pred = equilibrium_predictions(run, classes, family)
+    pred = predictions_for(run, predictions, classes, family)
     in_window = _final_window(run.steps, run.skipped, window)
     mask = np.repeat(in_window, run.num_tensors)
     rows = pred[mask & pred["class"].isin(["channel", "layer"]).to_numpy()]
@@ -617,11 +654,7 @@ def decay_exponents(
 
     classes = tensor_classes(run, classes)
     steps = run.steps.astype(np.float64)
-    keep = (
-        (steps >= start * steps.max()) & ~run.skipped.astype(bool)
-        if steps.size
-        else np.zeros(0, bool)
-    )
+    keep = _late_records(run, start)
     values = run.metric(metric)[keep]
     wd = tensor_group_field(run, "weight_decay", 0.0)
     return pd.DataFrame(
@@ -649,16 +682,10 @@ def sqrt_law(
     Columns: step, tensor, group, class, weight_decay, measured, predicted, exponent. The law
     holds for scale-invariant tensors without weight decay; elsewhere the gap is the point.
     """
-    import pandas as pd
-
     classes = tensor_classes(run, classes)
     steps = run.steps.astype(np.float64)
     values = run.metric(metric).astype(np.float64)
-    fit = (
-        (steps >= start * steps.max()) & ~run.skipped.astype(bool)
-        if steps.size
-        else np.zeros(0, bool)
-    )
+    fit = _late_records(run, start)
     predicted = np.full(values.shape, np.nan)
     exponents = np.full(run.num_tensors, np.nan)
     for i in range(run.num_tensors):
@@ -668,17 +695,13 @@ def sqrt_law(
             with np.errstate(divide="ignore"):
                 predicted[:, i] = np.where(steps > 0, np.exp(log_c) * steps**-0.5, np.nan)
         exponents[i] = decay_exponent(steps[ok], values[ok, i])
-    wd = tensor_group_field(run, "weight_decay", 0.0)
-    num_records, num_tensors = values.shape
-    return pd.DataFrame(
+    return _record_frame(
+        run,
         {
-            "step": np.repeat(run.steps, num_tensors),
-            "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
-            "group": np.tile(np.asarray(run.data["params"]["group"]), num_records),
-            "class": np.tile(np.asarray(classes, dtype=object), num_records),
-            "weight_decay": wd.reshape(-1),
-            "measured": values.reshape(-1),
-            "predicted": predicted.reshape(-1),
-            "exponent": np.tile(exponents, num_records),
-        }
+            "class": np.asarray(classes, dtype=object),
+            "weight_decay": tensor_group_field(run, "weight_decay", 0.0),
+            "measured": values,
+            "predicted": predicted,
+            "exponent": exponents,
+        },
     )

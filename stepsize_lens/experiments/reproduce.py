@@ -82,6 +82,25 @@ def _save(fig: Any, stem: Path) -> Path:
     return save_figure(fig, stem, formats=("png",))[0]
 
 
+def _toy_files(
+    name: str, runs: dict[str, Any], table: pd.DataFrame, markdown: str, figure: Any, out: Path
+) -> Reproduction:
+    """Write a toy's ``figure`` (``<name>.png``), ``table`` (``<name>.md``, ``<name>.csv``) and
+    every run's per-step frame (``runs/<name>_trajectories.csv``)."""
+    import pandas as pd
+
+    files = [
+        _save(figure, out / name),
+        _write(out / f"{name}.md", markdown),
+        _write(out / f"{name}.csv", table.to_csv(index=False)),
+        _write(
+            out / "runs" / f"{name}_trajectories.csv",
+            pd.concat([run.frame() for run in runs.values()]).to_csv(index=False),
+        ),
+    ]
+    return Reproduction(name, table, markdown, files)
+
+
 # --------------------------------------------------------------------------------------------
 # 2D toy
 # --------------------------------------------------------------------------------------------
@@ -135,26 +154,14 @@ def toy2d_markdown(table: pd.DataFrame) -> str:
 
 def reproduce_toy2d(out: str | Path, steps: int | None = None) -> Reproduction:
     """Run the 2D toy's four methods (lr `TOY2D_LR`) and write figure, tables and data."""
-    import pandas as pd
-
     from stepsize_lens.experiments.figures import toy2d_figure
     from stepsize_lens.experiments.toys import toy2d_all
 
     _check_steps(steps)
-    out = Path(out)
     runs = toy2d_all(lr=TOY2D_LR, steps=steps or TOY2D_STEPS)
     table = toy2d_table(runs)
     markdown = toy2d_markdown(table)
-    files = [
-        _save(toy2d_figure(runs), out / "toy2d"),
-        _write(out / "toy2d.md", markdown),
-        _write(out / "toy2d.csv", table.to_csv(index=False)),
-        _write(
-            out / "runs" / "toy2d_trajectories.csv",
-            pd.concat([run.frame() for run in runs.values()]).to_csv(index=False),
-        ),
-    ]
-    return Reproduction("toy2d", table, markdown, files)
+    return _toy_files("toy2d", runs, table, markdown, toy2d_figure(runs), Path(out))
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,26 +231,14 @@ def toy3d_markdown(table: pd.DataFrame) -> str:
 
 def reproduce_toy3d(out: str | Path, steps: int | None = None) -> Reproduction:
     """Run the scale-invariant Rosenbrock with every method and write figure, tables, data."""
-    import pandas as pd
-
     from stepsize_lens.experiments.figures import toy3d_figure
     from stepsize_lens.experiments.toys import rosenbrock3d_all
 
     _check_steps(steps)
-    out = Path(out)
     runs = rosenbrock3d_all(steps=steps or TOY3D_STEPS)
     table = toy3d_table(runs)
     markdown = toy3d_markdown(table)
-    files = [
-        _save(toy3d_figure(runs), out / "toy3d"),
-        _write(out / "toy3d.md", markdown),
-        _write(out / "toy3d.csv", table.to_csv(index=False)),
-        _write(
-            out / "runs" / "toy3d_trajectories.csv",
-            pd.concat([run.frame() for run in runs.values()]).to_csv(index=False),
-        ),
-    ]
-    return Reproduction("toy3d", table, markdown, files)
+    return _toy_files("toy3d", runs, table, markdown, toy3d_figure(runs), Path(out))
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ Three experiments, each returning plain dataclasses whose ``frame()`` gives a ti
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,36 @@ def _tangential(vector: np.ndarray, w: np.ndarray) -> np.ndarray:
     """vector − ⟨vector, ŵ⟩ŵ: the component of vector orthogonal to w."""
     unit = w / np.linalg.norm(w)
     return vector - (vector @ unit) * unit
+
+
+def _descend(
+    w0: np.ndarray,
+    grad: Callable[[np.ndarray], np.ndarray],
+    *,
+    lr: float,
+    steps: int,
+    momentum: float | None = None,
+    project: bool = False,
+) -> np.ndarray:
+    """The iterates w_0 … w_T [steps+1, d] of w ← w − η·d from ``w0``, with d = ∇f(w) = ``grad(w)``
+    when ``momentum`` is None, else the heavy-ball buffer p ← μp + ∇f(w) (starting at 0; with
+    ``project``, p ← Π_w(μp + ∇f(w)), the SGDP rule)."""
+    w = w0
+    buf = np.zeros_like(w0)
+    weights = np.empty((steps + 1, w0.shape[0]))
+    weights[0] = w
+    for t in range(steps):
+        g = grad(w)
+        if momentum is None:
+            direction = g
+        else:
+            buf = momentum * buf + g
+            if project:
+                buf = _tangential(buf, w)
+            direction = buf
+        w = w - lr * direction
+        weights[t + 1] = w
+    return weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,23 +150,20 @@ def toy2d(
     if method not in TOY2D_METHODS:
         raise ValueError(f"method must be one of {TOY2D_METHODS}, not {method!r}")
     target = np.array([1.0, 0.0])
-    w = np.array([np.cos(start_angle), np.sin(start_angle)], dtype=np.float64)
-    buf = np.zeros(2)
-    weights = np.empty((steps + 1, 2))
-    weights[0] = w
-    for t in range(steps):
+
+    def grad(w: np.ndarray) -> np.ndarray:
         norm = np.linalg.norm(w)
         unit = w / norm
-        grad = -(target - (target @ unit) * unit) / norm
-        if method == "sgd":
-            direction = grad
-        else:
-            buf = beta * buf + grad
-            if method == "sgdp":
-                buf = _tangential(buf, w)
-            direction = buf
-        w = w - lr * direction
-        weights[t + 1] = w
+        return -(target - (target @ unit) * unit) / norm
+
+    weights = _descend(
+        np.array([np.cos(start_angle), np.sin(start_angle)], dtype=np.float64),
+        grad,
+        lr=lr,
+        steps=steps,
+        momentum=None if method == "sgd" else beta,
+        project=method == "sgdp",
+    )
     norms = np.linalg.norm(weights, axis=1)
     angles = _angle_between(weights, target)
     return ToyTrajectory(
@@ -337,24 +364,20 @@ def rosenbrock3d(
     """
     if method not in ROSENBROCK_METHODS:
         raise ValueError(f"method must be one of {ROSENBROCK_METHODS}, not {method!r}")
-    w = np.array([start[0], start[1], 1.0])
-    w = w / np.linalg.norm(w)
-    buf = np.zeros(3)
-    weights = np.empty((steps + 1, 3))
-    weights[0] = w
-    for t in range(steps):
-        grad = _rosenbrock3d_grad(w)
-        if method == "gd":
-            direction = grad
-        else:
-            if method == "momentum_wd":
-                grad = grad + weight_decay * w
-            buf = momentum * buf + grad
-            if method == "momentum_projection":
-                buf = _tangential(buf, w)
-            direction = buf
-        w = w - lr * direction
-        weights[t + 1] = w
+    w0 = np.array([start[0], start[1], 1.0])
+
+    def grad(w: np.ndarray) -> np.ndarray:
+        g = _rosenbrock3d_grad(w)
+        return g + weight_decay * w if method == "momentum_wd" else g  # coupled L2 decay
+
+    weights = _descend(
+        w0 / np.linalg.norm(w0),
+        grad,
+        lr=lr,
+        steps=steps,
+        momentum=None if method == "gd" else momentum,
+        project=method == "momentum_projection",
+    )
     path = weights[:, :2] / weights[:, 2:3]
     params = {"lr": lr, "steps": steps}
     if method != "gd":

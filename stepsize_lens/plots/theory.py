@@ -22,6 +22,7 @@ def theory_overlay(
     classes: pd.Series | Mapping[str, str] | None = None,
     tolerance: float = 0.25,
     smooth: int | str | None = "auto",
+    predictions: pd.DataFrame | None = None,
 ) -> Figure:
     """Measured against predicted, per invariance class (channel, layer), means over the class.
 
@@ -29,13 +30,15 @@ def theory_overlay(
     weight decay, for the SGD family, the no-decay law (‖w0‖⁴ + 2κη²g̃²t)^(1/4) with each
     tensor's median measured g̃ = ‖w‖‖g‖. Right: the angular update with the equilibrium value
     (e.g. sqrt(2ηλ/(1+α)) for SGD) as a band of ±``tolerance``; without weight decay a t^(−1/2)
-    guide through the mid-run value.
+    guide through the mid-run value. ``predictions``: `analysis.equilibrium_predictions` of
+    this run with these classes, if already computed (a report shares it with its findings).
     """
-    from stepsize_lens.analysis import equilibrium_predictions, optimizer_family, tensor_classes
+    from stepsize_lens.analysis import optimizer_family, tensor_classes
+    from stepsize_lens.analysis.theory import predictions_for
 
     cls = tensor_classes(run, classes)
     family = optimizer_family(run)
-    pred = equilibrium_predictions(run, cls, family)
+    pred = predictions_for(run, predictions, cls, family)
     keep = ~run.skipped.astype(bool)
     steps = run.steps[keep].astype(np.float64)
     shape = (run.num_records, run.num_tensors)

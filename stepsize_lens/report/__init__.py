@@ -26,7 +26,9 @@ JSON of ``report`` (``schema`` = ``"stepsize_lens.report/1"``); undefined number
   key, tensors, numel, weight_norm_initial / _final / _ratio, angular_update_initial / _final /
   _decay (initial/final), effective_lr_initial / _final / _decay, early_angular_update,
   constant_lr_from, constant_lr_until, half_step, tenth_step, test_pass_share,
-  projected_share, nonfinite, skipped.
+  projected_share, nonfinite, skipped. A ratio whose denominator is 0 is null (a tensor that
+  starts at zero has no weight_norm_ratio); tensors that start at zero are left out of a set's
+  norm and step columns unless every tensor of the set does.
 - ``findings``: ranked, most severe first (`analysis.find`): kind, severity (critical /
   warning / info), title, evidence {...}, tensors [...], suggestion, score.
 - ``strongest_decay_scope``: "scale-invariant" (or "all" when no tensor is).
@@ -142,7 +144,7 @@ def report(
     console: Any = None,
 ) -> ReportResult:
     """Analyse one run and emit the report in ``format`` (see the module docstring)."""
-    from stepsize_lens.analysis import tensor_classes
+    from stepsize_lens.analysis import equilibrium_predictions, tensor_classes
     from stepsize_lens.report.document import report_document
     from stepsize_lens.report.figures import draw_and_save, progress, report_figures
 
@@ -155,11 +157,14 @@ def report(
     folder = Path(out) if out is not None else default_out([run.path])
     with progress(status, 1, "analysing (summaries, findings)") as advance:
         classes = tensor_classes(run, None, delta)
-        data = report_data(run, delta, by, classes)
+        # computed once for the findings and the theory figure (without figures, the findings
+        # compute it only if they need it)
+        predictions = equilibrium_predictions(run, classes) if figures else None
+        data = report_data(run, delta, by, classes, predictions)
         advance("done")
     saved: dict[str, list[Path]] = {}
     if figures:
-        drawers = report_figures(run, by, classes, delta)
+        drawers = report_figures(run, by, classes, delta, predictions)
         with progress(status, len(drawers), f"drawing {drawers[0][0]}") as advance:
             saved = draw_and_save(drawers, folder, formats, advance)
         data["figures"] = {name: [str(p) for p in paths] for name, paths in saved.items()}

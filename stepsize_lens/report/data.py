@@ -191,8 +191,13 @@ def report_data(
     delta: float | None = None,
     by: str = "class",
     classes: pd.Series | Mapping[str, str] | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Summary, findings and strongest decays of one run (see the schema in `report`)."""
+    """Summary, findings and strongest decays of one run (see the schema in `report`).
+
+    ``predictions``: `analysis.equilibrium_predictions` of the run with these classes, if the
+    caller computed it already (`report` shares it between the findings and the theory figure).
+    """
     from stepsize_lens.analysis import find, summarize, tensor_classes
 
     if by not in BY_CHOICES:
@@ -206,7 +211,9 @@ def report_data(
         "by": by,
         "run": run_header(run, cls, delta),
         "summary": _records(summary),
-        "findings": [plain(f.to_dict()) for f in find(run, classes=cls, delta=delta)],
+        "findings": [
+            plain(f.to_dict()) for f in find(run, classes=cls, delta=delta, predictions=predictions)
+        ],
         "strongest_decay_scope": scope,
         "strongest_decay": strongest,
         "figures": {},
@@ -233,20 +240,18 @@ def compare_data(
     """Every run's report plus the side-by-side ratios (`analysis.compare_summary`) against the
     reference run (an index or a label)."""
     from stepsize_lens.analysis import compare_summary
+    from stepsize_lens.analysis.compare import reference_index
+    from stepsize_lens.analysis.frames import run_labels
 
     if len(runs) < 2:
         raise UserInputError("compare needs at least two run files")
     if by not in ("group", "class"):
         raise UserInputError(f"compare --by must be class or group, not {by!r}")
-    labels = _unique_labels([run.label for run in runs])
-    if isinstance(reference, str):
-        if reference not in labels:
-            raise UserInputError(f"no run labelled {reference!r}; labels: {', '.join(labels)}")
-        ref = labels.index(reference)
-    elif -len(runs) <= reference < len(runs):
-        ref = reference % len(runs)
-    else:
-        raise UserInputError(f"--reference {reference} is out of range for {len(runs)} runs")
+    labels = run_labels(runs)
+    try:
+        ref = reference_index(runs, reference)
+    except ValueError as exc:
+        raise UserInputError(f"--reference: {exc}") from None
     classes = shared_classes(runs, ref, delta)
     per_run = [report_data(run, delta, by, classes) for run in runs]
     for data, label in zip(per_run, labels):
@@ -263,15 +268,6 @@ def compare_data(
         "comparison": _records(table),
         "figures": {},
     }
-
-
-def _unique_labels(labels: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
-    return out
 
 
 def default_out(paths: Sequence[Path | None], compare: bool = False) -> Path:

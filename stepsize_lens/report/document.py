@@ -190,7 +190,9 @@ SUMMARY_OPTIONAL = ("params", "‖w‖ first", "η/‖w‖² fell", "Δθ early"
 SUMMARY_NOTE = (
     "Δθ: angular update (rad/step), mean of the first / last records; fell: early/late; "
     "½ and ⅒ at step: when Δθ fell to that fraction of its early level at constant lr; "
-    "test pass: share of records passing the paper's test; projected: AdamP/SGDP projections."
+    "test pass: share of records passing the paper's test; projected: AdamP/SGDP projections. "
+    "Tensors that start at zero (biases) are left out of a set's ‖w‖, Δθ and η/‖w‖² unless all do; "
+    "–: undefined (e.g. ‖w‖ grew from 0)."
 )
 
 

@@ -17,16 +17,21 @@ Drawer = Callable[[], "Figure"]
 
 
 def report_figures(
-    run: Run, by: str, classes: pd.Series, delta: float | None
+    run: Run,
+    by: str,
+    classes: pd.Series,
+    delta: float | None,
+    predictions: pd.DataFrame | None = None,
 ) -> list[tuple[str, Drawer]]:
-    """(name, drawer) for the figures of a one-run report, in page order."""
+    """(name, drawer) for the figures of a one-run report, in page order. ``predictions``:
+    `analysis.equilibrium_predictions` for the theory figure, if already computed."""
     from stepsize_lens import plots
 
     return [
         ("paper_panel", lambda: plots.paper_panel(run, classes=classes)),
         ("norm_growth", lambda: plots.norm_growth(run, by=by, classes=classes)),
         ("effective_step", lambda: plots.effective_step(run, by=by, classes=classes)),
-        ("theory", lambda: plots.theory_overlay(run, classes=classes)),
+        ("theory", lambda: plots.theory_overlay(run, classes=classes, predictions=predictions)),
         ("cos_threshold", lambda: plots.cos_threshold(run, delta=delta)),
         ("heatmap", lambda: plots.step_heatmap(run, classes=classes)),
     ]
