@@ -19,9 +19,10 @@ order; `RowLayout` knows which rows belong to which tensor.
 
 The multi-tensor paths (`RowBlocks`, `Partition`) see each >= 2-D tensor as a [rows, K] view
 in its own memory order (channels_last included) and cut it into cache-sized blocks of rows.
-Pass 1 runs, block by block, the row statistics of the test, the optimizer's own update
-(moments or momentum buffer) and <w_r, d_r>; the views and coefficients of all tensors are
-then decided at once; pass 2 applies decay, projection and step block by block. Each pass
+Pass 1 (`BlockedTensors.first_pass`) runs, block by block, the row statistics of the test,
+the optimizer's own update (moments or momentum buffer) and <w_r, d_r>; the views and
+coefficients of all tensors are then decided at once; pass 2 (the optimizer's) applies
+decay, projection and step block by block. Each pass
 reads the data from memory about once, however many ops it runs on a block.
 """
 
@@ -29,13 +30,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-
-from stepsize_lens.errors import UserInputError
 
 NONE, CHANNEL, LAYER = 0, 1, 2
 
@@ -348,44 +347,86 @@ class Partition:
         assert rows is not None
         return rows
 
+    def blocked_tensors(
+        self,
+        params: Sequence[Tensor],
+        grads: Sequence[Tensor],
+        states: Sequence[dict],
+        state_keys: Sequence[str],
+    ) -> BlockedTensors:
+        """The ``blocked`` tensors, with the state tensors under ``state_keys``, in pieces."""
+        ids = self.blocked
+        return BlockedTensors(
+            [params[i] for i in ids],
+            [self.rows[i] for i in ids],
+            [self.grad_rows(i, params[i], grads[i]) for i in ids],
+            [states[i] for i in ids],
+            {
+                key: [self.state_rows(i, params[i], states[i], key) for i in ids]
+                for key in state_keys
+            },
+        )
 
-# --- optimizer plumbing shared by AdamP and SGDP ---------------------------------------------
+
+class BlockedTensors:
+    """Blocked tensors of one device/dtype group, cut into the pieces of their `RowBlocks`.
+
+    ``w``, ``g`` and ``state[key]`` are the [rows, K] views of the parameters, their
+    gradients and their state tensors, one per piece; ``states`` are the tensors' state dicts.
+    An optimizer's blocked kernel runs `first_pass`, then its own pass 2 over ``blocks``.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        w_rows: Sequence[Tensor],
+        g_rows: Sequence[Tensor],
+        states: Sequence[dict],
+        state_rows: dict[str, list[Tensor]],
+    ) -> None:
+        self.blocks = row_blocks(tuple(p.shape for p in params))
+        self.layout = self.blocks.layout
+        self.states = list(states)
+        self.stats_dtype = stats_dtype(params[0].dtype)
+        self.w, self.g = self.blocks.cut(w_rows), self.blocks.cut(g_rows)
+        self.state = {key: self.blocks.cut(rows) for key, rows in state_rows.items()}
+
+    def per_piece(self, key: str) -> list:
+        """``state[key]`` of each piece's tensor (e.g. AdamP's step counts)."""
+        return [self.states[piece.t][key] for piece in self.blocks.pieces]
+
+    def first_pass(
+        self, direction: Callable[[int, int], list[Tensor]], *, delta: float, eps: float
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Pass 1, then the decisions: (d per piece, view per tensor, c per row).
+
+        Per block a:b: the row statistics of the test on (w, g), d = ``direction(a, b)`` (the
+        optimizer's update of those pieces, computed after the statistics, so it may update
+        state in place) and <w_r, d_r>. Then, for all tensors at once: the views and the
+        coefficients c_r of the projection d_r <- d_r - c_r w_r (`projection_coefs`).
+        """
+        layout = self.layout
+        stats = torch.empty(4, layout.total_rows, dtype=self.stats_dtype, device=self.w[0].device)
+        w_dot_g, w_norm, g_norm, w_dot_d = (self.blocks.split(row) for row in stats)
+        d: list[Tensor] = []
+        for a, b in self.blocks.blocks:
+            invariance_stats(self.w, self.g, w_dot_g, w_norm, g_norm, a, b)
+            d_block = direction(a, b)
+            update_dot_stats(self.w, d_block, w_dot_d, a, b)
+            d += d_block
+        views = choose_views(stats[0], stats[1], stats[2], layout, delta, eps)
+        coefs = projection_coefs(stats[3], stats[1], views, layout, eps)
+        return d, views, coefs
+
+    def save_views(self, views: Tensor) -> None:
+        """Record each tensor's view in ``state["projection"]`` (device to device)."""
+        torch._foreach_copy_([s["projection"] for s in self.states], list(views.unbind(0)))
 
 
 @functools.lru_cache(maxsize=64)
 def row_blocks(shapes: tuple[torch.Size, ...]) -> RowBlocks:
     """The (cached) block plan of a list of parameter shapes."""
     return RowBlocks(shapes, BLOCK_NUMEL)
-
-
-def check_grad(name: str, p: Tensor, grad: Tensor) -> None:
-    """Reject what the optimizers cannot handle, with one clear line."""
-    if grad.is_sparse:
-        raise UserInputError(
-            f"{name} does not support sparse gradients (e.g. use nn.Embedding(sparse=False))"
-        )
-    if p.is_complex() or not p.is_floating_point():
-        raise UserInputError(f"{name} supports real floating-point parameters only, got {p.dtype}")
-
-
-def use_multi_tensor(foreach: bool | None, params: Sequence[Tensor]) -> bool:
-    """``foreach=None`` picks the multi-tensor path whenever all parameters are plain tensors."""
-    if foreach is not None:
-        return foreach
-    return all(type(p) in (Tensor, torch.nn.Parameter) for p in params)
-
-
-def new_projection_state(p: Tensor) -> Tensor:
-    """The 0-dim int64 tensor that records the view applied at the last step (0, 1 or 2)."""
-    return torch.zeros((), dtype=torch.long, device=p.device)
-
-
-def restore_projection_dtype(state: dict) -> None:
-    """``Optimizer.load_state_dict`` casts every state tensor to the parameter's dtype."""
-    for entry in state.values():
-        proj = entry.get("projection")
-        if isinstance(proj, Tensor) and proj.dtype != torch.long:
-            entry["projection"] = proj.to(torch.long)
 
 
 def pick(cond: Tensor, if_false: float, if_true: float, dtype: torch.dtype) -> Tensor:
@@ -398,19 +439,3 @@ def pick(cond: Tensor, if_false: float, if_true: float, dtype: torch.dtype) -> T
     """
     kw = dict(dtype=dtype, device=cond.device)
     return torch.where(cond, torch.full((), if_true, **kw), torch.full((), if_false, **kw))
-
-
-def validate_common(
-    *, lr: float, eps: float, weight_decay: float, delta: float, wd_ratio: float
-) -> None:
-    """Reject invalid hyperparameters shared by AdamP and SGDP."""
-    if not lr >= 0.0:
-        raise UserInputError(f"invalid learning rate: {lr}")
-    if not eps >= 0.0:
-        raise UserInputError(f"invalid eps: {eps}")
-    if not weight_decay >= 0.0:
-        raise UserInputError(f"invalid weight_decay: {weight_decay}")
-    if not delta >= 0.0:
-        raise UserInputError(f"invalid delta: {delta}")
-    if not wd_ratio >= 0.0:
-        raise UserInputError(f"invalid wd_ratio: {wd_ratio}")
