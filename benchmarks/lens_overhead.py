@@ -8,12 +8,14 @@ reported as medians with ratios to the plain step:
 - lens every step:   ``attach(..., schedule=every(1))``
 - lens default:      ``attach(...)`` with the default schedule, in its every-10th-step phase
                      (steps 100-999); from step 1000 on it records every 100th step
+- lens every step, fused: the same with ``fused=True`` (a torch.compile-generated float64
+                     reduction kernel; compiled during warm-up)
 - naive recorder:    a per-parameter loop computing the same metrics with ``.norm().item()``,
                      ``.dot().item()`` and friends, the way hand-written loggers do
 - parameter copy:    copying every parameter once (the floor for any snapshot)
 
-and, separately, the lens's own cost per recorded step (pre hook + post hook, timed directly
-around a real ``optimizer.step()``) as a multiple of the parameter copy.
+and, separately, each recorder's own cost per recorded step (pre hook + post hook, timed
+directly around a real ``optimizer.step()``) as a multiple of the parameter copy.
 
 Peers (``--peer-rounds N``, 0 skips them; ``--cockpit-rounds N``), on the same model and step,
 with their own plain step measured alongside: the lens and the W&B-style logger interleaved with
@@ -58,8 +60,10 @@ class NaiveRecorder:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.lr = optimizer.param_groups[0]["lr"]
         self.rows: list[dict[str, float]] = []
-        optimizer.register_step_pre_hook(self.pre)
-        optimizer.register_step_post_hook(self.post)
+        self.handles = [
+            optimizer.register_step_pre_hook(self.pre),
+            optimizer.register_step_post_hook(self.post),
+        ]
 
     def pre(self, *_: object) -> None:
         self.before = [(p.detach().clone(), p.grad.detach().clone()) for p in self.params]
@@ -117,32 +121,42 @@ def median_ms(values: list[float]) -> float:
     return 1e3 * statistics.median(values)
 
 
-def measure_record_cost(reps: int) -> tuple[float, float]:
-    """(median ms of the lens's own work per recorded step, median ms of one parameter copy)."""
+def measure_record_cost(reps: int) -> tuple[dict[str, float], float]:
+    """Median ms of each recorder's own work per recorded step (pre hook + post hook, timed
+    around a real ``optimizer.step()``, interleaved), and of one parameter copy."""
     model, optimizer = make_setup()
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
     train_step(model, optimizer, x, y)  # grads and momentum exist
-    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
-    lens.detach()  # we call the hooks ourselves, around the real step
+    recorders = {}
+    for name, fused in (("lens", False), ("lens, fused", True)):
+        lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1), fused=fused)
+        lens.detach()  # we call the hooks ourselves, around the real step
+        recorders[name] = (lens._pre_step, lens._post_step)
+    naive = NaiveRecorder(optimizer)
+    for handle in naive.handles:
+        handle.remove()
+    recorders["naive recorder"] = (naive.pre, naive.post)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     copies = [torch.empty_like(p) for p in params]
-    own, copy = [], []
+    own: dict[str, list[float]] = {name: [] for name in recorders}
+    copy = []
     for rep in range(reps + 1):
+        for name, (pre, post) in recorders.items():
+            t0 = time.perf_counter()
+            pre(optimizer, (), {})
+            t1 = time.perf_counter()
+            optimizer.step()
+            t2 = time.perf_counter()
+            post(optimizer, (), {})
+            t3 = time.perf_counter()
+            if rep:  # the first round allocates buffers (and compiles the fused kernel)
+                own[name].append((t1 - t0) + (t3 - t2))
         t0 = time.perf_counter()
-        lens._pre_step(optimizer, (), {})
-        t1 = time.perf_counter()
-        optimizer.step()
-        t2 = time.perf_counter()
-        lens._post_step(optimizer, (), {})
-        t3 = time.perf_counter()
         with torch.no_grad():
             torch._foreach_copy_(copies, params)
-        t4 = time.perf_counter()
-        if rep:  # the first round allocates the snapshot buffers
-            own.append((t1 - t0) + (t3 - t2))
-            copy.append(t4 - t3)
-    lens.close()
-    return median_ms(own), median_ms(copy)
+        if rep:
+            copy.append(time.perf_counter() - t0)
+    return {name: median_ms(values) for name, values in own.items()}, median_ms(copy)
 
 
 def main() -> None:
@@ -159,10 +173,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     configs: dict[str, tuple] = {}
-    for name in ("plain", "lens every step", "lens default", "naive recorder"):
+    for name in (
+        "plain",
+        "lens every step",
+        "lens every step, fused",
+        "lens default",
+        "naive recorder",
+    ):
         model, optimizer = make_setup()
         configs[name] = (model, optimizer)
     every_lens = stepsize_lens.attach(*configs["lens every step"], path=None, schedule=every(1))
+    stepsize_lens.attach(
+        *configs["lens every step, fused"], path=None, schedule=every(1), fused=True
+    )
     default_lens = stepsize_lens.attach(*configs["lens default"], path=None)
     default_lens.step = 100  # start in the every-10th-step phase of the default schedule
     NaiveRecorder(configs["naive recorder"][1])
@@ -179,7 +202,7 @@ def main() -> None:
             train_step(*configs[name], x, y)
             if round_index >= 3:
                 times[name].append(time.perf_counter() - t0)
-    own_ms, copy_ms = measure_record_cost(reps=max(10, args.steps))
+    own, copy_ms = measure_record_cost(reps=max(10, args.steps))
 
     params = sum(p.numel() for p in configs["plain"][0].parameters())
     print(
@@ -197,11 +220,11 @@ def main() -> None:
         ms = median_ms(times[name])
         print(f"{name:<34}{ms:>10.1f}{ms / plain:>10.3f}")
     print(f"{'parameter copy (floor)':<34}{copy_ms:>10.2f}{copy_ms / plain:>10.4f}")
-    print(
-        f"lens's own cost per recorded step: {own_ms:.2f} ms = {own_ms / copy_ms:.1f}x the "
-        f"parameter copy (target <= 4x)"
-    )
-    steady = (plain + own_ms / 100) / plain
+    print("own cost per recorded step (pre + post hook), interleaved:")
+    for name, ms in own.items():
+        print(f"  {name:<32}{ms:>10.2f} ms = {ms / copy_ms:>5.1f}x the parameter copy")
+    print("  (target for the lens: <= 4x the parameter copy)")
+    steady = (plain + own["lens"] / 100) / plain
     print(
         f"default schedule from step 1000 (every 100th step), derived from the two lines above: "
         f"{steady:.4f}x plain"

@@ -57,6 +57,7 @@ class Lens:
         scaler: Any | None = None,
         write: bool | None = None,
         probe_inputs: Any | None = None,
+        fused: bool = False,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -65,6 +66,7 @@ class Lens:
         self.schedule = schedules.resolve(schedule)
         self.delta = float(delta)
         self.flush_every = flush_every
+        self.fused = bool(fused)
         self.step = 0
         rank, world_size = _dist_rank()
         self.writing = (rank == 0) if write is None else bool(write)
@@ -179,7 +181,7 @@ class Lens:
         self._sync_params()
         if self._snapshot is None:
             self._shards = sharded_rows(self._params)  # None unless DTensor params (FSDP2)
-            self._snapshot = Snapshot(self._local(self._params))
+            self._snapshot = Snapshot(self._local(self._params), fused=self.fused)
         self._snapshot.capture_weights(self._local(self._params))
         # With a closure (LBFGS, Lightning) the gradient is computed inside step(): read it after
         self._grads_after_step = _closure_of(args or (), kwargs or {}) is not None
@@ -402,7 +404,9 @@ def attach(
     test's δ, default 0.1), ``flush_every`` (seconds between saves, default 30; None: only at
     close), ``scaler`` (a GradScaler whose skipped steps to record), ``write`` (default: only
     rank 0 of a distributed job writes), ``probe_inputs`` (example inputs: run the functional
-    scale-invariance probe `invariance.probe` once and store its verdicts in the params table).
+    scale-invariance probe `invariance.probe` once and store its verdicts in the params table),
+    ``fused`` (reduce the snapshot with a `torch.compile`-generated float64 kernel: faster per
+    record, seconds of compilation at the first one; see `snapshot.Snapshot`).
     Returns the `Lens`, also a context manager.
     """
     if isinstance(model, torch.optim.Optimizer) and optimizer is None:

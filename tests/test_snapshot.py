@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from stepsize_lens.snapshot import Snapshot, row_view
+from stepsize_lens.snapshot import Snapshot, float64_row_stats, row_view
 
 
 def test_row_view_reads_channels_last_without_copy():
@@ -62,3 +63,32 @@ def test_nearly_radial_updates_keep_their_tangential_part():
     d32, w32 = after - w, w  # the same from float32 sums cancels: far off for rows 0-2
     naive = (d32 * d32).sum(1) - (d32 * w32).sum(1) ** 2 / (w32 * w32).sum(1)
     assert (naive[:3].double() - ref2[:3]).abs().max() > 10 * (perp2[:3] - ref2[:3]).abs().max()
+
+
+def test_float64_row_stats_match_refined_eager_path():
+    torch.manual_seed(2)
+    tensors = [torch.randn(6, 40), torch.randn(3, 4, 10)]
+    grads = [torch.randn_like(t) for t in tensors]
+    after = [t * 0.99 + 1e-4 * torch.randn_like(t) for t in tensors]
+    snap = Snapshot(tensors)
+    snap.capture(tensors, grads)
+    eager_gram, eager_perp = snap.grams(after)
+    stats = [float64_row_stats(b.buffer) for b in snap.buckets]
+    torch.testing.assert_close(torch.cat([g for g, _ in stats]), eager_gram, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(torch.cat([p for _, p in stats]), eager_perp, rtol=1e-3, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_fused_snapshot_compiles_and_matches_eager():
+    torch.manual_seed(3)
+    tensors = [torch.randn(8, 3, 3, 3), torch.randn(16), torch.randn(5, 27)]
+    grads = [torch.randn_like(t) for t in tensors]
+    after = [t - 0.01 * g for t, g in zip(tensors, grads)]
+    results = []
+    for fused in (False, True):
+        snap = Snapshot(tensors, fused=fused)
+        snap.capture(tensors, grads)
+        results.append(snap.grams(after))
+        assert snap.fused is fused  # compiled without falling back
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-12)
