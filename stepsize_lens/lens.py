@@ -268,7 +268,7 @@ class Lens:
         values: list[torch.Tensor] = []
         known = False
         for param in self._params:
-            value = state.get(param, {}).get("projection") if param in state else None
+            value = state[param].get("projection") if param in state else None
             if value is None:
                 values.append(
                     torch.tensor(float(VIEW_UNTESTED), dtype=torch.float64, device=device)
@@ -366,6 +366,7 @@ class Lens:
             return
         self.detach()
         self._closed = True
+        self._snapshot = None  # free the snapshot buffers (about 3x the parameters' memory)
         self.writer.meta["closed"] = True
         self.flush()
         atexit.unregister(self._at_exit)
