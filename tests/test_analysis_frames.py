@@ -153,3 +153,47 @@ def test_stack_labels_runs_uniquely_and_adds_x() -> None:
     with pytest.raises(ValueError, match="on"):
         frames.stack([first], on="time")
     assert isinstance(frames.stack([]), pd.DataFrame)
+
+
+def test_reduce_leaves_zero_initialised_tensors_out_of_set_means():
+    from stepsize_lens.analysis import frames
+    from stepsize_lens.run import METRICS, Run, validate
+
+    writer = _writer_with_zero_start()
+    run = Run(validate(writer.to_dict()))
+    classes = {"w": "none", "bias": "none"}
+    wide = frames.reduce(run, by="class", metrics=["weight_norm"], form="wide", classes=classes)
+    # the zero-initialised bias (norm 0 -> 0.5) is left out; w stays at 2.0
+    assert wide["weight_norm"].tolist() == [2.0, 2.0]
+    alone = frames.reduce(run, by="tensor", metrics=["weight_norm"], form="wide", classes=classes)
+    assert alone.loc[alone["tensor"] == "bias", "weight_norm"].tolist() == [0.0, 0.5]
+    assert len(METRICS) == 12
+
+
+def _writer_with_zero_start():
+    import math
+
+    import torch
+
+    from stepsize_lens.run import GROUP_FIELDS, METRICS, VIEWS, RunWriter
+
+    writer = RunWriter(None, {"label": "zero"})
+    writer.add_params(
+        [
+            {"name": "w", "group": 0, "shape": [2, 2], "numel": 4, "ndim": 2, "rows": 2},
+            {"name": "bias", "group": 0, "shape": [2], "numel": 2, "ndim": 1, "rows": 1},
+        ]
+    )
+    writer.set_num_groups(1)
+    for step, bias_norm in ((1, 0.0), (2, 0.5)):
+        metrics = torch.full((len(METRICS), 2), math.nan)
+        metrics[METRICS.index("weight_norm")] = torch.tensor([2.0, bias_norm])
+        writer.append(
+            step,
+            float(step),
+            False,
+            metrics,
+            torch.full((len(VIEWS), 2), -1, dtype=torch.int8),
+            torch.full((len(GROUP_FIELDS), 1), 0.1, dtype=torch.float64),
+        )
+    return writer

@@ -111,6 +111,16 @@ def reduce_values(
     raise ValueError(f"reducer must be one of {REDUCERS}, not {reducer!r}")
 
 
+def starts_at_zero(weight_norm: np.ndarray) -> np.ndarray:
+    """[T] bool: the first finite value of each column of ``weight_norm`` [R, T] is 0."""
+    finite = np.isfinite(weight_norm)
+    if weight_norm.shape[0] == 0:
+        return np.zeros(weight_norm.shape[1], dtype=bool)
+    first = np.argmax(finite, axis=0)
+    values = weight_norm[first, np.arange(weight_norm.shape[1])]
+    return finite.any(axis=0) & (values == 0)
+
+
 def _record_mask(run: Run, include_skipped: bool) -> np.ndarray:
     return np.ones(run.num_records, bool) if include_skipped else ~run.skipped.astype(bool)
 
@@ -179,7 +189,10 @@ def reduce(
 
     ``form="tidy"``: columns run, step, <by>, metric, value, tensors (how many tensors had a
     finite value). ``form="wide"``: run, step, <by>, a column per metric.
-    Values are float64 whatever the stored precision.
+    Values are float64 whatever the stored precision. As in `summary.summarize`, tensors whose
+    first recorded norm is 0 (zero-initialised biases) are left out of a set's averages unless
+    every tensor of the set starts at zero: their ratios to ‖w‖ start undefined and then
+    dominate any mean.
     """
     import pandas as pd
 
@@ -193,8 +206,11 @@ def reduce(
     sets = tensor_sets(run, by, None if classes is None else tensor_classes(run, classes))
     numel = tensor_numel(run)
     arrays = {name: run.metric(name)[keep] for name in names}
+    zero_start = starts_at_zero(run.metric("weight_norm")[keep])
     parts = []
     for key, index in sets.items():
+        if zero_start[index].any() and not zero_start[index].all():
+            index = index[~zero_start[index]]
         columns: dict[str, object] = {"run": run.label, "step": steps, by: [key] * len(steps)}
         if form == "wide":
             for name in names:

@@ -40,6 +40,7 @@ import numpy as np
 
 from stepsize_lens.analysis.frames import (
     reduce_values,
+    starts_at_zero,
     tensor_classes,
     tensor_group_field,
     tensor_numel,
@@ -169,16 +170,6 @@ def _ratio(numerator: float, denominator: float) -> float:
     if not (np.isfinite(numerator) and np.isfinite(denominator)) or denominator == 0:
         return np.nan
     return float(np.float64(numerator) / denominator)
-
-
-def starts_at_zero(weight_norm: np.ndarray) -> np.ndarray:
-    """[T] bool: the first finite value of each column of ``weight_norm`` [R, T] is 0."""
-    finite = np.isfinite(weight_norm)
-    if weight_norm.shape[0] == 0:
-        return np.zeros(weight_norm.shape[1], dtype=bool)
-    first = np.argmax(finite, axis=0)
-    values = weight_norm[first, np.arange(weight_norm.shape[1])]
-    return finite.any(axis=0) & (values == 0)
 
 
 def _head_mean(series: np.ndarray, window: int, tail: bool = False) -> float:
