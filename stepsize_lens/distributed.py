@@ -171,7 +171,7 @@ class ShardedRows:
         piece_row = everything[:, 10].round().long()
         piece_gram = everything[:, :9].reshape(-1, 3, 3)
         gram = tensor_grams(piece_gram, piece_row, self.num_rows)
-        perp2 = tensor_perp2(piece_gram, everything[:, 9], piece_row, self.num_rows)
+        perp2 = tensor_perp2(piece_gram, everything[:, 9], piece_row, gram)
         return gram, perp2, self.row_tensor_cpu.to(device)
 
 

@@ -51,6 +51,11 @@ def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), nan)
 
 
+def radial_coef(wd: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+    """c = <w,Δ>/‖w‖², the radial part of Δ as a multiple of w (0 where ‖w‖ = 0)."""
+    return torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+
+
 def _angle(ww: torch.Tensor, wd: torch.Tensor, perp2: torch.Tensor) -> torch.Tensor:
     """Angle between w and w + Δ from <w,w>, <w,Δ>, ‖Δ⊥‖²: atan2(‖Δ⊥‖, ‖w‖ + Δr)."""
     norm = ww.sqrt()
@@ -62,21 +67,20 @@ def _angle(ww: torch.Tensor, wd: torch.Tensor, perp2: torch.Tensor) -> torch.Ten
 
 
 def tensor_perp2(
-    row_gram: torch.Tensor, row_perp2: torch.Tensor, row_tensor: torch.Tensor, num: int
+    row_gram: torch.Tensor, row_perp2: torch.Tensor, row_tensor: torch.Tensor, grams: torch.Tensor
 ) -> torch.Tensor:
     """Whole-tensor ‖Δ⊥‖² from per-row parts, without cancellation.
 
-    With c_r = <w_r,Δ_r>/‖w_r‖² and c = <w,Δ>/‖w‖²: ‖Δ − c·w‖² = Σ_r ‖Δ_r − c_r·w_r‖² +
+    ``grams`` are the whole-tensor Grams (`tensor_grams` of the same rows). With
+    c_r = <w_r,Δ_r>/‖w_r‖² and c = <w,Δ>/‖w‖²: ‖Δ − c·w‖² = Σ_r ‖Δ_r − c_r·w_r‖² +
     Σ_r (c_r − c)²‖w_r‖², because Δ_r − c_r·w_r is orthogonal to w_r.
     """
-    ww_r, wd_r = row_gram[:, W, W], row_gram[:, W, D]
-    zeros = torch.zeros(num, dtype=row_gram.dtype, device=row_gram.device)
-    ww = zeros.clone().index_add_(0, row_tensor, ww_r)
-    wd = zeros.clone().index_add_(0, row_tensor, wd_r)
-    coef_r = torch.where(ww_r > 0, wd_r / torch.where(ww_r > 0, ww_r, 1), 0)
-    coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+    ww_r = row_gram[:, W, W]
+    coef_r = radial_coef(row_gram[:, W, D], ww_r)
+    coef = radial_coef(grams[:, W, D], grams[:, W, W])
     spread = (coef_r - coef[row_tensor]).square() * ww_r
-    return zeros.clone().index_add_(0, row_tensor, row_perp2 + spread)
+    out = torch.zeros(grams.shape[0], dtype=row_gram.dtype, device=row_gram.device)
+    return out.index_add_(0, row_tensor, row_perp2 + spread)
 
 
 def layer_metrics(
@@ -176,8 +180,9 @@ def all_metrics(
     row_gram = row_gram.to(torch.float64)
     row_perp2 = row_perp2.to(torch.float64)
     num = multi_row.shape[0]
-    perp2 = tensor_perp2(row_gram, row_perp2, row_tensor, num)
-    layer = layer_metrics(tensor_grams(row_gram, row_tensor, num), perp2, lr, has_grad)
+    grams = tensor_grams(row_gram, row_tensor, num)
+    perp2 = tensor_perp2(row_gram, row_perp2, row_tensor, grams)
+    layer = layer_metrics(grams, perp2, lr, has_grad)
     channel = channel_metrics(row_gram, row_perp2, row_tensor, multi_row, has_grad)
     merged = {**layer, **channel}
     return torch.stack([merged[name] for name in METRICS])

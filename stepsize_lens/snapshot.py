@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stepsize_lens.metrics import row_grams
+from stepsize_lens.metrics import radial_coef, row_grams
 
 
 def row_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ def float64_row_stats(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         [torch.stack([ww, wg, wd], 1), torch.stack([wg, gg, gd], 1), torch.stack([wd, gd, dd], 1)],
         1,
     )
-    radial_sq = torch.where(ww > 0, wd * wd / torch.where(ww > 0, ww, 1), 0)
+    radial_sq = radial_coef(wd, ww) * wd
     return gram, (dd - radial_sq).clamp_min(0)
 
 
@@ -201,7 +201,7 @@ REFINE_FRACTION = 0.5
 def _tangential_sq(stacked: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """‖Δ_r − c_r·w_r‖² per row of a [rows, 3, C] (w, g, Δ) buffer, given its float64 Grams."""
     ww, wd, dd = gram[:, 0, 0], gram[:, 0, 2], gram[:, 2, 2]
-    coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+    coef = radial_coef(wd, ww)
     perp2 = (dd - coef * wd).clamp_min(0)
     unsure = perp2 < (1 - REFINE_FRACTION) * dd
     if stacked.device.type == "cpu":

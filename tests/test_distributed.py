@@ -253,7 +253,7 @@ def test_merging_row_pieces_is_exact() -> None:
     piece_gram, piece_perp2 = zip(*(per_row(stacked[:, :, a:b]) for a, b in cuts))
     rows = torch.arange(4).repeat(len(cuts))
     got_gram = tensor_grams(torch.cat(piece_gram), rows, 4)
-    got_perp2 = tensor_perp2(torch.cat(piece_gram), torch.cat(piece_perp2), rows, 4)
+    got_perp2 = tensor_perp2(torch.cat(piece_gram), torch.cat(piece_perp2), rows, got_gram)
     torch.testing.assert_close(got_gram, want_gram, rtol=1e-12, atol=0)
     torch.testing.assert_close(got_perp2, want_perp2, rtol=1e-6, atol=0)
     naive = want_gram[:, 2, 2] - want_gram[:, 0, 2] ** 2 / want_gram[:, 0, 0]
