@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stepsize_lens.run import GROUP_FIELDS, METRICS, VIEW_CHANNEL, VIEW_NONE, RunWriter
+from stepsize_lens._schema import GROUP_FIELDS, METRICS, View
+from stepsize_lens.run import RunWriter
 
 
 def _layout(num_tensors: int) -> list[dict]:
@@ -118,7 +119,7 @@ def write_synthetic_run(path: Path, records: int, tensors: int, seed: int = 0) -
     }
     metrics = torch.from_numpy(np.stack([columns[m] for m in METRICS], axis=1).astype(np.float32))
     tested = np.array([p["ndim"] > 1 for p in params])
-    test_view = np.where(tested, np.where(invariant, VIEW_CHANNEL, VIEW_NONE), -1).astype(np.int8)
+    test_view = np.where(tested, np.where(invariant, View.CHANNEL, View.NONE), -1).astype(np.int8)
     views = torch.from_numpy(np.stack([test_view, np.full(tensors, -1, np.int8)]))
     groups = np.zeros((len(GROUP_FIELDS), 2))
     fields = {"weight_decay": 5e-4, "momentum": 0.9, "dampening": 0.0, "nesterov": 0.0}

@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 __all__ = ["attach", "Lens", "load", "Run", "AdamP", "SGDP", "RunFileError", "__version__"]
 
 _LAZY = {
-    "attach": ("stepsize_lens.lens", "attach"),
-    "Lens": ("stepsize_lens.lens", "Lens"),
+    "attach": ("stepsize_lens.recording.lens", "attach"),
+    "Lens": ("stepsize_lens.recording.lens", "Lens"),
     "load": ("stepsize_lens.run", "load"),
     "Run": ("stepsize_lens.run", "Run"),
     "AdamP": ("stepsize_lens.optim", "AdamP"),
@@ -27,8 +27,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from stepsize_lens.errors import RunFileError
-    from stepsize_lens.lens import Lens, attach
     from stepsize_lens.optim import SGDP, AdamP
+    from stepsize_lens.recording.lens import Lens, attach
     from stepsize_lens.run import Run, load
 
 

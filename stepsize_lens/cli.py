@@ -183,9 +183,10 @@ def export(
     ] = Reducer.mean,
 ) -> None:
     """Export RUN as TensorBoard scalars, per param group and per scale-invariance class."""
+    from stepsize_lens.integrations.tensorboard import to_tensorboard
     from stepsize_lens.run import load
 
-    logdir = load(run).to_tensorboard(tensorboard, reducer=reducer.value)
+    logdir = to_tensorboard(load(run), tensorboard, reducer=reducer.value)
     typer.echo(f"wrote {run} to {logdir}; view with: tensorboard --logdir {logdir}")
 
 

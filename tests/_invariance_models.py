@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepsize_lens.run import GROUP_FIELDS, METRICS, VIEWS, Run, RunWriter, validate
+from stepsize_lens._schema import GROUP_FIELDS, METRICS, VIEWS
+from stepsize_lens.run import Run, RunWriter, validate
 
 NAN = float("nan")
 

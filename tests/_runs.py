@@ -19,17 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stepsize_lens.run import (
-    GROUP_FIELDS,
-    METRICS,
-    VIEW_CHANNEL,
-    VIEW_LAYER,
-    VIEW_NONE,
-    VIEW_UNTESTED,
-    Run,
-    RunWriter,
-    validate,
-)
+from stepsize_lens._schema import GROUP_FIELDS, METRICS, View
+from stepsize_lens.run import Run, RunWriter, validate
 
 
 @dataclass
@@ -40,7 +31,7 @@ class Tensor:
     cls: str = "channel"
 
 
-CODES = {"channel": VIEW_CHANNEL, "layer": VIEW_LAYER, "none": VIEW_NONE}
+CODES = {"channel": View.CHANNEL, "layer": View.LAYER, "none": View.NONE}
 
 # a small BN network: two channel-invariant convs, one layer-invariant linear, a classifier,
 # and 1-D norm/bias tensors
@@ -117,8 +108,8 @@ def crafted_run(
             "channel_angular_update": np.where(multi, angle, np.nan),
         }
     derived.update({k: np.asarray(v, dtype=np.float64) for k, v in (overrides or {}).items()})
-    test = np.array([CODES[t.cls] if len(t.shape) >= 2 else VIEW_UNTESTED for t in tensors])
-    applied = _grid(VIEW_UNTESTED if applied_view is None else applied_view, records, num_tensors)
+    test = np.array([CODES[t.cls] if len(t.shape) >= 2 else View.UNTESTED for t in tensors])
+    applied = _grid(View.UNTESTED if applied_view is None else applied_view, records, num_tensors)
     skip = np.zeros(records, bool) if skipped is None else np.asarray(skipped, bool)
 
     writer = RunWriter(
@@ -155,7 +146,7 @@ def crafted_run(
         views = torch.tensor(np.stack([test, applied[r]]), dtype=torch.int8)
         if skip[r]:
             metrics = torch.full_like(metrics, float("nan"))
-            views = torch.full_like(views, VIEW_UNTESTED)
+            views = torch.full_like(views, View.UNTESTED)
         group_values = torch.tensor(np.stack([group_grid[name][r] for name in GROUP_FIELDS]))
         writer.append(int(step_values[r]), float(r), bool(skip[r]), metrics, views, group_values)
     for name, (s, v) in (scalars or {}).items():

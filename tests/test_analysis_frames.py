@@ -156,8 +156,9 @@ def test_stack_labels_runs_uniquely_and_adds_x() -> None:
 
 
 def test_reduce_leaves_zero_initialised_tensors_out_of_set_means():
+    from stepsize_lens._schema import METRICS
     from stepsize_lens.analysis import frames
-    from stepsize_lens.run import METRICS, Run, validate
+    from stepsize_lens.run import Run, validate
 
     writer = _writer_with_zero_start()
     run = Run(validate(writer.to_dict()))
@@ -175,7 +176,8 @@ def _writer_with_zero_start():
 
     import torch
 
-    from stepsize_lens.run import GROUP_FIELDS, METRICS, VIEWS, RunWriter
+    from stepsize_lens._schema import GROUP_FIELDS, METRICS, VIEWS
+    from stepsize_lens.run import RunWriter
 
     writer = RunWriter(None, {"label": "zero"})
     writer.add_params(

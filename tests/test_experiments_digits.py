@@ -12,6 +12,7 @@ import torch
 
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.experiments import digits
+from stepsize_lens.invariance import classify_tensors
 
 QUICK_STEPS = 100
 
@@ -62,7 +63,7 @@ def test_every_optimizer_starts_from_the_same_weights_and_batches(quick) -> None
         names = set(run.scalars["name"])
         assert {"loss", "test_accuracy"} <= names
         # the six conv weights are the scale-invariant ones
-        classes = run.tensor_classes()
+        classes = classify_tensors(run)
         invariant = sorted(classes[classes.isin(["channel", "layer"])].index)
         assert len(invariant) == 6 and all(name.endswith("weight") for name in invariant)
 

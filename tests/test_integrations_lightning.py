@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.run import METRICS
+from stepsize_lens._schema import METRICS
 from stepsize_lens.schedules import every
 
 pl = pytest.importorskip("lightning.pytorch")

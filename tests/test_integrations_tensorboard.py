@@ -13,7 +13,7 @@ from _runs import crafted_run
 from typer.testing import CliRunner
 
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.run import save_run_dict
+from stepsize_lens.integrations.tensorboard import to_tensorboard
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -52,7 +52,7 @@ def _series(events: EventAccumulator, tag: str) -> tuple[list[int], list[float]]
 
 def test_scalars_per_group_and_class(tmp_path: Path) -> None:
     run = _run()
-    logdir = run.to_tensorboard(tmp_path / "tb")
+    logdir = to_tensorboard(run, tmp_path / "tb")
     events = _read(logdir)
     tags = set(events.Tags()["scalars"])
     weight = run.metric("weight_norm")
@@ -84,7 +84,7 @@ def test_scalars_per_group_and_class(tmp_path: Path) -> None:
 
 def test_weighted_reducer_and_metric_subset(tmp_path: Path) -> None:
     run = _run()
-    run.to_tensorboard(tmp_path / "tb", reducer="weighted", metrics=["weight_norm"])
+    to_tensorboard(run, tmp_path / "tb", reducer="weighted", metrics=["weight_norm"])
     events = _read(tmp_path / "tb")
     tags = set(events.Tags()["scalars"])
     assert not any(tag.startswith("angular_update/") for tag in tags)
@@ -99,18 +99,18 @@ def test_bad_arguments(tmp_path: Path) -> None:
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(UserInputError, match="not a folder"):
-        run.to_tensorboard(afile)
+        to_tensorboard(run, afile)
     with pytest.raises(UserInputError, match="unknown metric"):
-        run.to_tensorboard(tmp_path / "tb", metrics=["nope"])
+        to_tensorboard(run, tmp_path / "tb", metrics=["nope"])
     with pytest.raises(UserInputError, match="reducer"):
-        run.to_tensorboard(tmp_path / "tb", reducer="max")
+        to_tensorboard(run, tmp_path / "tb", reducer="max")
 
 
 def test_cli_export(tmp_path: Path) -> None:
     from stepsize_lens.cli import app
 
     path = tmp_path / "run.pt"
-    save_run_dict(_run().data, path)
+    _run().save(path)
     result = CliRunner().invoke(app, ["export", str(path), "--tensorboard", str(tmp_path / "tb")])
     assert result.exit_code == 0, result.output
     assert "tensorboard --logdir" in result.stdout

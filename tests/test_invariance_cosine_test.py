@@ -8,6 +8,7 @@ import torch
 from _invariance_models import NAN, make_run, two_tensor_run
 
 from stepsize_lens import invariance as inv
+from stepsize_lens.invariance import classify_tensors, pass_rates, recorded_test_views
 
 # --------------------------------------------------------------------------------------------
 # the paper's test
@@ -71,7 +72,7 @@ def test_recorded_views_and_classes():
     assert (views[:, 1] == -1).all()  # 1-D: never tested
     classes = inv.classify_tensors(run)
     assert classes.to_dict() == {"a": "channel", "b": "none"}
-    assert run.tensor_classes().equals(classes)
+    assert classify_tensors(run).equals(classes)
     # with a small delta nothing passes
     assert inv.classify_tensors(run, delta=1e-3)["a"] == "none"
 
@@ -93,19 +94,19 @@ def test_pass_rates_running_and_windowed():
     cos = np.array([[0.0], [0.5], [0.0], [0.5], [0.0]])
     chan = np.array([[0.0], [0.5], [0.5], [0.5], [0.0]])
     run = make_run([{"name": "w", "shape": (10, 10)}], cos, chan, skipped=[0, 0, 0, 0, 1])
-    running = run.pass_rates()
+    running = pass_rates(run)
     assert list(running.index) == [0, 10, 20, 30, 40]
     np.testing.assert_allclose(running["w"], [1, 0.5, 2 / 3, 0.5, 0.5])
-    np.testing.assert_allclose(run.pass_rates(window=2)["w"], [1, 0.5, 0.5, 0.5, 0.0])
-    np.testing.assert_allclose(run.pass_rates(view="channel")["w"], [1, 0.5, 1 / 3, 0.25, 0.25])
-    np.testing.assert_allclose(run.pass_rates(view="layer")["w"], [0, 0, 1 / 3, 0.25, 0.25])
+    np.testing.assert_allclose(pass_rates(run, window=2)["w"], [1, 0.5, 0.5, 0.5, 0.0])
+    np.testing.assert_allclose(pass_rates(run, view="channel")["w"], [1, 0.5, 1 / 3, 0.25, 0.25])
+    np.testing.assert_allclose(pass_rates(run, view="layer")["w"], [0, 0, 1 / 3, 0.25, 0.25])
     with pytest.raises(ValueError):
-        run.pass_rates(view="sideways")
+        pass_rates(run, view="sideways")
     with pytest.raises(ValueError):
-        run.pass_rates(window=0)
+        pass_rates(run, window=0)
 
 
 def test_pass_rates_of_untested_tensors_are_nan():
     run = two_tensor_run()
-    assert run.pass_rates()["b"].isna().all()
-    assert run.test_views().shape == (5, 2)
+    assert pass_rates(run)["b"].isna().all()
+    assert recorded_test_views(run).shape == (5, 2)

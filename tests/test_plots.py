@@ -18,6 +18,7 @@ import stepsize_lens
 from stepsize_lens import plots
 from stepsize_lens.analysis import tensor_classes
 from stepsize_lens.plots import _series
+from stepsize_lens.run import Run, validate
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +116,10 @@ def test_effective_step_is_log_scaled_and_marks_the_lr_drop(lr_drop):
 
 
 def test_effective_step_draws_the_lr_curve_when_the_lr_moves_every_record(report_runs):
-    run = stepsize_lens.load(report_runs["sgd"])
-    decay = 0.1 * 0.97 ** np.arange(run.num_records)
-    run.data["groups"]["lr"][:] = torch.from_numpy(decay)[:, None]  # a smooth schedule
+    data = stepsize_lens.load(report_runs["sgd"]).to_dict()
+    decay = 0.1 * 0.97 ** np.arange(data["records"]["step"].shape[0])
+    data["groups"]["lr"][:] = torch.from_numpy(decay)[:, None]  # a smooth schedule
+    run = Run(validate(data))
     fig = plots.effective_step(run)
     twins = [ax for ax in fig.axes if ax.get_ylabel() == "lr (faint line)"]
     assert len(twins) == 2  # one per panel, instead of 39 dotted lines
@@ -133,7 +135,7 @@ def test_paper_panel_adds_loss_and_accuracy_when_logged(runs, lr_drop):
     assert titles == ["Weight norm", "Effective step", "Loss", "Accuracy"]
     assert _legend_texts(fig) == ["SGD momentum 0.9", "SGDP"]
     accuracy = fig.axes[3].get_lines()[0]
-    logged = runs["sgd_momentum"].data["scalars"]["test_accuracy"]["value"].numpy()
+    _, logged = runs["sgd_momentum"].scalar("test_accuracy")
     np.testing.assert_allclose(accuracy.get_ydata(), logged)
     only_loss = plots.paper_panel(lr_drop)
     assert [ax.get_title() for ax in only_loss.axes] == ["Weight norm", "Effective step", "Loss"]

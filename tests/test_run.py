@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import stepsize_lens
+from stepsize_lens._schema import GROUP_FIELDS, METRICS, VIEWS
 from stepsize_lens.errors import RunFileError
-from stepsize_lens.run import GROUP_FIELDS, METRICS, VERSION, VIEWS, Run, RunWriter, load, validate
+from stepsize_lens.run import VERSION, Run, RunWriter, load, validate
 
 
 def _writer(path=None, tensors=3, records=4) -> RunWriter:

@@ -168,7 +168,7 @@ def find(
     cls = tensor_classes(run, classes, delta)
     keep = ~run.skipped.astype(bool)
     wd = run.group_field("weight_decay")
-    groups = np.asarray(run.data["params"]["group"], dtype=np.int64)
+    groups = run.tensor_groups
     if wd.shape[0] and wd.shape[1]:
         wd_last = np.nan_to_num(wd[-1][np.clip(groups, 0, wd.shape[1] - 1)], nan=0.0)
     else:
@@ -372,7 +372,7 @@ def _no_weight_decay(ctx: _Context) -> list[Finding]:
     evidence: dict[str, Any] = {
         "tensor_count": int(target.size),
         "groups": sorted({int(g) for g in ctx.groups[target]}),
-        "numel": int(sum(run.data["params"]["numel"][i] for i in target)),
+        "numel": int(run.numel[target].sum()),
     }
     if ctx.keep.sum() >= ctx.thresholds.min_records:
         steps = run.steps[ctx.keep].astype(np.float64)
@@ -496,7 +496,7 @@ def _equilibrium(ctx: _Context) -> list[Finding]:
 def _projection(ctx: _Context) -> list[Finding]:
     run = ctx.run
     applied = run.view("applied_view")[ctx.keep]
-    ndim = np.array([v if v is not None else 0 for v in run.data["params"]["ndim"]])
+    ndim = run.param_values("ndim", 0.0)
     known = applied >= 0
     candidates = np.flatnonzero((ndim >= 2) & known.any(axis=0))
     if candidates.size == 0:

@@ -59,7 +59,7 @@ def tensor_sets(run: Run, by: str, classes: pd.Series | None = None) -> dict[obj
     if by == "tensor":
         return {name: np.array([i]) for i, name in enumerate(run.tensor_names)}
     if by == "group":
-        groups = np.asarray(run.data["params"]["group"], dtype=np.int64)
+        groups = run.tensor_groups
         return {int(g): np.flatnonzero(groups == g) for g in np.unique(groups)}
     if by == "class":
         names = np.asarray(tensor_classes(run, classes), dtype=object)
@@ -71,14 +71,13 @@ def tensor_sets(run: Run, by: str, classes: pd.Series | None = None) -> dict[obj
 
 def tensor_numel(run: Run) -> np.ndarray:
     """Elements per tensor, float64 [T]."""
-    values = run.data["params"]["numel"]
-    return np.array([v if v is not None else 1 for v in values], dtype=np.float64)
+    return run.numel
 
 
 def tensor_group_field(run: Run, name: str, default: float = np.nan) -> np.ndarray:
     """A param-group hyperparameter per record and tensor, float64 [R, T] (NaN → ``default``)."""
     values = run.group_field(name)
-    groups = np.asarray(run.data["params"]["group"], dtype=np.int64)
+    groups = run.tensor_groups
     if values.shape[1] == 0:
         return np.full((run.num_records, run.num_tensors), default)
     out = values[:, np.clip(groups, 0, values.shape[1] - 1)]
@@ -149,7 +148,7 @@ def tensor_frame(
         "run": run.label,
         "step": np.repeat(steps, num_tensors),
         "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
-        "group": np.tile(np.asarray(run.data["params"]["group"], dtype=np.int64), num_records),
+        "group": np.tile(run.tensor_groups, num_records),
         "class": np.tile(cls, num_records),
         "numel": np.tile(tensor_numel(run).astype(np.int64), num_records),
     }
@@ -289,12 +288,14 @@ def epochs(run: Run, scalar: str = "epoch") -> np.ndarray:
     Linear interpolation of the logged (step, value) pairs at each record's step; NaN outside
     the logged range. Raises ValueError if the run has no such scalar.
     """
-    series = run.data["scalars"].get(scalar)
-    if series is None or series["step"].numel() == 0:
-        known = ", ".join(run.data["scalars"]) or "none"
+    steps_logged, values_logged = (
+        run.scalar(scalar) if scalar in run.scalar_names else (np.zeros(0), np.zeros(0))
+    )
+    if steps_logged.size == 0:
+        known = ", ".join(run.scalar_names) or "none"
         raise ValueError(f"run {run.label!r} has no logged scalar {scalar!r} (logged: {known})")
-    xs = series["step"].numpy().astype(np.float64)
-    ys = series["value"].numpy().astype(np.float64)
+    xs = steps_logged.astype(np.float64)
+    ys = values_logged.astype(np.float64)
     order = np.argsort(xs, kind="stable")
     xs, ys = xs[order], ys[order]
     steps = run.steps.astype(np.float64)

@@ -373,7 +373,7 @@ def _record_frame(run: Run, columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     frame: dict[str, np.ndarray] = {
         "step": np.repeat(run.steps, num_tensors),
         "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
-        "group": np.tile(np.asarray(run.data["params"]["group"]), num_records),
+        "group": np.tile(run.tensor_groups, num_records),
     }
     for name, values in columns.items():
         values = np.asarray(values)
@@ -482,7 +482,7 @@ def equilibrium_predictions(
     weight = run.metric("weight_norm").astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         scale_free = weight * run.metric("grad_norm").astype(np.float64)
-    numel = np.asarray(run.data["params"]["numel"], dtype=np.float64)[None, :]
+    numel = run.numel[None, :]
     angle = np.asarray(
         equilibrium_angle(
             family,
@@ -660,7 +660,7 @@ def decay_exponents(
     return pd.DataFrame(
         {
             "tensor": run.tensor_names,
-            "group": run.data["params"]["group"],
+            "group": run.tensor_groups,
             "class": np.asarray(classes, dtype=object),
             "weight_decay": wd[-1] if wd.shape[0] else np.full(run.num_tensors, np.nan),
             "exponent": [decay_exponent(steps[keep], values[:, i]) for i in range(run.num_tensors)],

@@ -2,7 +2,7 @@
 
 - `stepsize_lens.integrations.lightning.StepSizeLensCallback` (``lightning.pytorch``)
 - `stepsize_lens.integrations.huggingface.StepSizeLensTrainerCallback` (``transformers``)
-- `stepsize_lens.integrations.tensorboard.to_tensorboard`, also ``Run.to_tensorboard(logdir)``
+- `stepsize_lens.integrations.tensorboard.to_tensorboard`
 
 Each framework is imported only by its own submodule: importing ``stepsize_lens`` or this
 package never imports lightning, transformers or tensorboard. The shared pieces live here:
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from stepsize_lens.lens import Lens
+    from stepsize_lens.recording.lens import Lens
 
 PREFIX = "stepsize_lens/"
 KEY_SCALARS: tuple[str, ...] = (
@@ -60,7 +60,7 @@ def key_scalars(lens: Lens, prefix: str = PREFIX) -> dict[str, float]:
         return {}
     metrics, test_view = latest
     tested = test_view >= 0
-    invariant = test_view > 0  # VIEW_CHANNEL or VIEW_LAYER
+    invariant = test_view > 0  # View.CHANNEL or View.LAYER
     out = {
         f"{prefix}{name}": _nanmean(metrics[name][invariant])
         for name in ("angular_update", "weight_norm", "effective_lr")

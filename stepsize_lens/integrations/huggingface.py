@@ -27,7 +27,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from stepsize_lens.integrations import PREFIX, key_scalars, unwrap_optimizer
-from stepsize_lens.lens import Lens, attach
+from stepsize_lens.recording.lens import Lens, attach
 
 
 class StepSizeLensTrainerCallback(TrainerCallback):

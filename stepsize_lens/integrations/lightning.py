@@ -5,8 +5,9 @@
 
 At fit start the callback attaches one lens per optimizer of the trainer (the first writes
 ``path``, optimizer i > 0 writes ``<stem>.opt<i><suffix>``); at fit end (or on an exception) it
-closes them, which writes the final run file. Under DDP or FSDP2 strategies the lens's own rules
-apply: rank 0 writes, sharded parameters are reduced exactly (`stepsize_lens.distributed`).
+closes them, which writes the final run file. Under DDP or FSDP2 strategies the lens's own
+rules apply: rank 0 writes, sharded parameters are reduced exactly
+(`stepsize_lens.recording.distributed`).
 
 Lightning runs forward and backward *inside* ``optimizer.step(closure)``, after the optimizer's
 step pre-hooks; the lens sees the closure and reads the gradients after the step, so the
@@ -28,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 
 from stepsize_lens.integrations import key_scalars, unwrap_optimizer
-from stepsize_lens.lens import Lens, attach
+from stepsize_lens.recording.lens import Lens, attach
 
 
 def optimizer_path(path: str | os.PathLike[str] | None, index: int) -> str | None:

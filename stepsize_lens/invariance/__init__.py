@@ -31,13 +31,8 @@ need them.
 
 from __future__ import annotations
 
+from stepsize_lens._schema import CLASS_OF_VIEW, CLASSES, DEFAULT_DELTA, PROBE_VERDICT_COLUMN
 from stepsize_lens.invariance.census_report import CENSUS_COLUMNS, census, print_census, print_probe
-from stepsize_lens.invariance.classes import (
-    CLASS_OF_CODE,
-    CLASSES,
-    DEFAULT_DELTA,
-    PROBE_VERDICT_COLUMN,
-)
 from stepsize_lens.invariance.cosine_test import (
     classify_tensors,
     paper_test,
@@ -67,7 +62,7 @@ from stepsize_lens.invariance.inspect import (
 __all__ = [
     "CENSUS_COLUMNS",
     "CLASSES",
-    "CLASS_OF_CODE",
+    "CLASS_OF_VIEW",
     "DEFAULT_DELTA",
     "PROBE_COLUMNS",
     "PROBE_VERDICT_COLUMN",

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.invariance.classes import CLASSES
-from stepsize_lens.invariance.cosine_test import _param_array, classify_tensors
+from stepsize_lens._schema import CLASSES
+from stepsize_lens.invariance.cosine_test import classify_tensors
 from stepsize_lens.invariance.functional_probe import ProbeResult
 
 if TYPE_CHECKING:
@@ -55,12 +55,11 @@ def _class_table(source: ProbeResult | Run | pd.DataFrame, delta: float | None) 
             frame["module_type"] = ""
         return frame[["class", "numel", "module_type"]]
     classes = classify_tensors(source, delta)
-    params = source.data["params"]
-    module_types = params.get("module_type") or [""] * source.num_tensors
+    module_types = source.param_column("module_type") or [""] * source.num_tensors
     return pd.DataFrame(
         {
             "class": classes.to_numpy(),
-            "numel": _param_array(source, "numel", 0.0),
+            "numel": source.param_values("numel", 0.0),
             "module_type": [str(value or "") for value in module_types],
         },
         index=classes.index,

@@ -12,79 +12,17 @@ An invariant w has ⟨w, g⟩ = 0, so with δ = 0.1
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from stepsize_lens.invariance.classes import (
-    CLASS_OF_CODE,
-    CLASSES,
-    DEFAULT_DELTA,
-    PROBE_VERDICT_COLUMN,
-)
-from stepsize_lens.run import VIEW_CHANNEL, VIEW_LAYER, VIEW_NONE, VIEW_UNTESTED
+from stepsize_lens._schema import CLASS_OF_VIEW, CLASSES, DEFAULT_DELTA, PROBE_VERDICT_COLUMN, View
+from stepsize_lens.paper_test import paper_test
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from stepsize_lens.run import Run
-
-
-def paper_test(
-    cos_grad: Any,
-    channel_cos_grad_max: Any,
-    numel: Any,
-    rows: Any,
-    ndim: Any,
-    delta: float = DEFAULT_DELTA,
-) -> Any:
-    """The paper's scale-invariance test, elementwise over broadcastable arrays or tensors.
-
-    Returns int8 view codes: ``VIEW_CHANNEL`` (1) if channel_cos_grad_max < δ/sqrt(numel/rows),
-    else ``VIEW_LAYER`` (2) if |cos_grad| < δ/sqrt(numel), else ``VIEW_NONE`` (0);
-    ``VIEW_UNTESTED`` (-1) where ndim < 2 (never tested) or where both cosines are NaN (a zero
-    weight or gradient: the test is undefined). A NaN cosine fails its own view.
-
-    With torch tensors the result is a torch tensor on ``cos_grad``'s device, computed without
-    any device-to-host synchronisation (pass numel/rows/ndim as tensors on that device to also
-    avoid host-to-device copies). Otherwise the result is a numpy array.
-    """
-    if isinstance(cos_grad, torch.Tensor) or isinstance(channel_cos_grad_max, torch.Tensor):
-        return _paper_test_torch(cos_grad, channel_cos_grad_max, numel, rows, ndim, delta)
-    cos = np.asarray(cos_grad, dtype=np.float64)
-    chan = np.asarray(channel_cos_grad_max, dtype=np.float64)
-    numel_f = np.maximum(np.nan_to_num(np.asarray(numel, dtype=np.float64), nan=1.0), 1.0)
-    rows_f = np.maximum(np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=1.0), 1.0)
-    ndim_f = np.nan_to_num(np.asarray(ndim, dtype=np.float64), nan=0.0)
-    with np.errstate(invalid="ignore"):
-        channel_pass = chan < delta * np.sqrt(rows_f / numel_f)
-        layer_pass = np.abs(cos) < delta / np.sqrt(numel_f)
-    codes = np.where(channel_pass, VIEW_CHANNEL, np.where(layer_pass, VIEW_LAYER, VIEW_NONE))
-    untested = (ndim_f < 2) | (np.isnan(cos) & np.isnan(chan))
-    return np.where(untested, VIEW_UNTESTED, codes).astype(np.int8)
-
-
-def _paper_test_torch(
-    cos_grad: Any, channel_cos: Any, numel: Any, rows: Any, ndim: Any, delta: float
-) -> torch.Tensor:
-    reference = cos_grad if isinstance(cos_grad, torch.Tensor) else channel_cos
-    device = reference.device
-    dtype = torch.promote_types(reference.dtype, torch.float32)
-    cos = torch.as_tensor(cos_grad, device=device, dtype=dtype)
-    chan = torch.as_tensor(channel_cos, device=device, dtype=dtype)
-    numel_t = torch.as_tensor(numel, device=device, dtype=dtype).clamp(min=1)
-    rows_t = torch.as_tensor(rows, device=device, dtype=dtype).clamp(min=1)
-    ndim_t = torch.as_tensor(ndim, device=device)
-    channel_pass = chan < delta * torch.sqrt(rows_t / numel_t)
-    layer_pass = cos.abs() < delta * torch.rsqrt(numel_t)
-    codes = torch.where(
-        channel_pass,
-        VIEW_CHANNEL,
-        torch.where(layer_pass, VIEW_LAYER, VIEW_NONE),
-    )
-    untested = (ndim_t < 2) | (torch.isnan(cos) & torch.isnan(chan))
-    return torch.where(untested, VIEW_UNTESTED, codes).to(torch.int8)
 
 
 def run_delta(run: Run, delta: float | None = None) -> float:
@@ -93,11 +31,6 @@ def run_delta(run: Run, delta: float | None = None) -> float:
         return float(delta)
     stored = run.meta.get("delta")
     return float(stored) if isinstance(stored, (int, float)) else DEFAULT_DELTA
-
-
-def _param_array(run: Run, column: str, default: float) -> np.ndarray:
-    values = run.data["params"].get(column) or [None] * run.num_tensors
-    return np.array([default if v is None else v for v in values], dtype=np.float64)
 
 
 def recorded_test_views(run: Run, delta: float | None = None) -> np.ndarray:
@@ -110,9 +43,9 @@ def recorded_test_views(run: Run, delta: float | None = None) -> np.ndarray:
     return paper_test(
         run.metric("cos_grad"),
         run.metric("channel_cos_grad_max"),
-        _param_array(run, "numel", 1.0),
-        _param_array(run, "rows", 1.0),
-        _param_array(run, "ndim", 0.0),
+        run.numel,
+        run.param_values("rows", 1.0),
+        run.param_values("ndim", 0.0),
         delta=run_delta(run, delta),
     )
 
@@ -137,7 +70,7 @@ def view_counts(run: Run, delta: float | None = None, which: str = "test_view") 
     known = (views >= 0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         columns = {
-            name: (views == code).sum(axis=0) / known for code, name in CLASS_OF_CODE.items()
+            name: (views == code).sum(axis=0) / known for code, name in CLASS_OF_VIEW.items()
         }
     frame = pd.DataFrame(
         {
@@ -151,8 +84,9 @@ def view_counts(run: Run, delta: float | None = None, which: str = "test_view") 
     return frame
 
 
-def _majority(counts: pd.DataFrame) -> np.ndarray:
-    # ties go to the weaker claim: none before layer before channel
+def majority_class(counts: pd.DataFrame) -> np.ndarray:
+    """The most frequent class per tensor from `view_counts`; ties go to the weaker claim
+    (none before layer before channel), tensors never tested are ``"none"``."""
     ordered = counts[["none", "layer", "channel"]].fillna(0.0).to_numpy()
     names = np.array(["none", "layer", "channel"], dtype=object)
     result = names[ordered.argmax(axis=1)]
@@ -170,10 +104,10 @@ def classify_tensors(run: Run, delta: float | None = None) -> pd.Series:
     import pandas as pd
 
     counts = view_counts(run, delta)
-    classes = _majority(counts)
-    ndim = _param_array(run, "ndim", 0.0)
+    classes = majority_class(counts)
+    ndim = run.param_values("ndim", 0.0)
     classes[ndim < 2] = "none"
-    probe_column = run.data["params"].get(PROBE_VERDICT_COLUMN)
+    probe_column = run.param_column(PROBE_VERDICT_COLUMN)
     if probe_column is not None:
         for index, verdict in enumerate(probe_column):
             if verdict in CLASSES:
@@ -183,13 +117,13 @@ def classify_tensors(run: Run, delta: float | None = None) -> pd.Series:
 
 def _pass_mask(views: np.ndarray, view: str) -> np.ndarray:
     if view == "any":
-        return (views == VIEW_CHANNEL) | (views == VIEW_LAYER)
+        return (views == View.CHANNEL) | (views == View.LAYER)
     if view == "channel":
-        return views == VIEW_CHANNEL
+        return views == View.CHANNEL
     if view == "layer":
-        return views == VIEW_LAYER
+        return views == View.LAYER
     if view == "none":
-        return views == VIEW_NONE
+        return views == View.NONE
     raise ValueError(f"view must be 'any', 'channel', 'layer' or 'none', not {view!r}")
 
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.invariance.classes import CLASSES, PROBE_VERDICT_COLUMN
-from stepsize_lens.invariance.cosine_test import _majority, _param_array, run_delta, view_counts
+from stepsize_lens._schema import CLASSES, PROBE_VERDICT_COLUMN
+from stepsize_lens.invariance.cosine_test import majority_class, run_delta, view_counts
+from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,11 +111,10 @@ def agreement(
             float(table.at[n, "numerical_change"]) if n in table.index else float("nan")
             for n in names
         ]
-    elif PROBE_VERDICT_COLUMN in run.data["params"]:
-        verdicts = list(run.data["params"][PROBE_VERDICT_COLUMN])
-        stored = run.data["params"].get("probe_numerical_change")
-        if stored is not None:
-            numerical = [float("nan") if v is None else float(v) for v in stored]
+    elif run.param_column(PROBE_VERDICT_COLUMN) is not None:
+        verdicts = run.param_column(PROBE_VERDICT_COLUMN)
+        if run.param_column("probe_numerical_change") is not None:
+            numerical = list(run.param_values("probe_numerical_change"))
     else:
         raise UserInputError(
             f"run {run.label!r} has no probe verdicts: pass a probe result or record with "
@@ -122,9 +122,9 @@ def agreement(
         )
     delta = run_delta(run, delta)
     counts = view_counts(run, delta)
-    recorded = _majority(counts)
+    recorded = majority_class(counts)
     applied_counts = view_counts(run, which="applied_view")
-    applied = _majority(applied_counts)
+    applied = majority_class(applied_counts)
     applied_known = applied_counts["known"].to_numpy() > 0
 
     valid = ~run.skipped.astype(bool)
@@ -133,11 +133,11 @@ def agreement(
     with np.errstate(invalid="ignore", divide="ignore"):
         radial = cos * run.metric("grad_norm")[valid] / run.metric("weight_norm")[valid]
     wd_by_group = run.group_field("weight_decay")[valid] if valid.any() else np.zeros((0, 0))
-    numel = _param_array(run, "numel", 1.0)
-    rows_count = np.maximum(_param_array(run, "rows", 1.0), 1.0)
-    ndim = _param_array(run, "ndim", 0.0)
-    groups = _param_array(run, "group", 0.0).astype(int)
-    module_types = run.data["params"].get("module_type") or [""] * len(names)
+    numel = run.numel
+    rows_count = run.param_values("rows", 1.0)
+    ndim = run.param_values("ndim", 0.0)
+    groups = run.tensor_groups
+    module_types = run.param_column("module_type") or [""] * len(names)
 
     records = []
     for t, name in enumerate(names):
@@ -165,8 +165,8 @@ def agreement(
             "tested_records": int(counts["known"].iloc[t]),
             "median_abs_cos": _nanmedian(np.abs(cos[:, t])),
             "median_channel_cos": _nanmedian(chan[:, t]),
-            "layer_threshold": delta / np.sqrt(max(numel[t], 1.0)),
-            "channel_threshold": delta * np.sqrt(rows_count[t] / max(numel[t], 1.0)),
+            "layer_threshold": layer_threshold(int(numel[t]), delta),
+            "channel_threshold": channel_threshold(int(numel[t]), int(rows_count[t]), delta),
             "radial_coef": _nanmedian(radial[:, t]),
             "radial_positive": float((finite_radial > 0).mean()) if finite_radial.size else 0.0,
             "weight_decay": wd if wd == wd else 0.0,

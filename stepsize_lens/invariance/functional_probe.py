@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from stepsize_lens._schema import CLASSES, PROBE_VERDICT_COLUMN
 from stepsize_lens.invariance._forward import (
     _call,
     _cast_inputs,
@@ -21,7 +22,6 @@ from stepsize_lens.invariance._forward import (
     _relative_change,
     _StateGuard,
 )
-from stepsize_lens.invariance.classes import CLASSES, PROBE_VERDICT_COLUMN
 
 if TYPE_CHECKING:
     import pandas as pd

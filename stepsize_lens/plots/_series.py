@@ -98,9 +98,10 @@ def invariant_mask(run: Run, classes: Any) -> tuple[np.ndarray, str]:
 def scalar(run: Run, names: Sequence[str]) -> tuple[str, np.ndarray, np.ndarray] | None:
     """The first user-logged scalar among ``names``: (name, steps, values), or None."""
     for name in names:
-        series = run.data["scalars"].get(name)
-        if series is not None and series["step"].numel() > 0:
-            return name, series["step"].numpy().astype(np.float64), series["value"].numpy()
+        if name in run.scalar_names:
+            steps, values = run.scalar(name)
+            if steps.size:
+                return name, steps.astype(np.float64), values
     return None
 
 

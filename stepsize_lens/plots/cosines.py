@@ -34,14 +34,13 @@ def cos_threshold(
     from stepsize_lens.invariance import run_delta
 
     d = run_delta(run, delta)
-    params = run.data["params"]
-    tested = [i for i, nd in enumerate(params["ndim"]) if (nd or 0) >= 2]
+    tested = list(np.flatnonzero(run.param_values("ndim", 0.0) >= 2))
     shown = tested[:max_tensors]
     keep = ~run.skipped.astype(bool)
     layer = np.abs(run.metric("cos_grad")[keep][:, shown].astype(np.float64))
     channel = run.metric("channel_cos_grad_max")[keep][:, shown].astype(np.float64)
-    numel = np.array([max(params["numel"][i] or 1, 1) for i in shown], dtype=np.float64)
-    rows = np.array([max(params["rows"][i] or 1, 1) for i in shown], dtype=np.float64)
+    numel = np.maximum(run.numel[shown], 1.0)
+    rows = np.maximum(run.param_values("rows", 1.0)[shown], 1.0)
     views = (
         ("channel view: max_k |cos(w_k, g_k)|", channel, d / np.sqrt(numel / rows), -0.18, 0),
         ("layer view: |cos(w, g)|", layer, d / np.sqrt(numel), 0.18, 3),

@@ -94,12 +94,13 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _scalars(run: Run) -> dict[str, dict[str, Any]]:
     out = {}
-    for name, series in run.data["scalars"].items():
-        if series["step"].numel():
+    for name in run.scalar_names:
+        steps, values = run.scalar(name)
+        if steps.size:
             out[name] = {
-                "count": int(series["step"].numel()),
-                "last_step": int(series["step"][-1]),
-                "last": plain(float(series["value"][-1])),
+                "count": int(steps.size),
+                "last_step": int(steps[-1]),
+                "last": plain(float(values[-1])),
             }
     return out
 
@@ -157,8 +158,8 @@ def strongest_decay(run: Run, classes: pd.Series, delta: float | None) -> tuple[
 
     per_tensor = summarize(run, by="tensor", classes=classes, delta=delta)
     per_tensor["class"] = [classes.get(k, "none") for k in per_tensor["key"]]
-    per_tensor["group"] = list(run.data["params"]["group"])
-    per_tensor["shape"] = [list(s) if s is not None else None for s in run.data["params"]["shape"]]
+    per_tensor["group"] = list(run.tensor_groups)
+    per_tensor["shape"] = [list(s) if s is not None else None for s in run.param_column("shape")]
     per_tensor["exponent"] = decay_exponents(run, classes)["exponent"].to_numpy()
     invariant = per_tensor["class"].isin(["channel", "layer"])
     scope = "scale-invariant" if invariant.any() else "all"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stepsize_lens.snapshot import Snapshot, float64_row_stats, row_view
+from stepsize_lens.recording.snapshot import Snapshot, float64_row_stats, row_view
 
 
 def test_row_view_reads_channels_last_without_copy():

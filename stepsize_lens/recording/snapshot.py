@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stepsize_lens.metrics import radial_coef, row_grams
+from stepsize_lens.recording.metrics import radial_coef, row_grams
 
 
 def row_view(tensor: torch.Tensor) -> torch.Tensor:

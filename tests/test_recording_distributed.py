@@ -20,9 +20,10 @@ import pytest
 import torch
 from torch import nn
 
-from stepsize_lens.distributed import rank_path, sharded_rows
-from stepsize_lens.metrics import tensor_grams, tensor_perp2
-from stepsize_lens.run import METRICS, Run
+from stepsize_lens._schema import METRICS
+from stepsize_lens.recording.distributed import rank_path, sharded_rows
+from stepsize_lens.recording.metrics import tensor_grams, tensor_perp2
+from stepsize_lens.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 5

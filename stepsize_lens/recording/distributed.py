@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from stepsize_lens.metrics import tensor_grams, tensor_perp2
+from stepsize_lens.recording.metrics import tensor_grams, tensor_perp2
 
 _PIECE_WIDTH = 11  # 9 Gram entries, ‖Δ⊥‖², global row id
 

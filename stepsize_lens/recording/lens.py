@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stepsize_lens import schedules
-from stepsize_lens.distributed import ShardedRows, rank_path, sharded_rows
-from stepsize_lens.metrics import all_metrics
-from stepsize_lens.run import GROUP_FIELDS, METRICS, VIEW_UNTESTED, RunWriter, validate
-from stepsize_lens.snapshot import Snapshot
+from stepsize_lens._schema import GROUP_FIELDS, METRICS, View
+from stepsize_lens.paper_test import paper_test
+from stepsize_lens.recording.distributed import ShardedRows, rank_path, sharded_rows
+from stepsize_lens.recording.metrics import all_metrics
+from stepsize_lens.recording.snapshot import Snapshot
+from stepsize_lens.run import RunWriter
 
 if TYPE_CHECKING:
     from stepsize_lens.run import Run
@@ -245,8 +247,6 @@ class Lens:
         )
 
     def _paper_test(self, block: torch.Tensor, device: torch.device) -> torch.Tensor:
-        from stepsize_lens.invariance import paper_test
-
         cos_grad = block[METRICS.index("cos_grad")]
         channel_max = block[METRICS.index("channel_cos_grad_max")]
         if self._shape_info is None:
@@ -259,7 +259,7 @@ class Lens:
         numel, rows, ndim = self._shape_info
         views = paper_test(cos_grad, channel_max, numel, rows, ndim, delta=self.delta)
         # a tensor without a gradient was not tested
-        views = torch.where(self._has_grad.to(device), views, torch.full_like(views, VIEW_UNTESTED))
+        views = torch.where(self._has_grad.to(device), views, torch.full_like(views, View.UNTESTED))
         return views.to(torch.float64)
 
     def _applied_views(self, device: torch.device) -> torch.Tensor:
@@ -271,7 +271,7 @@ class Lens:
             value = state[param].get("projection") if param in state else None
             if value is None:
                 values.append(
-                    torch.tensor(float(VIEW_UNTESTED), dtype=torch.float64, device=device)
+                    torch.tensor(float(View.UNTESTED), dtype=torch.float64, device=device)
                 )
             else:
                 known = True
@@ -280,7 +280,7 @@ class Lens:
                 )
         if not known:
             return torch.full(
-                (len(self._params),), float(VIEW_UNTESTED), dtype=torch.float64, device=device
+                (len(self._params),), float(View.UNTESTED), dtype=torch.float64, device=device
             )
         return torch.stack(values)
 
@@ -315,7 +315,7 @@ class Lens:
             time=time.time(),
             skipped=True,
             metrics=torch.full((len(METRICS), num), math.nan, dtype=torch.float32),
-            views=torch.full((2, num), VIEW_UNTESTED, dtype=torch.int8),
+            views=torch.full((2, num), View.UNTESTED, dtype=torch.int8),
             groups=self._group_values(),
         )
         self.writer.add_event(self.step, "skipped_step", "GradScaler found inf/NaN gradients")
@@ -332,9 +332,7 @@ class Lens:
 
     def run(self) -> Run:
         """The records so far as a `Run`, without touching the file."""
-        from stepsize_lens.run import Run
-
-        return Run(validate(self.writer.to_dict()), path=self.path)
+        return self.writer.to_run(path=self.path)
 
     def set_param_column(self, column: str, values: list[Any]) -> None:
         """Add a per-tensor column to the run's params table (e.g. probe verdicts)."""

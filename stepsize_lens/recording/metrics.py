@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from stepsize_lens.run import CHANNEL_METRICS, LAYER_METRICS, METRICS
+from stepsize_lens._schema import CHANNEL_METRICS, LAYER_METRICS, METRICS
 
 W, G, D = 0, 1, 2  # slots of the Gram matrix: weight, gradient, update
 

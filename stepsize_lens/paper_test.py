@@ -1,0 +1,87 @@
+"""The paper's scale-invariance test (AdamP, Heo et al. ICLR 2021, Sec. 3), written once.
+
+A scale-invariant w has ⟨w, g⟩ = 0, so with δ (default 0.1), for a tensor of ``numel``
+elements in ``rows`` rows (slices along dim 0)::
+
+    channel view passes if  max_r |cos(w_r, g_r)| < δ / sqrt(numel / rows)
+    else layer view passes if         |cos(w, g)| < δ / sqrt(numel)
+    else neither.
+
+Tensors with ndim < 2 are never tested. The lens runs it live on every record, the analysis
+re-runs it on recorded cosines with any δ, and AdamP/SGDP use the same thresholds to decide
+their projection. Depends only on `_schema`; numpy and torch arguments are both accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from stepsize_lens._schema import DEFAULT_DELTA, View
+
+
+def channel_threshold(numel: int, rows: int, delta: float = DEFAULT_DELTA) -> float:
+    """δ / sqrt(numel / rows): the bound on max_r |cos(w_r, g_r)| for the channel view."""
+    return delta / math.sqrt(max(numel, 1) // max(rows, 1) or 1)
+
+
+def layer_threshold(numel: int, delta: float = DEFAULT_DELTA) -> float:
+    """δ / sqrt(numel): the bound on |cos(w, g)| for the layer view."""
+    return delta / math.sqrt(max(numel, 1))
+
+
+def paper_test(
+    cos_grad: Any,
+    channel_cos_grad_max: Any,
+    numel: Any,
+    rows: Any,
+    ndim: Any,
+    delta: float = DEFAULT_DELTA,
+) -> Any:
+    """The test elementwise over broadcastable arrays or tensors; returns int8 `View` codes.
+
+    ``View.CHANNEL`` if channel_cos_grad_max < δ·sqrt(rows/numel), else ``View.LAYER`` if
+    |cos_grad| < δ/sqrt(numel), else ``View.NONE``; ``View.UNTESTED`` where ndim < 2 or where
+    both cosines are NaN (a zero weight or gradient leaves the test undefined). A NaN cosine
+    fails its own view.
+
+    With torch tensors the result is a torch tensor on ``cos_grad``'s device, computed without
+    any device-to-host synchronisation (pass numel/rows/ndim as tensors on that device to also
+    avoid host-to-device copies). Otherwise the result is a numpy array.
+    """
+    if isinstance(cos_grad, torch.Tensor) or isinstance(channel_cos_grad_max, torch.Tensor):
+        return _paper_test_torch(cos_grad, channel_cos_grad_max, numel, rows, ndim, delta)
+    cos = np.asarray(cos_grad, dtype=np.float64)
+    chan = np.asarray(channel_cos_grad_max, dtype=np.float64)
+    numel_f = np.maximum(np.nan_to_num(np.asarray(numel, dtype=np.float64), nan=1.0), 1.0)
+    rows_f = np.maximum(np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=1.0), 1.0)
+    ndim_f = np.nan_to_num(np.asarray(ndim, dtype=np.float64), nan=0.0)
+    with np.errstate(invalid="ignore"):
+        channel_pass = chan < delta * np.sqrt(rows_f / numel_f)
+        layer_pass = np.abs(cos) < delta / np.sqrt(numel_f)
+    codes = np.where(channel_pass, View.CHANNEL, np.where(layer_pass, View.LAYER, View.NONE))
+    untested = (ndim_f < 2) | (np.isnan(cos) & np.isnan(chan))
+    return np.where(untested, View.UNTESTED, codes).astype(np.int8)
+
+
+def _paper_test_torch(
+    cos_grad: Any, channel_cos: Any, numel: Any, rows: Any, ndim: Any, delta: float
+) -> torch.Tensor:
+    reference = cos_grad if isinstance(cos_grad, torch.Tensor) else channel_cos
+    device = reference.device
+    dtype = torch.promote_types(reference.dtype, torch.float32)
+    cos = torch.as_tensor(cos_grad, device=device, dtype=dtype)
+    chan = torch.as_tensor(channel_cos, device=device, dtype=dtype)
+    numel_t = torch.as_tensor(numel, device=device, dtype=dtype).clamp(min=1)
+    rows_t = torch.as_tensor(rows, device=device, dtype=dtype).clamp(min=1)
+    ndim_t = torch.as_tensor(ndim, device=device)
+    channel_pass = chan < delta * torch.sqrt(rows_t / numel_t)
+    layer_pass = cos.abs() < delta * torch.rsqrt(numel_t)
+    codes = torch.where(
+        channel_pass, int(View.CHANNEL), torch.where(layer_pass, int(View.LAYER), int(View.NONE))
+    )
+    untested = (ndim_t < 2) | (torch.isnan(cos) & torch.isnan(chan))
+    return torch.where(untested, int(View.UNTESTED), codes).to(torch.int8)

@@ -1,0 +1,15 @@
+"""The run file: its format (`format`), writing it (`writer.RunWriter`), reading it
+(`reader.load`) and the loaded `Run` with typed accessors (`run.Run`).
+
+This package is the only code that reads or writes a run file's raw dict; everything above it
+goes through `Run`.
+"""
+
+from __future__ import annotations
+
+from stepsize_lens.run.format import FORMAT, VERSION, validate
+from stepsize_lens.run.reader import load
+from stepsize_lens.run.run import Run
+from stepsize_lens.run.writer import RunWriter, save_run_dict
+
+__all__ = ["FORMAT", "VERSION", "Run", "RunWriter", "load", "save_run_dict", "validate"]

@@ -1,0 +1,122 @@
+"""The run file format: its layout, its version, and the check every loaded run passes.
+
+A run file is a plain dict saved with ``torch.save`` that loads with
+``torch.load(weights_only=True)``, so opening one can never execute code::
+
+    {
+      "format": "stepsize_lens/run", "version": 1,
+      "meta":    {label, created, torch_version, stepsize_lens_version, optimizer: {class, module,
+                  defaults}, schedule, delta, model_class, rank, world_size, closed, ...},
+      "params":  {name: [str], group: [int], index: [int], shape: [[int]], numel: [int],
+                  ndim: [int], rows: [int], module_type: [str], dtype: [str], aliases: [[str]],
+                  ... optional extra columns such as probe verdicts},
+      "records": {step: int64 [R], time: float64 [R], skipped: bool [R]},
+      "metrics": {metric name: float32 [R, T]},             # docs/design.md §3, NaN = undefined
+      "views":   {"test_view": int8 [R, T], "applied_view": int8 [R, T]},
+      "groups":  {field: float64 [R, G]},                  # lr, weight_decay, momentum, ...
+      "scalars": {name: {"step": int64 [S], "value": float64 [S]}},
+      "events":  [{"step": int, "kind": str, "detail": str}],
+    }
+
+R = records, T = parameter tensors, G = param groups. Columns that did not exist yet at a record
+(a param group added later) are NaN (metrics, groups) or -1 (views). View codes are
+`stepsize_lens._schema.View`. Metrics of the catalog that an older file lacks read as NaN.
+
+This package (`stepsize_lens.run`) is the only code that reads or writes the raw dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from stepsize_lens._schema import METRICS, VIEWS
+from stepsize_lens.errors import RunFileError
+
+FORMAT = "stepsize_lens/run"
+VERSION = 1
+
+# Every version-1 file has these metrics; ones added to the catalog later are optional on read.
+_FIRST_METRICS = frozenset(METRICS[:12])
+
+REQUIRED_KEYS = ("format", "version", "meta", "params", "records", "metrics", "views", "groups")
+
+
+def validate(data: Any, source: str = "run") -> dict[str, Any]:
+    """Check that a loaded object is a well-formed run of a version this package reads.
+
+    Returns the dict, with the optional sections (scalars, events) filled in and every catalog
+    metric an older file lacks added as NaN. Every problem raises `RunFileError`.
+    """
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise RunFileError(f"{source}: not a stepsize_lens run file")
+    version = data.get("version")
+    if not isinstance(version, int):
+        raise RunFileError(f"{source}: run file has no valid format version")
+    if version > VERSION:
+        raise RunFileError(
+            f"{source}: run file format version {version} is newer than this stepsize_lens "
+            f"reads ({VERSION}); upgrade stepsize_lens"
+        )
+    if version < 1:
+        raise RunFileError(f"{source}: unknown run file format version {version}")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise RunFileError(f"{source}: run file lacks {', '.join(missing)}")
+    params = data["params"]
+    if not isinstance(params, dict) or not isinstance(params.get("name"), list):
+        raise RunFileError(f"{source}: run file has a malformed params table")
+    num_tensors = len(params["name"])
+    if any(not isinstance(v, list) or len(v) != num_tensors for v in params.values()):
+        raise RunFileError(f"{source}: run file params table columns differ in length")
+    records = data["records"]
+    step = records.get("step") if isinstance(records, dict) else None
+    if not isinstance(step, torch.Tensor) or step.ndim != 1:
+        raise RunFileError(f"{source}: run file has malformed records")
+    num_records = step.shape[0]
+    shape = (num_records, num_tensors)
+    for section, names in (("metrics", METRICS), ("views", VIEWS)):
+        block = data[section]
+        if not isinstance(block, dict):
+            raise RunFileError(f"{source}: run file section {section!r} is malformed")
+        for name in names:
+            tensor = block.get(name)
+            if tensor is None and section == "metrics" and name not in _FIRST_METRICS:
+                block[name] = torch.full(shape, math.nan, dtype=torch.float32)
+                continue
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+                raise RunFileError(
+                    f"{source}: run file {section}[{name!r}] is missing or has the wrong shape"
+                )
+    groups = data["groups"]
+    if not isinstance(groups, dict) or any(
+        not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] != num_records
+        for t in groups.values()
+    ):
+        raise RunFileError(f"{source}: run file groups section is malformed")
+    data.setdefault("scalars", {})
+    data.setdefault("events", [])
+    return data
+
+
+def plain(value: Any) -> Any:
+    """Convert to what `torch.load(weights_only=True)` accepts: dict, list, str, numbers, None."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    for kind in (str, int, float):  # subclasses (TorchVersion, numpy scalars...) pickle as globals
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, torch.dtype):
+        return str(value)
+    return repr(value)

@@ -1,0 +1,214 @@
+"""Writing a run: `RunWriter` accumulates records in growing tensors and saves them atomically.
+
+Memory is O(records x tensors) numbers, never Python floats. ``save()`` writes the whole run
+through `stepsize_lens._files.atomic_write`, so a reader, or a process killed at any moment,
+always sees the last complete run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from stepsize_lens._files import atomic_write
+from stepsize_lens._schema import GROUP_FIELDS, METRICS, PARAM_COLUMNS, VIEWS, View
+from stepsize_lens.run.format import FORMAT, VERSION, plain, validate
+
+if TYPE_CHECKING:
+    from stepsize_lens.run.run import Run
+
+
+class _GrowingMatrix:
+    """A [rows, cols] tensor that grows by doubling its row capacity; columns can be appended."""
+
+    def __init__(self, cols: int, dtype: torch.dtype, fill: float, capacity: int = 64) -> None:
+        self.fill = fill
+        self.data = torch.full((capacity, cols), fill, dtype=dtype)
+        self.rows = 0
+
+    def append(self, row: torch.Tensor) -> None:
+        if self.rows == self.data.shape[0]:
+            grown = torch.full(
+                (2 * self.data.shape[0], self.data.shape[1]), self.fill, dtype=self.data.dtype
+            )
+            grown[: self.rows] = self.data[: self.rows]
+            self.data = grown
+        self.data[self.rows, : row.numel()] = row
+        self.rows += 1
+
+    def widen(self, cols: int) -> None:
+        extra = cols - self.data.shape[1]
+        if extra > 0:
+            pad = torch.full((self.data.shape[0], extra), self.fill, dtype=self.data.dtype)
+            self.data = torch.cat([self.data, pad], dim=1)
+
+    def filled(self) -> torch.Tensor:
+        # clone: saving a view would write the whole preallocated storage
+        return self.data[: self.rows].clone()
+
+
+class RunWriter:
+    """Accumulates records in preallocated, growing tensors and saves them atomically.
+
+    Memory is O(records x tensors) numbers, never Python floats. ``save()`` writes the whole run
+    to a temporary file in the target folder, fsyncs it and renames it over ``path``, so a
+    reader (or a process killed at any moment) always sees the last complete run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, meta: Mapping[str, Any]) -> None:
+        self.path = Path(path) if path is not None else None
+        self.meta: dict[str, Any] = dict(meta)
+        self.meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat())
+        self.meta.setdefault("torch_version", torch.__version__)
+        self.meta.setdefault("stepsize_lens_version", _package_version())
+        self.meta.setdefault("closed", False)
+        self.params: dict[str, list[Any]] = {column: [] for column in PARAM_COLUMNS}
+        self.num_groups = 0
+        self._steps: list[int] = []
+        self._times: list[float] = []
+        self._skipped: list[bool] = []
+        self._views = [_GrowingMatrix(0, torch.int8, View.UNTESTED) for _ in VIEWS]
+        self._groups = [_GrowingMatrix(0, torch.float64, math.nan) for _ in GROUP_FIELDS]
+        self._metric_mats = [_GrowingMatrix(0, torch.float32, math.nan) for _ in METRICS]
+        self.scalars: dict[str, tuple[list[int], list[float]]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.saves = 0
+
+    # -- layout --------------------------------------------------------------------------------
+    @property
+    def num_tensors(self) -> int:
+        return len(self.params["name"])
+
+    @property
+    def num_records(self) -> int:
+        return len(self._steps)
+
+    def add_params(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append parameter-table rows (one per tensor); later records get their columns."""
+        for row in rows:
+            for column in set(self.params) | set(row):
+                if column not in self.params:
+                    self.params[column] = [None] * self.num_tensors
+            for column, values in self.params.items():
+                values.append(row.get(column))
+        for mat in self._metric_mats:
+            mat.widen(self.num_tensors)
+        for mat in self._views:
+            mat.widen(self.num_tensors)
+
+    def set_param_column(self, column: str, values: Sequence[Any]) -> None:
+        """Set (or add) one parameter-table column, e.g. probe verdicts."""
+        if len(values) != self.num_tensors:
+            raise ValueError(
+                f"column {column!r} has {len(values)} values for {self.num_tensors} tensors"
+            )
+        self.params[column] = list(values)
+
+    def set_num_groups(self, num_groups: int) -> None:
+        self.num_groups = max(self.num_groups, num_groups)
+        for mat in self._groups:
+            mat.widen(self.num_groups)
+
+    # -- records -------------------------------------------------------------------------------
+    def append(
+        self,
+        step: int,
+        time: float,
+        skipped: bool,
+        metrics: torch.Tensor,
+        views: torch.Tensor,
+        groups: torch.Tensor,
+    ) -> None:
+        """Add one record.
+
+        metrics: float32 [len(METRICS), T'] with T' <= T (tensors beyond T' stay NaN);
+        views: int8 [len(VIEWS), T']; groups: float64 [len(GROUP_FIELDS), G'].
+        """
+        self._steps.append(int(step))
+        self._times.append(float(time))
+        self._skipped.append(bool(skipped))
+        for mat, row in zip(self._metric_mats, metrics, strict=True):
+            mat.append(row)
+        for mat, row in zip(self._views, views, strict=True):
+            mat.append(row)
+        for mat, row in zip(self._groups, groups, strict=True):
+            mat.append(row)
+
+    def last_record(self) -> dict[str, Any] | None:
+        """The latest record without copying the run: step, skipped, metrics and views as [T]
+        tensors (views of the writer's buffers: read, don't keep). None before the first."""
+        last = self.num_records - 1
+        if last < 0:
+            return None
+        return {
+            "step": self._steps[last],
+            "skipped": self._skipped[last],
+            "metrics": {name: mat.data[last] for name, mat in zip(METRICS, self._metric_mats)},
+            "views": {name: mat.data[last] for name, mat in zip(VIEWS, self._views)},
+        }
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        for name, value in scalars.items():
+            steps, values = self.scalars.setdefault(str(name), ([], []))
+            steps.append(int(step))
+            values.append(float(value))
+
+    def add_event(self, step: int, kind: str, detail: str = "") -> None:
+        self.events.append({"step": int(step), "kind": str(kind), "detail": str(detail)})
+
+    # -- output --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "meta": plain(self.meta),
+            "params": {column: plain(values) for column, values in self.params.items()},
+            "records": {
+                "step": torch.tensor(self._steps, dtype=torch.int64),
+                "time": torch.tensor(self._times, dtype=torch.float64),
+                "skipped": torch.tensor(self._skipped, dtype=torch.bool),
+            },
+            "metrics": {name: mat.filled() for name, mat in zip(METRICS, self._metric_mats)},
+            "views": {name: mat.filled() for name, mat in zip(VIEWS, self._views)},
+            "groups": {name: mat.filled() for name, mat in zip(GROUP_FIELDS, self._groups)},
+            "scalars": {
+                name: {
+                    "step": torch.tensor(steps, dtype=torch.int64),
+                    "value": torch.tensor(values, dtype=torch.float64),
+                }
+                for name, (steps, values) in self.scalars.items()
+            },
+            "events": list(self.events),
+        }
+
+    def to_run(self, path: str | os.PathLike[str] | None = None) -> Run:
+        """The records so far as a `Run` (a copy: later records do not change it)."""
+        from stepsize_lens.run.run import Run
+
+        return Run(validate(self.to_dict()), path=path)
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise ValueError("RunWriter has no path to save to")
+        save_run_dict(self.to_dict(), target)
+        self.saves += 1
+        return target
+
+
+def save_run_dict(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Atomically write a run dict (temporary file, fsync, rename, fsync of the folder)."""
+    payload = dict(data)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _package_version() -> str:
+    from stepsize_lens import __version__
+
+    return __version__
