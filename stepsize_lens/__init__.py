@@ -1,29 +1,52 @@
 """stepsize_lens: see what your optimizer does to the effective step size of your weights.
 
-Public API (imported lazily, so ``import stepsize_lens`` and ``stepsize-lens --help`` are fast)::
+Public API, imported lazily so that ``import stepsize_lens`` and ``stepsize-lens --help`` stay
+fast::
 
     lens = stepsize_lens.attach(model, optimizer, path="run.pt")   # record while training
     run = stepsize_lens.load("run.pt")                              # Run: validated, loaded
     stepsize_lens.AdamP, stepsize_lens.SGDP                         # the paper's optimizers
+
+Every subpackage is reachable as an attribute on first use: ``stepsize_lens.schedules``,
+``.analysis``, ``.plots``, ``.invariance``, ``.report``, ``.optim``, ``.integrations``,
+``.experiments``, ``.recording``, ``.run``, ``.models``, ``.datasets``.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from stepsize_lens._version import __version__
 
 __all__ = ["attach", "Lens", "load", "Run", "AdamP", "SGDP", "RunFileError", "__version__"]
 
-_LAZY = {
-    "attach": ("stepsize_lens.recording.lens", "attach"),
-    "Lens": ("stepsize_lens.recording.lens", "Lens"),
-    "load": ("stepsize_lens.run", "load"),
-    "Run": ("stepsize_lens.run", "Run"),
-    "AdamP": ("stepsize_lens.optim", "AdamP"),
-    "SGDP": ("stepsize_lens.optim", "SGDP"),
-    "RunFileError": ("stepsize_lens.errors", "RunFileError"),
+_LAZY_NAMES = {
+    "attach": "stepsize_lens.recording.lens",
+    "Lens": "stepsize_lens.recording.lens",
+    "load": "stepsize_lens.run",
+    "Run": "stepsize_lens.run",
+    "AdamP": "stepsize_lens.optim",
+    "SGDP": "stepsize_lens.optim",
+    "RunFileError": "stepsize_lens.errors",
 }
+_SUBMODULES = (
+    "analysis",
+    "datasets",
+    "demo",
+    "errors",
+    "experiments",
+    "integrations",
+    "invariance",
+    "models",
+    "optim",
+    "paper_test",
+    "plots",
+    "recording",
+    "report",
+    "run",
+    "schedules",
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from stepsize_lens.errors import RunFileError
@@ -33,15 +56,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module_name, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'stepsize_lens' has no attribute {name!r}")
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'stepsize_lens' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_SUBMODULES))

@@ -127,27 +127,6 @@ def test_batched_coefficients_project_every_tensor_like_the_reference():
         torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)
 
 
-def test_row_views_share_memory_for_contiguous_and_channels_last():
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(4, 3, 2, 5).to(memory_format=fmt)
-        rows = P.row_view(x, P.row_order(x))
-        assert rows is not None and rows.shape == (4, 30)
-        assert rows.data_ptr() == x.data_ptr()
-        torch.testing.assert_close(rows.sum(1), x.sum(dim=(1, 2, 3)))
-        rows.mul_(2)  # writes through
-        torch.testing.assert_close(rows.sum(1), x.sum(dim=(1, 2, 3)))
-    # rows of tensors in different layouts line up when read in the same order
-    w = torch.randn(4, 3, 2, 5).to(memory_format=torch.channels_last)
-    g = torch.randn(4, 3, 2, 5)
-    order = P.row_order(w)
-    torch.testing.assert_close(
-        (P.as_rows(w, order) * P.as_rows(g, order)).sum(1), (w * g).sum(dim=(1, 2, 3))
-    )
-    transposed = torch.randn(6, 4).t()  # dim 0 is not the outermost in memory
-    assert P.row_view(transposed, P.row_order(transposed)) is None
-    torch.testing.assert_close(P.as_rows(transposed), transposed.contiguous())
-
-
 def test_blocks_cover_every_row_once_and_respect_the_size():
     shapes = [torch.Size(s) for s in [(64, 3, 3, 3), (512, 4608), (10, 512), (3, 50_000), (1, 7)]]
     blocks = P.RowBlocks(shapes, block_numel=1 << 15)

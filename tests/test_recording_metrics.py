@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.recording import metrics
 from stepsize_lens._schema import METRICS
+from stepsize_lens.recording import metrics
 
 
 def _angle(a: torch.Tensor, b: torch.Tensor) -> float:

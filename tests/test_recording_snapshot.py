@@ -3,18 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stepsize_lens.recording.snapshot import Snapshot, float64_row_stats, row_view
-
-
-def test_row_view_reads_channels_last_without_copy():
-    t = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
-    rows = row_view(t)
-    assert rows.shape == (4, 75) and rows.data_ptr() == t.data_ptr()
-    # the same rows as the contiguous layout, up to the order within each row
-    ref = t.contiguous().reshape(4, -1)
-    assert torch.allclose(rows.sort(dim=1).values, ref.sort(dim=1).values)
-    assert row_view(torch.randn(7)).shape == (1, 7)
-    assert row_view(torch.tensor(2.0)).shape == (1, 1)
+from stepsize_lens.recording.snapshot import Snapshot, float64_row_stats
 
 
 def test_buckets_group_equal_row_lengths_and_grams_match():

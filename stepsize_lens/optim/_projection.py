@@ -36,34 +36,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from stepsize_lens._rows import as_rows, row_order, rows_view
+
 NONE, CHANNEL, LAYER = 0, 1, 2
-
-
-def row_order(p: Tensor) -> tuple[int, ...]:
-    """Dimension order (dim 0 first, the rest by decreasing stride) in which ``p`` is dense.
-
-    Permuting by it makes a contiguous or channels_last tensor contiguous, so its channel rows
-    become a [rows, K] view. The order of elements inside a row does not change a dot product.
-    """
-    rest = sorted(range(1, p.ndim), key=lambda d: -p.stride(d))
-    return (0, *rest)
-
-
-def row_view(x: Tensor, order: Sequence[int]) -> Tensor | None:
-    """``x`` as a [rows, K] view sharing its memory, or None when its layout does not allow it."""
-    y = x.permute(*order)
-    if not y.is_contiguous():
-        return None
-    return y.view(x.shape[0], -1)
-
-
-def as_rows(x: Tensor, order: Sequence[int] | None = None) -> Tensor:
-    """``x`` as [rows, K] for reading, elements in ``order`` (a copy when the layout needs one).
-
-    Tensors whose rows are compared element by element must use the same ``order``.
-    """
-    y = x.permute(*(row_order(x) if order is None else order))
-    return y.view(x.shape[0], -1) if y.is_contiguous() else y.reshape(x.shape[0], -1)
 
 
 def projectable(p: Tensor) -> bool:
@@ -325,7 +300,7 @@ class Partition:
                 self.plain.append(i)
                 continue
             order = row_order(p)
-            rows = row_view(p, order)
+            rows = rows_view(p, order)
             if rows is None:
                 self.fallback.append(i)
             else:
@@ -333,17 +308,17 @@ class Partition:
                 self.orders[i], self.rows[i] = order, rows
 
     def grad_rows(self, i: int, p: Tensor, g: Tensor) -> Tensor:
-        rows = row_view(g, self.orders[i])
+        rows = rows_view(g, self.orders[i])
         if rows is None:
-            rows = row_view(torch.empty_like(p).copy_(g), self.orders[i])
+            rows = rows_view(torch.empty_like(p).copy_(g), self.orders[i])
         assert rows is not None
         return rows
 
     def state_rows(self, i: int, p: Tensor, state: dict, key: str) -> Tensor:
-        rows = row_view(state[key], self.orders[i])
+        rows = rows_view(state[key], self.orders[i])
         if rows is None:
             state[key] = torch.empty_like(p).copy_(state[key])
-            rows = row_view(state[key], self.orders[i])
+            rows = rows_view(state[key], self.orders[i])
         assert rows is not None
         return rows
 

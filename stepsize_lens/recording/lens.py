@@ -28,7 +28,7 @@ import torch
 from stepsize_lens import schedules
 from stepsize_lens._schema import GROUP_FIELDS, METRICS, View
 from stepsize_lens.paper_test import paper_test
-from stepsize_lens.recording.distributed import ShardedRows, rank_path, sharded_rows
+from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.metrics import all_metrics
 from stepsize_lens.recording.snapshot import Snapshot
 from stepsize_lens.run import RunWriter
@@ -70,7 +70,7 @@ class Lens:
         self.flush_every = flush_every
         self.fused = bool(fused)
         self.step = 0
-        rank, world_size = _dist_rank()
+        rank, world_size = process_rank()
         self.writing = (rank == 0) if write is None else bool(write)
         self.path = rank_path(path, rank, world_size)
         meta = {
@@ -469,9 +469,3 @@ def _group_field(group: Mapping[str, Any], field: str) -> float:
         return _as_float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _dist_rank() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1

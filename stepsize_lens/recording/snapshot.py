@@ -10,36 +10,14 @@ record costs a handful of kernels, not one per tensor, and allocates nothing par
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from stepsize_lens._rows import as_rows
 from stepsize_lens.recording.metrics import radial_coef, row_grams
-
-
-def row_view(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` as a [rows, C] matrix, rows = slices along dim 0 (1-D and 0-D: one row).
-
-    Row sums of products do not depend on the order of elements within a row, so a
-    channels_last (or otherwise permuted) tensor is read in its memory order: a view, no copy.
-    """
-    if tensor.ndim == 0:
-        return tensor.reshape(1, 1)
-    if tensor.ndim == 1:
-        return tensor.reshape(1, -1)
-    rows = tensor.shape[0]
-    if rows == 0:  # an empty shard (FSDP2 with more ranks than rows): -1 would be ambiguous
-        return tensor.reshape(0, math.prod(tensor.shape[1:]))
-    if tensor.is_contiguous():
-        return tensor.reshape(rows, -1)
-    order = [0] + sorted(range(1, tensor.ndim), key=lambda d: -tensor.stride(d))
-    permuted = tensor.permute(order)
-    if permuted.is_contiguous():
-        return permuted.reshape(rows, -1)
-    return tensor.reshape(rows, -1)  # a copy, still correct
 
 
 @dataclass
@@ -63,7 +41,7 @@ class Snapshot:
         self.num_tensors = len(tensors)
         self.device = tensors[0].device if tensors else torch.device("cpu")
         groups: dict[tuple[torch.device, torch.dtype, int], list[int]] = {}
-        shapes = [row_view(t).shape for t in tensors]
+        shapes = [as_rows(t).shape for t in tensors]
         for index, tensor in enumerate(tensors):
             key = (tensor.device, tensor.dtype, shapes[index][1])
             groups.setdefault(key, []).append(index)
@@ -107,7 +85,7 @@ class Snapshot:
         dst, src = [], []
         for index, slot in self._slots(0):
             dst.append(slot)
-            src.append(row_view(weights[index]))
+            src.append(as_rows(weights[index]))
         with torch.no_grad():
             _foreach_copy(dst, src)
 
@@ -120,7 +98,7 @@ class Snapshot:
                 slot.zero_()
             else:
                 dst.append(slot)
-                src.append(row_view(grad.detach()))
+                src.append(as_rows(grad.detach()))
         with torch.no_grad():
             _foreach_copy(dst, src)
 
@@ -141,7 +119,7 @@ class Snapshot:
             for bucket in self.buckets:
                 for index, first, rows in bucket.members:
                     block = bucket.buffer[first : first + rows]
-                    torch.sub(row_view(weights_after[index]), block[:, 0], out=block[:, 2])
+                    torch.sub(as_rows(weights_after[index]), block[:, 0], out=block[:, 2])
                 stats = self._fused_stats(bucket.buffer) if self.fused else None
                 if stats is not None:
                     gram, perp2 = stats

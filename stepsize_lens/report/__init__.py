@@ -225,7 +225,7 @@ def _emit(
     console: Any,
     source: str,
 ) -> ReportResult:
-    from stepsize_lens import __version__
+    from stepsize_lens._version import __version__
 
     result = ReportResult(data=data, out=folder if saved else None, figures=saved)
     if format == "text":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepsize_lens._schema import VIEWS
+from stepsize_lens.run.storage import save_run_dict
 
 if TYPE_CHECKING:
     import numpy as np
@@ -254,8 +255,6 @@ class Run:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write this run to ``path`` atomically, in the current format."""
-        from stepsize_lens.run.writer import save_run_dict
-
         save_run_dict(self._data, path)
         return Path(path)
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from stepsize_lens._files import atomic_write
 from stepsize_lens._schema import GROUP_FIELDS, METRICS, PARAM_COLUMNS, VIEWS, View
 from stepsize_lens.run.format import FORMAT, VERSION, plain, validate
+from stepsize_lens.run.storage import save_run_dict
 
 if TYPE_CHECKING:
     from stepsize_lens.run.run import Run
@@ -202,13 +202,7 @@ class RunWriter:
         return target
 
 
-def save_run_dict(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Atomically write a run dict (temporary file, fsync, rename, fsync of the folder)."""
-    payload = dict(data)
-    atomic_write(path, lambda handle: torch.save(payload, handle))
-
-
 def _package_version() -> str:
-    from stepsize_lens import __version__
+    from stepsize_lens._version import __version__
 
     return __version__
