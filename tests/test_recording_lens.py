@@ -14,41 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _lens_models import batches as _batches
+from _lens_models import small_model as _model
+from _lens_models import train as _train
 from torch import nn
 
 import stepsize_lens
 from stepsize_lens.schedules import every
-
-
-def _model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 16),
-        nn.LayerNorm(16),
-        nn.Linear(16, 4),
-    )
-
-
-def _batches(n: int, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(n):
-        yield torch.randn(8, 3, 6, 6, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-
-
-def _train(model, optimizer, steps, lens=None):
-    for x, y in _batches(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if lens is not None:
-            lens.log(loss=loss)
-    return model
 
 
 @pytest.mark.parametrize(
@@ -115,16 +87,6 @@ def test_run_file_contents(tmp_path):
     assert (run.view("test_view")[:, 1] == -1).all()
 
 
-def test_model_is_optional_and_names_fall_back(tmp_path):
-    model = _model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    lens = stepsize_lens.attach(optimizer, path=tmp_path / "run.pt", schedule=1)
-    _train(model, optimizer, 2)
-    run = lens.run()
-    assert run.tensor_names[:2] == ["group0.0", "group0.1"]
-    lens.close()
-
-
 def test_edge_cases_record_nan_never_raise(tmp_path):
     torch.manual_seed(0)
     shared = nn.Linear(4, 4)
@@ -179,55 +141,6 @@ def test_edge_cases_record_nan_never_raise(tmp_path):
     assert run.group_field("lr").shape == (4, 3)
 
 
-def test_grad_scaler_skipped_step_is_recorded(tmp_path):
-    model = _model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
-    lens = stepsize_lens.attach(
-        model, optimizer, path=tmp_path / "run.pt", schedule=1, scaler=scaler
-    )
-    for i, (x, y) in enumerate(_batches(4)):
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        if i == 1:
-            loss = loss * float("inf")
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    lens.close()
-    assert "step" not in vars(scaler)  # the wrapper is gone after close
-    run = stepsize_lens.load(tmp_path / "run.pt")
-    assert list(run.steps) == [1, 2, 3, 4]
-    assert list(run.skipped) == [False, True, False, False]
-    assert np.isnan(run.metric("weight_norm")[1]).all()
-    assert [e["kind"] for e in run.events] == ["skipped_step"]
-
-
-def test_closure_optimizer_lbfgs(tmp_path):
-    model = _model()
-    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
-    lens = stepsize_lens.attach(model, optimizer, path=tmp_path / "run.pt", schedule=1)
-    x, y = next(_batches(1))
-
-    def closure():
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    for _ in range(3):
-        optimizer.step(closure)
-    lens.close()
-    run = stepsize_lens.load(tmp_path / "run.pt")
-    assert run.num_records == 3
-    # the closure computes g inside step(): the lens reads it afterwards, so even the first
-    # record (no gradient existed before step) has one, and it is the closure's last gradient
-    assert np.isfinite(run.metric("grad_norm")).all()
-    last = list(model.parameters())[-1]
-    assert run.metric("grad_norm")[-1, -1] == pytest.approx(float(last.grad.norm()), rel=1e-6)
-    assert (run.metric("update_norm")[:, 0] > 0).all()
-
-
 def test_detach_stops_recording_and_close_is_idempotent(tmp_path):
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -266,7 +179,10 @@ def test_channels_last_parameters_match_contiguous(tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, torch, stepsize_lens
-    from torch import nn
+    from _lens_models import batches as _batches
+from _lens_models import small_model as _model
+from _lens_models import train as _train
+from torch import nn
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -13,6 +13,7 @@ logs to the framework's logger.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def key_scalars(lens: Lens, prefix: str = PREFIX) -> dict[str, float]:
     """A summary of the lens's latest record, for a training framework's logger.
 
     Over the tensors the paper's test found scale-invariant at that record (channel or layer
-    view passed; DESIGN.md §3): the mean ``angular_update`` (radians per step), ``weight_norm``
+    view passed; docs/design.md §3): the mean ``angular_update`` (radians per step), ``weight_norm``
     and ``effective_lr`` (η/‖w‖²), plus ``invariant_fraction`` = passed / tested. Means over an
     empty set are NaN. Empty dict before the first record or when the latest step was skipped.
     """
@@ -70,15 +71,13 @@ def key_scalars(lens: Lens, prefix: str = PREFIX) -> dict[str, float]:
     return out
 
 
-def _latest_record(lens: Lens) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
-    """(metric name -> [T] values, test_view [T]) of the lens's last record; None if none.
-
-    Reads the writer's buffers in place: O(tensors), unlike building a whole `Run`.
-    """
-    record = lens.writer.last_record()
-    if record is None or record["skipped"]:
+def _latest_record(lens: Lens) -> tuple[Mapping[str, torch.Tensor], torch.Tensor] | None:
+    """(metric name -> [T] values, test_view [T]) of the lens's last record; None if none or
+    if that step was skipped. `Lens.latest` is O(tensors), unlike building a whole `Run`."""
+    record = lens.latest()
+    if record is None or record.skipped:
         return None
-    return record["metrics"], record["views"]["test_view"]
+    return record.metrics, record.test_view
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
 """Export a run to TensorBoard: scalars per param group and per scale-invariance class.
 
-For every recorded metric m (DESIGN.md §3) and every non-skipped record (at its optimizer step
+For every recorded metric m (docs/design.md §3) and every non-skipped record (at its optimizer step
 and wall time):
 
 - ``m/group_<g>``: the mean of m over the tensors of param group g;

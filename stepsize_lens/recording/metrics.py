@@ -1,4 +1,4 @@
-"""Pure batched math for the lens: from per-row Gram matrices to every metric of DESIGN.md §3.
+"""Pure batched math for the lens: from per-row Gram matrices to every metric of docs/design.md §3.
 
 No state, no I/O, no hooks. Every parameter tensor is seen as a matrix of rows (dim 0 = output
 channels / neurons; a 1-D or 0-D tensor is one row). For each row r the caller supplies the 3x3
@@ -169,7 +169,7 @@ def all_metrics(
     lr: torch.Tensor,
     has_grad: torch.Tensor,
 ) -> torch.Tensor:
-    """Every metric of DESIGN.md §3 as one [len(METRICS), T] tensor, in `METRICS` order.
+    """Every metric of docs/design.md §3 as one [len(METRICS), T] tensor, in `METRICS` order.
 
     row_gram: per-row Gram matrices of (w, g, Δ) [rows, 3, 3] (any float dtype; math is done in
     float64); row_perp2: per-row ‖Δ⊥_r‖² [rows], measured directly (see `snapshot`) because

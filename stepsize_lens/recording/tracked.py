@@ -1,0 +1,68 @@
+"""Which tensors the lens watches: the optimizer's parameters in optimizer order, and the
+params-table row (name, group, shape, module type, aliases...) of each.
+
+Param groups can grow while training runs (``optimizer.add_param_group``); `TrackedParams.sync`
+notices that from the groups' lengths alone, so a step where nothing changed costs one tuple
+comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+class TrackedParams:
+    """The tracked tensors (``params``), the param group of each (``group_of``) and their rows.
+
+    ``names``: `naming.parameter_names` of the model (id(param) -> (names, module class)); a
+    tensor the model does not name is called ``group{g}.{i}``.
+    """
+
+    def __init__(self, names: Mapping[int, tuple[list[str], str]]) -> None:
+        self.names = names
+        self.params: list[torch.Tensor] = []
+        self.group_of: list[int] = []
+        self._index: dict[int, int] = {}
+        self._signature: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def sync(self, param_groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+        """Track params added since the last call: None if the groups did not change, else the
+        params-table rows of the new tensors (possibly none: a tensor may move between groups)."""
+        signature = tuple(len(group["params"]) for group in param_groups)
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        new_rows = []
+        self.group_of = list(self.group_of)
+        for group_index, group in enumerate(param_groups):
+            for position, param in enumerate(group["params"]):
+                key = id(param)
+                if key in self._index:
+                    self.group_of[self._index[key]] = group_index
+                    continue
+                self._index[key] = len(self.params)
+                self.params.append(param)
+                self.group_of.append(group_index)
+                new_rows.append(self._row(param, group_index, position))
+        return new_rows
+
+    def _row(self, param: torch.Tensor, group_index: int, position: int) -> dict[str, Any]:
+        names, module_type = self.names.get(id(param), ([], ""))
+        return {
+            "name": names[0] if names else f"group{group_index}.{position}",
+            "group": group_index,
+            "index": position,
+            "shape": list(param.shape),
+            "numel": param.numel(),
+            "ndim": param.ndim,
+            "rows": param.shape[0] if param.ndim >= 1 else 1,
+            "module_type": module_type,
+            "dtype": str(param.dtype).replace("torch.", ""),
+            "aliases": names[1:],
+        }
