@@ -179,10 +179,7 @@ def test_channels_last_parameters_match_contiguous(tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, torch, stepsize_lens
-    from _lens_models import batches as _batches
-from _lens_models import small_model as _model
-from _lens_models import train as _train
-from torch import nn
+    from torch import nn
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
