@@ -1,4 +1,5 @@
-"""The shared AdamP/SGDP math: the scale-invariance test, the projection, rows and blocks.
+"""The math AdamP and SGDP share (stepsize_lens/optim/_projection.py): the scale-invariance
+test on row statistics, the projection coefficients, the per-tensor projection.
 
 The oracle is the paper authors' package (``adamp==0.3.0``), used only as a reference.
 """
@@ -12,7 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stepsize_lens._rows import as_rows
+from stepsize_lens._schema import View
 from stepsize_lens.optim import _projection as P
+from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 
 def _tangential(w: torch.Tensor, g: torch.Tensor, per_row: bool) -> torch.Tensor:
@@ -51,10 +55,10 @@ def _reference_view(w: torch.Tensor, g: torch.Tensor, delta: float, eps: float) 
 
 def _batched_stats(ws, gs, us):
     rows = [
-        torch.cat([P.as_rows(a).mul(P.as_rows(b)).sum(1) for a, b in zip(ws, gs)]),
-        torch.cat([P.as_rows(a).norm(dim=1) for a in ws]),
-        torch.cat([P.as_rows(b).norm(dim=1) for b in gs]),
-        torch.cat([P.as_rows(a).mul(P.as_rows(u)).sum(1) for a, u in zip(ws, us)]),
+        torch.cat([as_rows(a).mul(as_rows(b)).sum(1) for a, b in zip(ws, gs)]),
+        torch.cat([as_rows(a).norm(dim=1) for a in ws]),
+        torch.cat([as_rows(b).norm(dim=1) for b in gs]),
+        torch.cat([as_rows(a).mul(as_rows(u)).sum(1) for a, u in zip(ws, us)]),
     ]
     return rows
 
@@ -127,32 +131,29 @@ def test_batched_coefficients_project_every_tensor_like_the_reference():
         torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-14)
 
 
-def test_blocks_cover_every_row_once_and_respect_the_size():
-    shapes = [torch.Size(s) for s in [(64, 3, 3, 3), (512, 4608), (10, 512), (3, 50_000), (1, 7)]]
-    blocks = P.RowBlocks(shapes, block_numel=1 << 15)
-    seen: dict[int, list[int]] = {t: [] for t in range(len(shapes))}
-    covered = []
-    for start, stop in blocks.blocks:
-        covered += range(start, stop)
-        block = blocks.pieces[start:stop]
-        size = sum((p.r1 - p.r0) * math.prod(shapes[p.t][1:]) for p in block)
-        assert size <= 1 << 15 or len(block) == 1
-        for piece in block:
-            seen[piece.t].extend(range(piece.r0, piece.r1))
-    assert covered == list(range(len(blocks.pieces)))
-    assert all(seen[t] == list(range(s[0])) for t, s in enumerate(shapes))
-
-    # pieces of the tensors and of the flat per-row vectors line up
-    tensors = [torch.randn(s[0], math.prod(s[1:])) for s in shapes]
-    per_row = torch.cat([x.sum(1) for x in tensors])
-    for piece, x, rows in zip(blocks.pieces, blocks.cut(tensors), blocks.split(per_row)):
-        assert torch.equal(x, tensors[piece.t][piece.r0 : piece.r1])
-        torch.testing.assert_close(x.sum(1), rows)
-
-
 def test_pick_rounds_constants_like_a_scalar_multiplier():
     x = torch.ones(3, dtype=torch.float32)
     value = 1 - 1e-3 * 1e-2 * 0.1
     picked = P.pick(torch.tensor(True), 1.0, value, x.dtype)
     assert picked.dtype == torch.float32
     assert torch.equal(x * picked, x.clone().mul_(value))
+
+
+def test_thresholds_are_the_paper_tests_in_double_rounded_once():
+    shapes = [torch.Size(s) for s in [(64, 3, 3, 3), (10, 512), (3, 7)]]
+    layout = P.RowLayout.of(shapes)
+    thr = layout.thresholds(0.1, torch.float32, torch.device("cpu"))
+    for t, s in enumerate(shapes):
+        numel = math.prod(s)
+        assert float(thr[0, t]) == float(torch.tensor(0.1 / math.sqrt(numel // s[0])))
+        assert float(thr[0, t]) == float(torch.tensor(channel_threshold(numel, s[0], 0.1)))
+        assert float(thr[1, t]) == float(torch.tensor(layer_threshold(numel, 0.1)))
+
+
+def test_view_codes_are_the_schema_views():
+    gen = torch.Generator().manual_seed(0)
+    cases = _cases(gen)
+    ws, gs = [c[0] for c in cases], [c[1] for c in cases]
+    wg, nw, ng, _ = _batched_stats(ws, gs, gs)
+    views = P.choose_views(wg, nw, ng, P.RowLayout.of([w.shape for w in ws]), 0.1, 1e-8)
+    assert [View(v) for v in views.tolist()] == [View.CHANNEL, View.LAYER, View.NONE, View.CHANNEL]

@@ -4,7 +4,7 @@
 way (state restore, gradient checks, the closure, one call per parameter group); a subclass
 gives its state initialisation and its step on a group. `Kernels` runs an optimizer's step on
 lists of tensors: the per-tensor reference path, or the multi-tensor path that sends each
-tensor of every device/dtype group along its `_projection.Partition` route.
+tensor of every device/dtype group along its `_blocked.Partition` route.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.optim import _projection as P
+from stepsize_lens.optim import _blocked
 
 H = TypeVar("H")
 
@@ -90,7 +90,7 @@ class Kernels(Generic[H]):
 
     reference: ListStep[H]
     plain: ListStep[H]
-    blocked: Callable[[P.BlockedTensors, H], Tensor]
+    blocked: Callable[[_blocked.BlockedTensors, H], Tensor]
     state_keys: tuple[str, ...]
 
     def __call__(
@@ -114,7 +114,7 @@ class Kernels(Generic[H]):
         for (ps, dev_grads), indices in grouped.values():
             gs = cast(list[Tensor], dev_grads)
             sts = [states[i] for i in indices]
-            route = P.Partition(ps)
+            route = _blocked.Partition(ps)
             for ids, step in ((route.fallback, self.reference), (route.plain, self.plain)):
                 if ids:
                     step([ps[i] for i in ids], [gs[i] for i in ids], [sts[i] for i in ids], hyper)

@@ -2,7 +2,8 @@
 
 Heo, Chun, Oh, Han, Yun, Kim, Uh, Ha. "AdamP: Slowing Down the Slowdown for Momentum Optimizers
 on Scale-invariant Weights", ICLR 2021. Same arguments, defaults and trajectories as the
-authors' ``adamp`` package; the test and the projection are in `_projection`.
+authors' ``adamp`` package; the test and the projection are in `_projection`,
+the blocked multi-tensor engine in `_blocked`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stepsize_lens._schema import View
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
+from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
 
 __all__ = ["AdamP", "adamp"]
@@ -165,9 +168,13 @@ def _single_tensor_adamp(
         p.add_(perturb, alpha=-h.lr / (1 - h.beta1**step))
 
 
+#: Devices where torch has a fused Adam kernel (``torch._fused_adam_``/``_fused_adamw_``).
+FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
+
+
 def _fused_kernel_ok(p: Tensor, nesterov: bool) -> bool:
-    """torch's fused Adam kernel computes our direction on CPU and CUDA (not the Nesterov form)."""
-    return not nesterov and p.device.type in ("cpu", "cuda")
+    """torch's fused Adam kernel computes our direction (not the Nesterov form)."""
+    return not nesterov and p.device.type in FUSED_ADAM_DEVICES
 
 
 def _step_tensors(steps: list[int], device: torch.device) -> list[Tensor]:
@@ -257,7 +264,7 @@ def _plain_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict], 
     torch._foreach_add_(params, directions)
 
 
-def _blocked_adamp(part: P.BlockedTensors, h: _Hyper) -> Tensor:
+def _blocked_adamp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     """Multi-tensor path for tensors cut into cache-sized blocks of rows; returns the views.
 
     Pass 1 (`BlockedTensors.first_pass`), per block: the row statistics of the test on (w, g),
@@ -274,7 +281,7 @@ def _blocked_adamp(part: P.BlockedTensors, h: _Hyper) -> Tensor:
     )
     scale = coefs.neg_()
     if h.weight_decay > 0:
-        scale += part.layout.expand(P.pick(views != P.NONE, *h.decays(), scale.dtype))
+        scale += part.layout.expand(P.pick(views != View.NONE, *h.decays(), scale.dtype))
     else:
         scale += 1
     scales, w = part.blocks.split(scale[:, None]), part.w

@@ -2,7 +2,8 @@
 
 Heo, Chun, Oh, Han, Yun, Kim, Uh, Ha. "AdamP: Slowing Down the Slowdown for Momentum Optimizers
 on Scale-invariant Weights", ICLR 2021. Same arguments, defaults and trajectories as the
-authors' ``adamp`` package; the test and the projection are in `_projection`.
+authors' ``adamp`` package; the test and the projection are in `_projection`,
+the blocked multi-tensor engine in `_blocked`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
+from stepsize_lens._schema import View
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
+from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
 
 __all__ = ["SGDP", "sgdp"]
@@ -206,7 +209,7 @@ def _plain_sgd(params: list[Tensor], grads: list[Tensor], states: list[dict], h:
     torch._foreach_add_(params, directions, alpha=-h.lr)
 
 
-def _blocked_sgdp(part: P.BlockedTensors, h: _Hyper) -> Tensor:
+def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     """Multi-tensor path for tensors cut into cache-sized blocks of rows; returns the views.
 
     Pass 1 (`BlockedTensors.first_pass`), per block: the row statistics of the test on (w, g),
@@ -223,7 +226,7 @@ def _blocked_sgdp(part: P.BlockedTensors, h: _Hyper) -> Tensor:
     neg_coefs = part.blocks.split(coefs.neg_()[:, None])
     decay = None
     if h.weight_decay > 0:
-        per_tensor = P.pick(views != P.NONE, *h.decays(), coefs.dtype)
+        per_tensor = P.pick(views != View.NONE, *h.decays(), coefs.dtype)
         decay = part.blocks.split(part.layout.expand(per_tensor)[:, None])
     w = part.w
     for a, b in reversed(part.blocks.blocks):  # the last blocks of pass 1 are still in cache
