@@ -167,7 +167,9 @@ def test_code_points_only_to_documents_in_the_repository():
     missing = []
     for path in [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
         text = path.read_text(encoding="utf-8")
-        for ref in re.findall(r"([\w./-]+\.md)\b", text):
+        # documents: docs/*.md and capitalised names (README.md, DESIGN.md); lower-case names such
+        # as report.md or toy2d.md are files the code writes, not documents it points to
+        for ref in re.findall(r"((?:docs/[\w./-]+|\b[A-Z][A-Za-z_-]*)\.md)\b", text):
             if not (ROOT / ref).exists() and not (path.parent / ref).exists():
                 missing.append(f"{path.relative_to(ROOT)}: {ref}")
     assert missing == []
