@@ -38,6 +38,14 @@ def user_models(tmp_path, monkeypatch):
 
             def not_a_module():
                 return "a string"
+
+            class Argmax(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lin = nn.Linear(6, 4)
+
+                def forward(self, x):
+                    return self.lin(x).argmax(dim=1)
             """
         )
     )
@@ -103,6 +111,7 @@ def test_inspect_factory_from_current_folder(user_models):
         ("lens_user_models:raises", ["--input-shape", "6"], "cannot build this model"),
         ("lens_user_models:not_a_module", ["--input-shape", "6"], "not a torch.nn.Module"),
         ("lens_user_models:small", ["--input-shape", "7"], "does not fit model"),
+        ("lens_user_models:Argmax", ["--input-shape", "6"], "no floating-point tensor"),
         ("lens_user_models:small", [], "pass --input-shape"),
         ("lens_user_models:small", ["--input-shape", "6,a"], "not a list of integers"),
         ("resnet", [], "unknown model 'resnet'"),

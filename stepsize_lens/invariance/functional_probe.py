@@ -85,7 +85,7 @@ class _Prober:
             model.train()
             self.base = self.forward()
             if not self.base:
-                raise ValueError("the model's output holds no floating-point tensor to compare")
+                raise UserInputError("the model's output holds no floating-point tensor to compare")
             self.noise = _relative_change(self.forward(), self.base)
         except BaseException:
             self.guard.restore()
