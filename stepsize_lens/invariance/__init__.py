@@ -18,32 +18,25 @@ c_k > 0. Channel invariance implies layer invariance (take every c_k equal).
    rescales rows (random positive factors) or the whole tensor (one factor), runs the model
    forward in training mode, and compares outputs. See `probe` for the exact protocol.
 3. **The census** `census(...)`: fractions of tensors and of parameters per class, overall and
-   per module type; `print_census` renders it for ``stepsize-lens inspect``.
+   per module type (``stepsize-lens inspect`` renders it).
 4. **Agreement** `agreement(run)`: the recorded test against the probe, per tensor, with the
    disagreements explained.
 
-Modules: `classes` (class names and codes), `cosine_test` (1), `functional_probe` (2),
-`census_report` (3), `disagreement` (4), `inspect` (``stepsize-lens inspect``); module names
-differ from the function names so that ``invariance.probe`` is always the function. Everything
-public is importable from here; pandas and rich are imported only inside the functions that
-need them.
+The outcome of the test is a `View` code where the run file stores it and a class word
+(``"channel"``, ``"layer"``, ``"none"``; `CLASSES`) wherever people read it, including the
+probe's per-tensor *verdict*; both come from `stepsize_lens._schema`.
+
+Modules, bottom up: `_forward` (repeatable forwards), `recorded_test` (1), `functional_probe`
+(2), `census_table` (3, reads 1 and 2), `disagreement` (4, reads 1 and 2). Module names differ
+from the function names so that ``invariance.probe`` is always the function. Everything public
+is importable from here. This package returns data only: the command line renders it.
 """
 
 from __future__ import annotations
 
 from stepsize_lens._schema import CLASS_OF_VIEW, CLASSES, DEFAULT_DELTA, PROBE_VERDICT_COLUMN
-from stepsize_lens.invariance.census_report import CENSUS_COLUMNS, census, print_census, print_probe
-from stepsize_lens.invariance.cosine_test import (
-    classify_tensors,
-    paper_test,
-    pass_rates,
-    recorded_test_views,
-    run_delta,
-    view_counts,
-)
-
-# Private helpers are re-exported ("x as x") so that imports from the former single-file module
-# keep working.
+from stepsize_lens.invariance._forward import trial_forward
+from stepsize_lens.invariance.census_table import CENSUS_COLUMNS, census
 from stepsize_lens.invariance.disagreement import agreement, disagreements
 from stepsize_lens.invariance.functional_probe import (
     PROBE_COLUMNS,
@@ -52,12 +45,14 @@ from stepsize_lens.invariance.functional_probe import (
     probe,
     probe_param_columns,
 )
-from stepsize_lens.invariance.inspect import (
-    inspect_model,
-    parse_input_shape,
-    print_inspection,
-    resolve_model,
+from stepsize_lens.invariance.recorded_test import (
+    classify_tensors,
+    pass_rates,
+    recorded_test_views,
+    run_delta,
+    view_counts,
 )
+from stepsize_lens.paper_test import paper_test
 
 __all__ = [
     "CENSUS_COLUMNS",
@@ -72,17 +67,12 @@ __all__ = [
     "census",
     "classify_tensors",
     "disagreements",
-    "inspect_model",
     "paper_test",
-    "parse_input_shape",
     "pass_rates",
-    "print_census",
-    "print_inspection",
-    "print_probe",
     "probe",
     "probe_param_columns",
     "recorded_test_views",
-    "resolve_model",
     "run_delta",
+    "trial_forward",
     "view_counts",
 ]

@@ -3,7 +3,7 @@
 A probe runs the model many times in training mode; each forward must see the same BatchNorm
 statistics and dropout masks, and the model must come back bit for bit (`_StateGuard`). The
 change between two outputs is max over output tensors of max|y' - y| / max|y|
-(`_relative_change`).
+(`_relative_change`). `trial_forward` runs one such forward and leaves the model as it was.
 """
 
 from __future__ import annotations
@@ -68,6 +68,19 @@ def _call(model: torch.nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def trial_forward(model: torch.nn.Module, inputs: Any) -> None:
+    """One training-mode forward of ``model`` on ``inputs`` under ``torch.no_grad``, to check
+    that the inputs fit; buffers, RNG states and train/eval flags are put back afterwards.
+    Raises whatever the model raises."""
+    guard = _StateGuard(model)
+    try:
+        model.train()
+        with torch.no_grad():
+            _call(model, inputs)
+    finally:
+        guard.restore()
 
 
 def _float_leaves(output: Any) -> list[torch.Tensor]:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens._schema import CLASSES, PROBE_VERDICT_COLUMN
-from stepsize_lens.invariance.cosine_test import majority_class, run_delta, view_counts
+from stepsize_lens._schema import CLASSES, INVARIANT_CLASSES, PROBE_VERDICT_COLUMN
+from stepsize_lens.invariance.recorded_test import majority_class, run_delta, view_counts
 from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def _explain(row: dict[str, Any], delta: float) -> str:
     if probe_cls == recorded:
         return ""
     rate = f"{100 * row['pass_rate']:.0f}%"
-    if probe_cls in ("channel", "layer") and recorded == "none":
+    if probe_cls in INVARIANT_CLASSES and recorded == "none":
         k, wd, positive = row["radial_coef"], row["weight_decay"], row["radial_positive"]
         detail = (
             f"the test passed its view in only {rate} of records (median |cos(w, g)| "

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from stepsize_lens._schema import CLASSES, PROBE_VERDICT_COLUMN
+from stepsize_lens.errors import UserInputError
 from stepsize_lens.invariance._forward import (
     _call,
     _cast_inputs,
@@ -84,7 +85,7 @@ class _Prober:
             model.train()
             self.base = self.forward()
             if not self.base:
-                raise ValueError("the model's output holds no floating-point tensor to compare")
+                raise UserInputError("the model's output holds no floating-point tensor to compare")
             self.noise = _relative_change(self.forward(), self.base)
         except BaseException:
             self.guard.restore()
@@ -126,7 +127,7 @@ class ProbeResult:
     """Verdicts of `probe`, one row per parameter tensor in ``table`` (index: parameter name).
 
     Columns: ``shape``, ``numel``, ``ndim``, ``rows``, ``module_type``, ``tested`` (ndim >= 2),
-    ``verdict`` ("channel" / "layer" / "none": the structural verdict), ``channel_change`` and
+    ``verdict`` (the probe's structural class: "channel", "layer" or "none"), ``channel_change`` and
     ``layer_change`` (max relative output change under row / whole-tensor rescaling in the
     structural probe; ``layer_change`` is NaN when the channel test passed, since channel
     invariance implies layer invariance, and both are NaN for untested tensors),
@@ -154,11 +155,6 @@ class ProbeResult:
 
     def verdict(self, name: str) -> str:
         return str(self.table.at[name, "verdict"])
-
-    def census(self, by: str = "module_type") -> pd.DataFrame:
-        from stepsize_lens.invariance.census_report import census
-
-        return census(self, by=by)
 
     def __repr__(self) -> str:
         counts = self.table["verdict"].value_counts()
@@ -217,7 +213,7 @@ def probe(
     import pandas as pd
 
     if draws < 1:
-        raise ValueError(f"draws must be at least 1, not {draws}")
+        raise UserInputError(f"draws must be at least 1, not {draws}")
     all_params = dict(model.named_parameters())
     if names is None:
         selected = list(all_params)

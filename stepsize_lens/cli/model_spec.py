@@ -1,7 +1,8 @@
-"""``stepsize-lens inspect``: a model from a spec, probed on random inputs, its census printed.
+"""Model specs of ``stepsize-lens inspect``: a spec and an input shape become a model and inputs.
 
 A spec is a built-in model name (`stepsize_lens.models.BUILTIN_MODELS`) or
-``package.module:factory``; every bad spec or input shape raises `UserInputError` with one line.
+``package.module:factory`` (a module in the current folder is found, like ``python -m``). Every
+bad spec, input shape or batch size raises `UserInputError` with one line.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from typing import Any
 
 import torch
 
-from stepsize_lens.invariance._forward import _call, _StateGuard
-from stepsize_lens.invariance.census_report import census, print_census, print_probe
-from stepsize_lens.invariance.functional_probe import STRUCTURAL_EPS, ProbeResult, probe
+from stepsize_lens.errors import UserInputError
 
 
 def _first_line(exc: BaseException) -> str:
@@ -25,8 +24,6 @@ def _first_line(exc: BaseException) -> str:
 
 def parse_input_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"3,32,32"``, ``"3x32x32"`` or ``(3, 32, 32)`` -> (3, 32, 32): one example, no batch dim."""
-    from stepsize_lens.errors import UserInputError
-
     if isinstance(text, str):
         cleaned = text.strip().strip("()[]").replace("x", ",").replace(" ", ",")
         parts = [part for part in cleaned.split(",") if part]
@@ -43,17 +40,37 @@ def parse_input_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+def _import_module(module_name: str, spec: str) -> Any:
+    """Import ``module_name`` with the current folder on ``sys.path`` (removed again after)."""
+    import importlib
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # like `python -m`, let a module in the current folder be found
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UserInputError(
+            f"cannot import module {module_name!r} for model {spec!r}: {_first_line(exc)}"
+        ) from None
+    except Exception as exc:
+        raise UserInputError(
+            f"importing module {module_name!r} for model {spec!r} failed: {_first_line(exc)}"
+        ) from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def resolve_model(spec: str) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
     """Build the model named by ``spec``: a built-in name or ``package.module:factory``.
 
     The factory is called with no arguments. Returns the model and the built-in default input
     shape (None for a factory). Every failure raises `UserInputError` with one line.
     """
-    import importlib
-    import os
-    import sys
-
-    from stepsize_lens.errors import UserInputError
     from stepsize_lens.models import BUILTIN_MODELS
 
     if spec in BUILTIN_MODELS:
@@ -67,24 +84,7 @@ def resolve_model(spec: str) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UserInputError(f"model spec {spec!r} must look like package.module:factory")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:  # like `python -m`, let a module in the current folder be found
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise UserInputError(
-            f"cannot import module {module_name!r} for model {spec!r}: {_first_line(exc)}"
-        ) from None
-    except Exception as exc:
-        raise UserInputError(
-            f"importing module {module_name!r} for model {spec!r} failed: {_first_line(exc)}"
-        ) from None
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-    target: Any = module
+    target: Any = _import_module(module_name, spec)
     for part in attr.split("."):
         if not hasattr(target, part):
             raise UserInputError(f"module {module_name!r} has no attribute {attr!r}")
@@ -104,24 +104,22 @@ def resolve_model(spec: str) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
     return model, None
 
 
-def inspect_model(
+def model_and_inputs(
     spec: str,
     input_shape: str | Sequence[int] | None = None,
     *,
     batch_size: int = 4,
     seed: int = 0,
-    draws: int = 3,
-) -> ProbeResult:
-    """Build the model ``spec`` (see `resolve_model`), probe it on a random batch, return verdicts.
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model ``spec`` (see `resolve_model`) and a random batch that its forward accepts.
 
-    The input is ``batch_size`` standard-normal examples of ``input_shape`` (default: the
+    The batch is ``batch_size`` standard-normal examples of ``input_shape`` (default: the
     built-in model's). The model is built and the batch drawn under a fixed seed without
-    touching the global RNG. Bad specs and shapes that do not fit raise `UserInputError`.
+    touching the global RNG; one training-mode forward checks that the batch fits, and leaves
+    the model as it was. Bad specs and shapes that do not fit raise `UserInputError`.
     """
-    from stepsize_lens.errors import UserInputError
+    from stepsize_lens.invariance import trial_forward
 
-    if draws < 1:
-        raise UserInputError(f"draws must be at least 1, not {draws}")
     if batch_size < 2:
         raise UserInputError(f"batch size must be at least 2, not {batch_size}")
     with torch.random.fork_rng(devices=[]):
@@ -135,43 +133,11 @@ def inspect_model(
         shape = parse_input_shape(input_shape)
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn((batch_size, *shape), generator=generator)
-    guard = _StateGuard(model)
     try:
-        model.train()
-        with torch.no_grad():
-            _call(model, inputs)
+        trial_forward(model, inputs)
     except Exception as exc:
         raise UserInputError(
             f"input shape {shape} (batch {batch_size}) does not fit model {spec!r}: "
             f"{_first_line(exc)}"
         ) from None
-    finally:
-        guard.restore()
-    return probe(model, inputs, draws=draws, seed=seed)
-
-
-def print_inspection(
-    result: ProbeResult, spec: str = "", tensors: bool = False, console: Any = None
-) -> None:
-    """Print the census of a probe (and with ``tensors=True`` every verdict) for ``inspect``."""
-    from rich.console import Console
-
-    console = console or Console()
-    if tensors:
-        print_probe(result, console)
-    table = census(result)
-    title = f"scale-invariance census of {spec}" if spec else "scale-invariance census"
-    print_census(table, console, title=title)
-    overall = table.loc["all"]
-    approximate = result.table.index[result.table["approximate"]].tolist()
-    console.print(
-        f"scale-invariant: {100 * overall['params_invariant']:.1f}% of parameters, "
-        f"{100 * (overall['tensors_channel'] + overall['tensors_layer']):.1f}% of tensors "
-        f"(structural verdicts: float64, eps -> {STRUCTURAL_EPS:g}, tolerance "
-        f"{result.tolerance:g}; 1-D tensors are not tested)."
-    )
-    if approximate:
-        console.print(
-            f"{len(approximate)} invariant tensor(s) change the output by more than "
-            f"{result.numerical_tolerance:g} under the real eps, e.g. {approximate[0]}."
-        )
+    return model, inputs

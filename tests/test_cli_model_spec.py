@@ -1,4 +1,4 @@
-"""`stepsize-lens inspect`: built-in and user models, and one-line errors for bad specs."""
+"""`cli.model_spec`: built-in and user models from a spec, inputs that fit, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import stepsize_lens
+from stepsize_lens.cli.model_spec import model_and_inputs, parse_input_shape, resolve_model
+from stepsize_lens.errors import UserInputError
 
 
 def _repo_root() -> str:
@@ -35,12 +38,20 @@ def user_models(tmp_path, monkeypatch):
 
             def not_a_module():
                 return "a string"
+
+            class Argmax(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lin = nn.Linear(6, 4)
+
+                def forward(self, x):
+                    return self.lin(x).argmax(dim=1)
             """
         )
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "lens_user_models", raising=False)
-    yield
+    yield tmp_path
     sys.modules.pop("lens_user_models", None)
 
 
@@ -50,11 +61,39 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, ["inspect", *args])
 
 
-def test_inspect_builtin_prints_census():
-    result = _invoke("digits_cnn", "--batch-size", "2", "--draws", "1")
-    assert result.exit_code == 0, result.output
-    assert "census of digits_cnn" in result.stdout
-    assert "Conv2d" in result.stdout and "98.4% of parameters" in result.stdout
+@pytest.mark.parametrize(
+    ("text", "shape"),
+    [("3,32,32", (3, 32, 32)), ("3x8x8", (3, 8, 8)), ("(6)", (6,)), ((2, 5), (2, 5))],
+)
+def test_parse_input_shape(text, shape):
+    assert parse_input_shape(text) == shape
+
+
+@pytest.mark.parametrize("text", ["", "3,0", "-1", "a,b"])
+def test_parse_input_shape_rejects_bad_shapes(text):
+    with pytest.raises(UserInputError):
+        parse_input_shape(text)
+
+
+def test_resolve_model_builtin_and_factory(user_models):
+    model, shape = resolve_model("mlp")
+    assert isinstance(model, torch.nn.Module) and shape is not None
+    path_before = list(sys.path)
+    model, shape = resolve_model("lens_user_models:small")
+    assert shape is None and isinstance(model[1], torch.nn.BatchNorm1d)
+    assert sys.path == path_before  # the current folder was added only for the import
+
+
+def test_model_and_inputs_is_seeded_and_leaves_model_and_rng_alone(user_models):
+    rng = torch.get_rng_state()
+    model, inputs = model_and_inputs("lens_user_models:small", "6", batch_size=3, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert inputs.shape == (3, 6)
+    bn = model[1]
+    assert int(bn.num_batches_tracked) == 0 and torch.all(bn.running_mean == 0)
+    again, inputs_again = model_and_inputs("lens_user_models:small", (6,), batch_size=3, seed=5)
+    assert torch.equal(inputs, inputs_again)
+    assert torch.equal(model[0].weight, again[0].weight)
 
 
 def test_inspect_factory_from_current_folder(user_models):
@@ -72,6 +111,7 @@ def test_inspect_factory_from_current_folder(user_models):
         ("lens_user_models:raises", ["--input-shape", "6"], "cannot build this model"),
         ("lens_user_models:not_a_module", ["--input-shape", "6"], "not a torch.nn.Module"),
         ("lens_user_models:small", ["--input-shape", "7"], "does not fit model"),
+        ("lens_user_models:Argmax", ["--input-shape", "6"], "no floating-point tensor"),
         ("lens_user_models:small", [], "pass --input-shape"),
         ("lens_user_models:small", ["--input-shape", "6,a"], "not a list of integers"),
         ("resnet", [], "unknown model 'resnet'"),
@@ -99,3 +139,26 @@ def test_inspect_bad_model_through_the_console_script(user_models):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cannot build this model" in proc.stderr
+
+
+def test_inspect_help_imports_no_heavy_module():
+    code = (
+        "import sys\n"
+        "from stepsize_lens.cli import main\n"
+        "sys.argv = ['stepsize-lens', 'inspect', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'matplotlib', 'pandas'}\n"
+        "print('HEAVY', sorted(heavy), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": _repo_root()},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr and "--input-shape" in proc.stdout

@@ -1,4 +1,4 @@
-"""The paper's cosine test (AdamP, Heo et al. ICLR 2021, Sec. 3), live and on a recorded run.
+"""The paper's cosine test (AdamP, Heo et al. ICLR 2021, Sec. 3) on a recorded run.
 
 An invariant w has ⟨w, g⟩ = 0, so with δ = 0.1
 
@@ -6,8 +6,10 @@ An invariant w has ⟨w, g⟩ = 0, so with δ = 0.1
     else layer view passes if         |cos(w, g)| < δ / sqrt(numel)
     else neither.
 
-`paper_test` evaluates it vectorised (numpy or torch, no host sync); `recorded_test_views`,
-`view_counts`, `pass_rates` and `classify_tensors` apply it to a recorded `Run`.
+`stepsize_lens.paper_test.paper_test` evaluates it as `View` codes; here
+`recorded_test_views` recomputes it from a `Run`'s stored cosines with any δ, `view_counts`
+counts the codes per tensor, `pass_rates` follows them over time, and `classify_tensors` turns
+them into one class word per tensor.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens._schema import CLASS_OF_VIEW, CLASSES, DEFAULT_DELTA, PROBE_VERDICT_COLUMN, View
+from stepsize_lens._schema import (
+    CLASSES,
+    DEFAULT_DELTA,
+    INVARIANT_CLASSES,
+    PROBE_VERDICT_COLUMN,
+    VIEW_OF_CLASS,
+    View,
+)
 from stepsize_lens.paper_test import paper_test
 
 if TYPE_CHECKING:
@@ -55,7 +64,8 @@ def view_counts(run: Run, delta: float | None = None, which: str = "test_view") 
 
     ``which="test_view"`` recomputes the paper's test with δ (`recorded_test_views`);
     ``which="applied_view"`` reads what AdamP/SGDP applied. Columns: ``channel``, ``layer``,
-    ``none`` (fractions of the known records), ``known`` (how many records had a code >= 0).
+    ``none`` (fractions of the known records), ``known`` (how many records were tested: a code of
+    `View.NONE` or above).
     Index: tensor names.
     """
     import pandas as pd
@@ -67,29 +77,20 @@ def view_counts(run: Run, delta: float | None = None, which: str = "test_view") 
     else:
         raise ValueError(f"which must be 'test_view' or 'applied_view', not {which!r}")
     views = views[~run.skipped.astype(bool)]
-    known = (views >= 0).sum(axis=0)
+    known = (views >= View.NONE).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        columns = {
-            name: (views == code).sum(axis=0) / known for code, name in CLASS_OF_VIEW.items()
-        }
-    frame = pd.DataFrame(
-        {
-            "channel": columns["channel"],
-            "layer": columns["layer"],
-            "none": columns["none"],
-            "known": known,
-        },
-        index=pd.Index(run.tensor_names, name="tensor"),
+        columns = {cls: (views == VIEW_OF_CLASS[cls]).sum(axis=0) / known for cls in CLASSES}
+    return pd.DataFrame(
+        {**columns, "known": known}, index=pd.Index(run.tensor_names, name="tensor")
     )
-    return frame
 
 
 def majority_class(counts: pd.DataFrame) -> np.ndarray:
     """The most frequent class per tensor from `view_counts`; ties go to the weaker claim
     (none before layer before channel), tensors never tested are ``"none"``."""
-    ordered = counts[["none", "layer", "channel"]].fillna(0.0).to_numpy()
-    names = np.array(["none", "layer", "channel"], dtype=object)
-    result = names[ordered.argmax(axis=1)]
+    weakest_first = list(reversed(CLASSES))  # argmax picks the first of equal counts
+    ordered = counts[weakest_first].fillna(0.0).to_numpy()
+    result = np.array(weakest_first, dtype=object)[ordered.argmax(axis=1)]
     result[counts["known"].to_numpy() == 0] = "none"
     return result
 
@@ -116,14 +117,11 @@ def classify_tensors(run: Run, delta: float | None = None) -> pd.Series:
 
 
 def _pass_mask(views: np.ndarray, view: str) -> np.ndarray:
+    """Where ``views`` (codes) show the class ``view``, or any invariant class for ``"any"``."""
     if view == "any":
-        return (views == View.CHANNEL) | (views == View.LAYER)
-    if view == "channel":
-        return views == View.CHANNEL
-    if view == "layer":
-        return views == View.LAYER
-    if view == "none":
-        return views == View.NONE
+        return np.isin(views, [VIEW_OF_CLASS[cls] for cls in INVARIANT_CLASSES])
+    if view in VIEW_OF_CLASS:
+        return views == VIEW_OF_CLASS[view]
     raise ValueError(f"view must be 'any', 'channel', 'layer' or 'none', not {view!r}")
 
 
@@ -144,7 +142,7 @@ def pass_rates(
     if window is not None and window < 1:
         raise ValueError(f"window must be a positive number of records, not {window}")
     views = recorded_test_views(run, delta)
-    valid = (views >= 0) & ~run.skipped.astype(bool)[:, None]
+    valid = (views >= View.NONE) & ~run.skipped.astype(bool)[:, None]
     passed = _pass_mask(views, view) & valid
     cum_pass = np.cumsum(passed, axis=0, dtype=np.float64)
     cum_valid = np.cumsum(valid, axis=0, dtype=np.float64)

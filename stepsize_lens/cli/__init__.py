@@ -1,5 +1,9 @@
 """The ``stepsize-lens`` command line: parses arguments and calls library functions, nothing more.
 
+This module holds the typer app, its commands and `main` (the console script). The command line
+also owns what only it needs: `model_spec` turns ``inspect``'s MODEL and ``--input-shape`` into a
+model and inputs, `render` draws the rich tables of ``inspect``.
+
 Heavy modules (torch, matplotlib, pandas) are imported inside the commands, so ``--help`` is
 instant. Every `UserInputError` (a bad run file, a bad model spec, a bad option value) becomes
 one line on stderr and exit code 2.
@@ -132,10 +136,12 @@ def inspect(
     tensors: Annotated[bool, typer.Option(help="Also list every tensor's verdict.")] = False,
 ) -> None:
     """Probe which weights of MODEL are scale-invariant and print the census."""
-    from stepsize_lens.invariance import inspect_model, print_inspection
+    from stepsize_lens.cli.model_spec import model_and_inputs
+    from stepsize_lens.cli.render import print_inspection
+    from stepsize_lens.invariance import probe
 
-    result = inspect_model(model, input_shape, batch_size=batch_size, seed=seed, draws=draws)
-    print_inspection(result, spec=model, tensors=tensors)
+    module, inputs = model_and_inputs(model, input_shape, batch_size=batch_size, seed=seed)
+    print_inspection(probe(module, inputs, draws=draws, seed=seed), spec=model, tensors=tensors)
 
 
 class Reducer(str, Enum):

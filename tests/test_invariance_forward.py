@@ -1,0 +1,34 @@
+"""`invariance._forward`: a trial forward leaves buffers, RNG and train/eval flags as they were."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stepsize_lens import invariance as inv
+
+
+def test_trial_forward_leaves_the_model_and_every_rng_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).eval()
+    inputs = torch.randn(3, 5)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    inv.trial_forward(model, inputs)
+    assert not any(module.training for module in model.modules())
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+
+
+def test_trial_forward_raises_what_the_model_raises_and_restores_flags():
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)).eval()
+    with pytest.raises(RuntimeError):
+        inv.trial_forward(model, torch.randn(3, 7))
+    assert not any(module.training for module in model.modules())
