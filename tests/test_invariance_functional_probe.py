@@ -43,6 +43,18 @@ def test_conv_batchnorm_is_channel_and_classifier_is_none():
     assert result.tolerance == 1e-6 and result.settings["noise_floor"] == 0.0
 
 
+def test_a_compiled_model_is_probed_under_the_plain_models_names():
+    torch.manual_seed(0)
+    model = ConvBNClassifier()
+    inputs = torch.randn(4, 3, 6, 6)
+    plain = inv.probe(model, inputs)
+    compiled = inv.probe(torch.compile(model), inputs)  # only wraps: nothing is compiled
+    assert compiled.verdicts == plain.verdicts
+    params = list(model.parameters())
+    columns = inv.probe_param_columns(torch.compile(model), params, compiled)
+    assert columns["probe_verdict"] == [plain.verdicts[n] for n, _ in model.named_parameters()]
+
+
 def test_linear_layernorm_is_layer_not_channel():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 6, bias=False), nn.LayerNorm(6))

@@ -7,7 +7,7 @@ from _lens_models import small_model, train
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.recording.naming import parameter_names
+from stepsize_lens.model_names import parameter_names
 from stepsize_lens.recording.tracked import TrackedParams
 
 

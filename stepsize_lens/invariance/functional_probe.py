@@ -23,6 +23,7 @@ from stepsize_lens.invariance._forward import (
     _relative_change,
     _StateGuard,
 )
+from stepsize_lens.model_names import clean_name, unwrap_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -212,6 +213,7 @@ def probe(
     """
     import pandas as pd
 
+    model = unwrap_model(model)  # names as in the plain model, like the lens records them
     if draws < 1:
         raise UserInputError(f"draws must be at least 1, not {draws}")
     all_params = dict(model.named_parameters())
@@ -331,8 +333,8 @@ def probe_param_columns(
     not measured).
     """
     name_of: dict[int, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        name_of.setdefault(id(param), name)
+    for name, param in unwrap_model(model).named_parameters(remove_duplicate=False):
+        name_of.setdefault(id(param), clean_name(name))
     table = result.table
     columns: dict[str, list[Any]] = {column: [] for column in PROBE_COLUMNS}
     sources = ("verdict", "channel_change", "layer_change", "numerical_change")

@@ -31,11 +31,11 @@ import torch
 
 from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
+from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.group_fields import as_float, group_values, tensor_lrs
 from stepsize_lens.recording.hooks import closure_of, dense_grad
 from stepsize_lens.recording.metrics import all_metrics
-from stepsize_lens.recording.naming import model_class_name, parameter_names, unwrap_model
 from stepsize_lens.recording.record import Record
 from stepsize_lens.recording.scaler import ScalerWatch
 from stepsize_lens.recording.snapshot import Snapshot

@@ -6,7 +6,7 @@ FSDP1 (``FullyShardedDataParallel``) inserts ``_fsdp_wrapped_module.`` at every 
 activation checkpointing ``_checkpoint_wrapped_module.``; FSDP2 (`fully_shard`) swaps each
 module's class for a generated ``FSDP<Class>``. A run recorded through any of them names its
 tensors and its model class as the plain model would, so it lines up with runs and probes of
-the plain model (`invariance.agreement`).
+the plain model (`invariance.agreement`); the probe unwraps the same way. A leaf: torch only.
 
 The wrappers are recognised without importing anything: a wrapper class can only exist once
 its module has been imported.

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.recording.naming import (
+from stepsize_lens.model_names import (
     clean_name,
     model_class_name,
     parameter_names,
