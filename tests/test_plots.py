@@ -227,12 +227,6 @@ def test_thinning_and_envelope_keep_the_ends_and_the_spread():
     assert list(bx) == [0.0, 4.0] and list(lo) == [1.0, -1.0] and list(hi) == [5.0, 3.0]
 
 
-def test_rolling_mean_ignores_nan():
-    values = np.array([1.0, np.nan, 3.0, 5.0])
-    np.testing.assert_allclose(_series.rolling(values, 3), [1.0, 2.0, 4.0, 4.0])
-    np.testing.assert_array_equal(_series.rolling(values, None), values)
-
-
 def test_plots_never_touch_pyplot_or_the_backend(tmp_path):
     code = (
         "import sys\n"

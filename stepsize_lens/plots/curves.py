@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stepsize_lens.analysis.frames import run_labels, set_mean
+from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import OKABE_ITO, figure, place_legend, style
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
     from stepsize_lens.run import Run
 
-lr_changes = S.lr_changes
+__all__ = ["effective_step", "lr_changes", "norm_growth", "paper_panel"]
 
 
 def norm_growth(
@@ -71,7 +73,7 @@ def _set_lines(
     smooth: int | str | None,
     relative: bool,
 ) -> None:
-    labels = S.labels(runs)
+    labels = run_labels(runs)
     data = [S.set_series(run, by, [metric], classes) for run in runs]
     keys = list(dict.fromkeys(k for d in data for k in d))
     styles = S.line_styles(len(runs), keys, by)
@@ -101,7 +103,7 @@ def paper_panel(
     scale-invariant tensors (all tensors if none), plus the loss and the accuracy when logged
     with ``lens.log`` (loss / train_loss; test_accuracy / val_accuracy / accuracy / ...)."""
     runs = S.as_runs(runs)
-    labels = S.labels(runs)
+    labels = run_labels(runs)
     losses = [S.scalar(run, S.LOSS_NAMES) for run in runs]
     accuracies = [S.scalar(run, S.ACCURACY_NAMES) for run in runs]
     extra = [(t, s) for t, s in (("Loss", losses), ("Accuracy", accuracies)) if any(s)]
@@ -113,9 +115,9 @@ def paper_panel(
             mask, subject = S.invariant_mask(run, classes)
             subjects.add(subject)
             window = S.window_for(run.num_records, smooth)
-            steps, norm = S.masked_mean(run, "weight_norm", mask)
+            steps, norm = set_mean(run, "weight_norm", mask)
             S.draw(axes[0], steps, norm, None, color, "-", labels[r])
-            steps, angle = S.masked_mean(run, "angular_update", mask)
+            steps, angle = set_mean(run, "angular_update", mask)
             S.draw(axes[1], steps, S.positive(angle), window, color, "-", None)
             for ax, (_, series) in zip(axes[2:], extra):
                 if series[r] is not None:
