@@ -12,7 +12,8 @@ detail)::
     ema(frame, alpha=0.1, value="value"), ema_values(array, alpha)            -> smoothed copy
     rolling_mean(values, window)                                              -> smoothed copy
     epochs(run, scalar="epoch"), stack(runs, by, metrics, on="step"|"epoch")  -> x axis / frame
-    run_labels(runs) -> unique labels;  last_logged(run, "test_accuracy") -> float
+    run_labels(runs) -> unique labels;  set_name(by, key) -> "group 0" / key
+    last_logged(run, "test_accuracy") -> float
     frames.tensor_group_field(run, "lr") -> [R, T];  frames.record_frame(run, columns)
 
     # summary.py: per group and per class

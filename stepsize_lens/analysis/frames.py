@@ -80,9 +80,10 @@ def tensor_sets(run: Run, by: str, classes: pd.Series | None = None) -> dict[obj
     raise ValueError(f"by must be one of {BY}, not {by!r}")
 
 
-def tensor_numel(run: Run) -> np.ndarray:
-    """Elements per tensor, float64 [T]."""
-    return run.numel
+def set_name(by: str, key: object) -> str:
+    """How a set of `tensor_sets` is named for people: ``group 0`` for param groups, else the key
+    (tensor name, class name, "invariant", "all")."""
+    return f"group {key}" if by == "group" else str(key)
 
 
 def tensor_group_field(run: Run, name: str, default: float = np.nan) -> np.ndarray:

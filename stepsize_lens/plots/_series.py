@@ -52,10 +52,6 @@ def set_series(
     return out
 
 
-def set_label(by: str, key: object) -> str:
-    return f"group {key}" if by == "group" else str(key)
-
-
 def invariant_mask(run: Run, classes: Any) -> tuple[np.ndarray, str]:
     """Tensors of class channel or layer (all tensors if there are none), and a description."""
     mask = is_invariant(tensor_classes(run, classes))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import run_labels, set_mean
+from stepsize_lens.analysis.frames import run_labels, set_mean, set_name
 from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import OKABE_ITO, figure, place_legend, style
@@ -86,7 +86,7 @@ def _set_lines(
                 y = y / first[0] if first.size and first[0] != 0 else np.full_like(y, np.nan)
             if metric != "weight_norm":
                 y = S.positive(y)
-            name = S.set_label(by, key)
+            name = set_name(by, key)
             color, ls = styles[(r, key)]
             S.draw(
                 ax, steps, y, window, color, ls, name if len(runs) == 1 else f"{labels[r]}: {name}"

@@ -8,9 +8,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import rolling_mean, run_labels, stack
+from stepsize_lens.analysis.compare import DEFAULT_METRICS
+from stepsize_lens.analysis.frames import rolling_mean, run_labels, set_name, stack
 from stepsize_lens.plots import _series as S
-from stepsize_lens.plots._style import OKABE_ITO, PANEL_HEIGHT, STYLE, WIDTH, style
+from stepsize_lens.plots._style import (
+    METRIC_LABELS,
+    OKABE_ITO,
+    PANEL_HEIGHT,
+    STYLE,
+    WIDTH,
+    style,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,11 +28,6 @@ if TYPE_CHECKING:
 
 LOG_METRICS = frozenset({"angular_update", "effective_lr", "relative_update", "update_norm"})
 UNSMOOTHED = frozenset({"weight_norm", "channel_weight_norm"})  # smooth already
-METRIC_LABELS = {
-    "weight_norm": "‖w‖",
-    "angular_update": "angular update (rad/step)",
-    "effective_lr": "η / ‖w‖²",
-}
 
 
 def facet_frame(
@@ -56,7 +59,7 @@ def facet_frame(
 
 def metric_facets(
     runs: Run | Sequence[Run],
-    metrics: Sequence[str] = ("weight_norm", "angular_update", "effective_lr"),
+    metrics: Sequence[str] = DEFAULT_METRICS,
     by: str = "class",
     classes: pd.Series | Mapping[str, str] | None = None,
     on: str = "step",
@@ -110,7 +113,7 @@ def metric_facets(
             plot.plot()
         for i, ax in enumerate(fig.axes[: len(shown) * len(keys)]):
             row, col = divmod(i, len(keys))
-            ax.set_title(S.set_label(by, keys[col]) if row == 0 else "")
+            ax.set_title(set_name(by, keys[col]) if row == 0 else "")
             ax.set_ylabel(METRIC_LABELS.get(shown[row], shown[row]) if col == 0 else "")
             if shown[row] in LOG_METRICS:
                 ax.set_yscale("log")

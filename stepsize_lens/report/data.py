@@ -26,7 +26,6 @@ SCHEMA = "stepsize_lens.report/1"
 COMPARE_SCHEMA = "stepsize_lens.compare/1"
 BY_CHOICES = ("group", "class", "tensor")
 STRONGEST = 10  # tensors listed in "strongest_decay"
-COMPARE_METRICS = ("weight_norm", "angular_update", "effective_lr")
 # optimizer defaults shown in the header, in this order (others, e.g. foreach, are noise)
 _OPTIMIZER_KEYS = (
     "lr",
@@ -235,7 +234,7 @@ def compare_data(
     for data, label in zip(per_run, labels):
         data["run"]["label"] = label
         del data["schema"], data["figures"], data["by"]
-    table = compare_summary(runs, COMPARE_METRICS, by=by, reference=ref, classes=classes)
+    table = compare_summary(runs, by=by, reference=ref, classes=classes)
     table = table.rename(columns={by: "key"})
     return {
         "schema": COMPARE_SCHEMA,
