@@ -24,9 +24,11 @@ imports pyplot).
 
 from __future__ import annotations
 
+# re-exported: the lr changes the figures mark
+from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots._style import CLASS_COLORS, OKABE_ITO, save_figure, style
 from stepsize_lens.plots.cosines import cos_threshold
-from stepsize_lens.plots.curves import effective_step, lr_changes, norm_growth, paper_panel
+from stepsize_lens.plots.curves import effective_step, norm_growth, paper_panel
 from stepsize_lens.plots.facets import metric_facets
 from stepsize_lens.plots.heatmap import step_heatmap
 from stepsize_lens.plots.theory import theory_overlay

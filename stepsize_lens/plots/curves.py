@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stepsize_lens.analysis.frames import run_labels, set_mean, set_name
-from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import OKABE_ITO, figure, place_legend, style
 
@@ -17,8 +16,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from stepsize_lens.run import Run
-
-__all__ = ["effective_step", "lr_changes", "norm_growth", "paper_panel"]
 
 
 def norm_growth(
