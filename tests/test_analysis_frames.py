@@ -199,3 +199,68 @@ def _writer_with_zero_start():
             torch.full((len(GROUP_FIELDS), 1), 0.1, dtype=torch.float64),
         )
     return writer
+
+
+def test_tidy_and_wide_frames_share_the_run_file_index_columns() -> None:
+    run = _run(skipped=[False, True, False])
+    keep = ~run.skipped.astype(bool)
+    index = run.record_columns(keep)
+    wide = frames.tensor_frame(run, form="wide")
+    for name, values in index.items():
+        np.testing.assert_array_equal(wide[name].to_numpy(), values)
+    tidy = frames.tensor_frame(run, metrics=["weight_norm", "grad_norm"])
+    np.testing.assert_array_equal(tidy["step"].to_numpy(), np.tile(index["step"], 2))
+    # the same values as Run.frame on the records kept
+    own = run.frame(metrics=["weight_norm", "grad_norm"])
+    own = own[own["step"].isin(index["step"])].reset_index(drop=True)
+    np.testing.assert_array_equal(tidy["value"].to_numpy(), own["value"].to_numpy())
+
+
+def test_record_frame_repeats_per_tensor_columns_and_flattens_per_record_ones() -> None:
+    run = _run()
+    frame = frames.record_frame(
+        run, {"per_tensor": np.arange(4.0), "per_cell": np.arange(12.0).reshape(3, 4)}
+    )
+    assert list(frame.columns) == ["step", "tensor", "group", "per_tensor", "per_cell"]
+    assert frame["per_tensor"].tolist() == [0.0, 1.0, 2.0, 3.0] * 3
+    assert frame["per_cell"].tolist() == list(np.arange(12.0))
+    assert frame["tensor"].tolist()[:4] == run.tensor_names
+
+
+def test_invariant_tensors_as_one_set_and_their_mean() -> None:
+    run = _run(skipped=[False, True, False])
+    classes = frames.tensor_classes(run)
+    assert frames.is_invariant(classes).tolist() == [True, True, True, False]
+    assert frames.is_invariant(["none", "layer"]).tolist() == [False, True]
+    wide = frames.reduce(run, by="invariant", metrics=["weight_norm"], form="wide")
+    assert wide["invariant"].tolist() == ["invariant", "invariant"]
+    assert wide["weight_norm"].tolist() == pytest.approx([2.0, 6.0])  # mean of a, b, c
+    steps, mean = frames.set_mean(run, "weight_norm", frames.is_invariant(classes))
+    assert steps.tolist() == [1.0, 3.0] and mean.tolist() == pytest.approx([2.0, 6.0])
+    _, none = frames.set_mean(run, "weight_norm", np.zeros(4, bool))
+    assert np.isnan(none).all()
+    nothing = frames.reduce(run, by="invariant", classes={}, form="wide")
+    assert nothing.empty
+
+
+def test_rolling_mean_ignores_nan() -> None:
+    values = np.array([1.0, np.nan, 3.0, 5.0])
+    np.testing.assert_allclose(frames.rolling_mean(values, 3), [1.0, 2.0, 4.0, 4.0])
+    np.testing.assert_array_equal(frames.rolling_mean(values, None), values)
+    two = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0]])
+    np.testing.assert_allclose(frames.rolling_mean(two, 3)[1], [3.0, 30.0])
+
+
+def test_interpolation_inside_the_known_range_only() -> None:
+    out = frames.interp_inside(
+        np.array([0.0, 1.0, 1.5, 3.0]), np.array([1.0, 2.0]), np.array([10.0, 20.0])
+    )
+    assert np.isnan(out[0]) and out[1] == 10.0 and out[2] == 15.0 and np.isnan(out[3])
+    assert np.isnan(frames.interp_inside(np.arange(3.0), np.array([]), np.array([]))).all()
+
+
+def test_last_logged_scalar_and_unique_labels() -> None:
+    run = crafted_run(tensors=TENSORS, records=2, scalars={"acc": ([1, 2], [0.5, 0.75])})
+    assert frames.last_logged(run, "acc") == 0.75
+    assert np.isnan(frames.last_logged(run, "loss"))
+    assert frames.run_labels([run, run, _run()]) == ["crafted", "crafted#2", "crafted#3"]

@@ -215,3 +215,25 @@ def test_window_default() -> None:
     assert summary.default_window(5) == 1
     assert summary.default_window(200) == 10
     assert summary.default_window(10_000) == 50
+
+
+def test_the_nonfinite_gradient_rule() -> None:
+    grad = np.array([1.0, np.inf, -np.inf, np.nan, np.nan, np.nan])
+    update = np.array([0.1, 0.1, 0.1, 0.0, 0.1, np.nan])
+    # NaN ‖g‖ with Δ = 0 is a tensor without a gradient that the optimizer left alone
+    assert summary.nonfinite_gradient(grad, update).tolist() == [
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_lr_changes_skip_skipped_records() -> None:
+    lr = np.array([0.1, 0.1, 0.1, 0.05, 0.05, 0.0504, 0.01])[:, None]
+    run = crafted_run(records=7, groups={"lr": lr}, skipped=[False] * 6 + [True])
+    # a 1% move is not a change; the skipped last record does not count
+    assert summary.lr_changes(run).tolist() == [4]
+    assert summary.lr_changes(crafted_run(records=1)).tolist() == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _runs import crafted_run
 from matplotlib.collections import PolyCollection, QuadMesh
 from matplotlib.figure import Figure
 from matplotlib.text import Text
@@ -61,6 +62,7 @@ ALL_FIGURES = {
     "cos_threshold": lambda run: plots.cos_threshold(run),
     "theory_overlay": lambda run: plots.theory_overlay(run),
     "step_heatmap": lambda run: plots.step_heatmap(run),
+    "metric_facets": lambda run: plots.metric_facets(run),
 }
 
 
@@ -227,10 +229,53 @@ def test_thinning_and_envelope_keep_the_ends_and_the_spread():
     assert list(bx) == [0.0, 4.0] and list(lo) == [1.0, -1.0] and list(hi) == [5.0, 3.0]
 
 
-def test_rolling_mean_ignores_nan():
-    values = np.array([1.0, np.nan, 3.0, 5.0])
-    np.testing.assert_allclose(_series.rolling(values, 3), [1.0, 2.0, 4.0, 4.0])
-    np.testing.assert_array_equal(_series.rolling(values, None), values)
+def test_metric_facets_grid_holds_the_set_means(runs):
+    from stepsize_lens.analysis import reduce
+
+    chosen = [runs["sgd_momentum"], runs["sgdp"]]
+    metrics = ["weight_norm", "angular_update"]
+    fig = plots.metric_facets(chosen, metrics=metrics, by="class", smooth=None)
+    classes = list(dict.fromkeys(tensor_classes(chosen[0])))
+    grid = fig.axes[: len(metrics) * len(classes)]
+    assert [ax.get_title() for ax in grid[: len(classes)]] == classes
+    assert [ax.get_yscale() for ax in grid[len(classes) :]] == ["log"] * len(classes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["SGD momentum 0.9", "SGDP"]
+    # first panel: the channel-class mean ‖w‖ of each run, as analysis.reduce computes it
+    lines = grid[0].get_lines()
+    assert len(lines) == 2
+    for line, run in zip(lines, chosen):
+        wide = reduce(run, by="class", metrics=["weight_norm"], form="wide")
+        expected = wide.loc[wide["class"] == "channel", "weight_norm"].to_numpy()
+        np.testing.assert_allclose(line.get_ydata(), expected)
+
+
+def test_metric_facets_leave_pyplot_and_the_rc_params_alone(runs):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
+    colors = dict(matplotlib.colors.colorConverter.colors)
+    figures = plt.get_fignums()
+    plots.metric_facets([runs["sgd"], runs["adamw"]], by="group", on="step")
+    assert plt.get_fignums() == figures  # the figure never went through pyplot
+    assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == before
+    assert dict(matplotlib.colors.colorConverter.colors) == colors
+
+
+def test_facet_frame_smooths_thins_and_drops_what_a_log_axis_cannot_show():
+    from stepsize_lens.plots.facets import facet_frame
+
+    run = crafted_run(records=5000)
+    frame = facet_frame([run], ["weight_norm", "angular_update"], by="all", smooth=None)
+    counts = frame.groupby("metric").size()
+    assert (counts <= _series.MAX_POINTS).all() and frame["x"].iloc[0] == 1.0
+    angle = crafted_run(records=50).metric("angular_update").astype(float)
+    angle[10] = 0.0  # not drawable on a log axis
+    run = crafted_run(records=50, angular_update=angle)
+    frame = facet_frame([run], ["angular_update"], by="all", smooth=None)
+    assert 11 not in set(frame["step"]) and len(frame) == 49
+    smoothed = facet_frame([crafted_run(records=50)], ["angular_update"], by="all", smooth=5)
+    assert np.isfinite(smoothed["value"]).all()
 
 
 def test_plots_never_touch_pyplot_or_the_backend(tmp_path):

@@ -300,6 +300,18 @@ def test_number_formatting():
 
 
 @pytest.mark.slow
+def test_one_table_renderer_for_markdown_and_rich():
+    from stepsize_lens.report.text import markdown_table, rich_table
+
+    text = markdown_table(["set", "run", "a|b"], [["x", "y", "1"], ["z", "w|v", "2"]], 2)
+    assert text == (
+        "| set | run | a\\|b |\n| :-- | :-- | --: |\n| x | y | 1 |\n| z | w\\|v | 2 |\n"
+    )
+    table = rich_table(["set", "value"], [["x", "1"]], title="T", caption="C")
+    assert [c.justify for c in table.columns] == ["left", "right"]
+    assert table.title == "T" and table.caption == "C" and table.row_count == 1
+
+
 def test_text_report_prints_every_section_and_writes_figures(local_runs):
     console = quiet()
     result = report(local_runs["adamp"], console=console)

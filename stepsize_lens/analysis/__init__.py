@@ -5,22 +5,28 @@ detail)::
 
     # frames.py: tidy / wide frames, reducers, smoothing, several runs
     tensor_frame(run, metrics=None, form="tidy"|"wide", classes=None)       -> DataFrame
-    reduce(run, by="class"|"group"|"tensor"|"all", metrics=None,
+    reduce(run, by="class"|"group"|"tensor"|"invariant"|"all", metrics=None,
            reducer="mean"|"weighted"|"median", form="tidy"|"wide")          -> DataFrame
     tensor_classes(run, classes=None, delta=None)                             -> Series
+    is_invariant(classes) -> [T] bool;  set_mean(run, metric, mask) -> (steps, mean)
     ema(frame, alpha=0.1, value="value"), ema_values(array, alpha)            -> smoothed copy
+    rolling_mean(values, window)                                              -> smoothed copy
     epochs(run, scalar="epoch"), stack(runs, by, metrics, on="step"|"epoch")  -> x axis / frame
-    frames.tensor_group_field(run, "lr") -> [R, T];  frames.tensor_numel(run) -> [T]
+    run_labels(runs) -> unique labels;  set_name(by, key) -> "group 0" / key
+    last_logged(run, "test_accuracy") -> float
+    frames.tensor_group_field(run, "lr") -> [R, T];  frames.record_frame(run, columns)
 
     # summary.py: per group and per class
     summarize(run, by=("group", "class"), reducer="mean", window=None)       -> DataFrame
-    overview(run) -> Overview;  nonfinite_mask(run) -> [R, T] bool
+    overview(run) -> Overview;  nonfinite_mask(run) -> [R, T] bool;  lr_changes(run) -> steps
     decay_crossings(steps, values, lr, fractions, window) -> DecayCrossings
 
-    # theory.py: DESIGN.md §5 as functions and per-record predictions
+    # theory/: DESIGN.md §5 (formulas.py: pure functions; families.py: the optimizer-family
+    # table; predictions.py: per record and tensor of a run)
     norm_sq_after, decoupled_norm_sq, plain_gd_norm_sq, momentum_norm_sq, projected_norm_sq,
-    momentum_growth_factor, equilibrium_angle (+ sgd_/adamw_/sgdp_/adamp_equilibrium_angle),
-    sgd_/sgdp_/adamw_/adamp_equilibrium_norm, relaxation_steps, no_decay_norm, decay_exponent
+    momentum_growth_factor, sgd_/adamw_/sgdp_/adamp_equilibrium_angle and _norm, no_decay_norm,
+    decay_exponent; FAMILY_TABLE, equilibrium_angle(family, ...), equilibrium_norm(family, ...),
+    relaxation_steps(family, ...)
     optimizer_family(run); norm_identity(run); equilibrium_predictions(run);
     equilibrium_check(run, window=0.2, by="tensor"|"class"|"invariant"); decay_exponents(run);
     sqrt_law(run)  (c·t^(−1/2) overlay fitted per tensor)
@@ -44,7 +50,12 @@ from stepsize_lens.analysis.frames import (
     ema,
     ema_values,
     epochs,
+    is_invariant,
+    last_logged,
     reduce,
+    rolling_mean,
+    run_labels,
+    set_mean,
     stack,
     tensor_classes,
     tensor_frame,
@@ -53,25 +64,30 @@ from stepsize_lens.analysis.summary import (
     DecayCrossings,
     Overview,
     decay_crossings,
+    lr_changes,
     nonfinite_mask,
     overview,
     summarize,
 )
 from stepsize_lens.analysis.theory import (
+    FAMILY_TABLE,
     decay_exponent,
     decay_exponents,
     equilibrium_angle,
     equilibrium_check,
+    equilibrium_norm,
     equilibrium_predictions,
     momentum_growth_factor,
     momentum_norm_sq,
     norm_identity,
     norm_sq_after,
     optimizer_family,
+    relaxation_steps,
     sqrt_law,
 )
 
 __all__ = [
+    "FAMILY_TABLE",
     "DecayCrossings",
     "Finding",
     "KINDS",
@@ -88,8 +104,12 @@ __all__ = [
     "epochs",
     "equilibrium_angle",
     "equilibrium_check",
+    "equilibrium_norm",
     "equilibrium_predictions",
     "find",
+    "is_invariant",
+    "last_logged",
+    "lr_changes",
     "momentum_growth_factor",
     "momentum_norm_sq",
     "nonfinite_mask",
@@ -98,8 +118,12 @@ __all__ = [
     "optimizer_family",
     "overview",
     "rank",
-    "sqrt_law",
     "reduce",
+    "relaxation_steps",
+    "rolling_mean",
+    "run_labels",
+    "set_mean",
+    "sqrt_law",
     "stack",
     "summarize",
     "tensor_classes",

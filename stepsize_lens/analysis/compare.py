@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import ema_values, reduce, run_labels, x_axis
+from stepsize_lens.analysis.frames import ema_values, interp_inside, reduce, run_labels, x_of_steps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,11 +51,10 @@ def _series(
 ) -> dict[tuple[object, str], tuple[np.ndarray, np.ndarray]]:
     """(key, metric) → (x sorted, values) for one run."""
     wide = reduce(run, by=by, metrics=metrics, reducer=reducer, form="wide", classes=classes)
-    keep = ~run.skipped.astype(bool)
-    lookup = dict(zip(run.steps[keep].tolist(), x_axis(run, on, scalar)[keep].tolist()))
+    wide["_x"] = x_of_steps(run, wide["step"], on, scalar)
     out = {}
     for key, part in wide.groupby(by, sort=False):
-        x = part["step"].map(lookup).to_numpy(dtype=np.float64)
+        x = part["_x"].to_numpy(dtype=np.float64)
         order = np.argsort(x, kind="stable")
         x = x[order]
         for metric in metrics:
@@ -64,14 +63,6 @@ def _series(
                 values = ema_values(values[:, None], alpha)[:, 0]
             ok = np.isfinite(x) & np.isfinite(values)
             out[(key, metric)] = (x[ok], values[ok])
-    return out
-
-
-def _on_grid(x: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    if x.size == 0:
-        return np.full(grid.shape, np.nan)
-    out = np.interp(grid, x, values)
-    out[(grid < x[0]) | (grid > x[-1])] = np.nan
     return out
 
 
@@ -105,7 +96,7 @@ def compare(
     for (key, metric), (ref_x, ref_values) in series[ref].items():
         for label, run_series in zip(labels, series):
             x, values = run_series.get((key, metric), (np.array([]), np.array([])))
-            aligned = _on_grid(x, values, ref_x)
+            aligned = interp_inside(ref_x, x, values)
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = np.where(
                     ref_values != 0, aligned / np.where(ref_values != 0, ref_values, 1.0), np.nan

@@ -10,7 +10,7 @@
   ``decay_fraction`` of its early level while the lr was unchanged (`summary.decay_crossings`).
 - ``no_weight_decay`` (warning): scale-invariant tensors sit in groups with weight decay 0: no
   equilibrium, the effective step keeps falling (≈ t^(−1/2)). The suggested value fits the
-  optimizer family (`TYPICAL_WEIGHT_DECAY`).
+  optimizer family (`theory.Family.typical_weight_decay`).
 - ``equilibrium_missed`` (warning) / ``equilibrium_reached`` (info): the mean angular update of
   the scale-invariant, weight-decayed tensors over the last ``equilibrium_window`` of the run is
   off the theory (`theory.equilibrium_check`) by more than ``equilibrium_tolerance``, or not.
@@ -34,12 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import tensor_classes, tensor_group_field
+from stepsize_lens._jsonable import jsonable
+from stepsize_lens.analysis.frames import is_invariant, tensor_classes, tensor_group_field
 from stepsize_lens.analysis.summary import (
     decay_crossings,
     default_window,
+    nonfinite_gradient,
     nonfinite_mask,
 )
+from stepsize_lens.analysis.theory.families import FAMILY_TABLE, Family, family_entry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,18 +64,7 @@ KINDS: tuple[str, ...] = (
 MAX_LISTED = 20  # tensors listed in a finding's evidence
 # the ``no_weight_decay`` suggestion's usual weight decay, per theory family
 TYPICAL_WEIGHT_DECAY: dict[str, str] = {
-    "sgd": "1e-4 to 5e-4 with SGD",
-    "sgdp": (
-        "1e-4 to 5e-4 with SGDP, as for SGD; it applies weight_decay x wd_ratio / (1 - momentum) "
-        "on the tensors it projects"
-    ),
-    "adamw": "0.01 to 0.05 with AdamW",
-    "adamp": "0.01 to 0.05 with AdamP, as for AdamW; it applies weight_decay x wd_ratio on the "
-    "tensors it projects",
-    "adam": (
-        "0.01 to 0.05 as decoupled decay: torch.optim.AdamW, or stepsize_lens.AdamP; Adam's own "
-        "weight_decay is an L2 term that its normaliser rescales"
-    ),
+    name: family.typical_weight_decay for name, family in FAMILY_TABLE.items()
 }
 
 
@@ -123,16 +115,6 @@ def rank(findings: list[Finding]) -> list[Finding]:
     )
 
 
-def _num(value: Any) -> Any:
-    """A JSON-friendly number (NaN → None)."""
-    if value is None:
-        return None
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        return int(value)
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
 def _listed(names: list[str]) -> tuple[str, ...]:
     return tuple(names[:MAX_LISTED])
 
@@ -145,7 +127,7 @@ class _Context:
     keep: np.ndarray  # non-skipped records
     names: list[str]
     invariant: np.ndarray  # [T] bool
-    family: str
+    family: Family
     wd_last: np.ndarray  # [T] weight decay at the last record (NaN -> 0)
     groups: np.ndarray  # [T] param group
     predictions: pd.DataFrame | None  # theory.equilibrium_predictions, if the caller has it
@@ -167,20 +149,17 @@ def find(
 
     cls = tensor_classes(run, classes, delta)
     keep = ~run.skipped.astype(bool)
-    wd = run.group_field("weight_decay")
     groups = run.tensor_groups
-    if wd.shape[0] and wd.shape[1]:
-        wd_last = np.nan_to_num(wd[-1][np.clip(groups, 0, wd.shape[1] - 1)], nan=0.0)
-    else:
-        wd_last = np.zeros(run.num_tensors)
+    wd = tensor_group_field(run, "weight_decay", 0.0)
+    wd_last = wd[-1] if run.num_records else np.zeros(run.num_tensors)
     ctx = _Context(
         run=run,
         classes=cls,
         thresholds=thresholds or Thresholds(),
         keep=keep,
         names=run.tensor_names,
-        invariant=np.isin(np.asarray(cls, dtype=object), ["channel", "layer"]),
-        family=optimizer_family(run),
+        invariant=is_invariant(cls),
+        family=family_entry(optimizer_family(run)),
         wd_last=wd_last,
         groups=groups,
         predictions=predictions,
@@ -212,8 +191,7 @@ def _nonfinite(ctx: _Context) -> list[Finding]:
     g = run.metric("grad_norm")
     d = run.metric("update_norm")
     w = run.metric("weight_norm")
-    with np.errstate(invalid="ignore"):
-        grad_bad = bad & (np.isinf(g) | (np.isnan(g) & ~(d == 0)))
+    grad_bad = bad & nonfinite_gradient(g, d)
     records = np.flatnonzero(bad.any(axis=1))
     tensors = [ctx.names[i] for i in np.flatnonzero(bad.any(axis=0))]
     evidence = {
@@ -323,27 +301,26 @@ def _premature_decay(ctx: _Context) -> list[Finding]:
         "scale_invariant_tensors": int(ctx.invariant.sum()),
         "fraction": th.decay_fraction,
         "first_step": hits[0][1],
-        "median_step": _num(np.median([h[1] for h in hits])),
-        "median_early_angular_update": _num(np.median(early)),
-        "median_final_angular_update": _num(np.median(final)),
-        "median_decay": _num(np.median(early / final)),
-        "optimizer_family": ctx.family,
-        "momentum": _num(np.nanmax(momentum)) if np.isfinite(momentum).any() else None,
-        "beta1": _num(np.nanmax(beta1)) if np.isfinite(beta1).any() else None,
+        "median_step": jsonable(np.median([h[1] for h in hits])),
+        "median_early_angular_update": jsonable(np.median(early)),
+        "median_final_angular_update": jsonable(np.median(final)),
+        "median_decay": jsonable(np.median(early / final)),
+        "optimizer_family": ctx.family.name,
+        "momentum": jsonable(np.nanmax(momentum)) if np.isfinite(momentum).any() else None,
+        "beta1": jsonable(np.nanmax(beta1)) if np.isfinite(beta1).any() else None,
     }
-    if ctx.family in ("sgdp", "adamp"):
+    if ctx.family.projects:
         suggestion = (
             "The projection is on, so the decay comes from the lr and weight decay balance: raise "
             "the weight decay on these tensors (the equilibrium angular update grows as sqrt(ηλ)) "
             "or the learning rate."
         )
     else:
-        replacement = "AdamP" if ctx.family in ("adam", "adamw") else "SGDP"
         suggestion = (
             "Momentum grows the norm of scale-invariant weights (1+β)/(1−β) times faster than "
             "plain GD, shrinking their effective step early. Try "
-            f"stepsize_lens.{replacement} (same arguments), which removes the radial part of "
-            "each update, or raise the weight decay on these tensors."
+            f"stepsize_lens.{ctx.family.projected_variant} (same arguments), which removes the "
+            "radial part of each update, or raise the weight decay on these tensors."
         )
     share = len(hits) / max(1, int(ctx.invariant.sum()))
     return [
@@ -380,8 +357,8 @@ def _no_weight_decay(ctx: _Context) -> list[Finding]:
         angle = run.metric("angular_update")[ctx.keep][late]
         exponents = [decay_exponent(steps[late], angle[:, i]) for i in target]
         finite = [e for e in exponents if np.isfinite(e)]
-        evidence["median_decay_exponent"] = _num(np.median(finite)) if finite else None
-    typical = TYPICAL_WEIGHT_DECAY.get(ctx.family, "a small value")
+        evidence["median_decay_exponent"] = jsonable(np.median(finite)) if finite else None
+    typical = ctx.family.typical_weight_decay
     return [
         Finding(
             kind="no_weight_decay",
@@ -413,7 +390,7 @@ def _equilibrium(ctx: _Context) -> list[Finding]:
         ctx.classes,
         window=th.equilibrium_window,
         by="tensor",
-        family=ctx.family,
+        family=ctx.family.name,
         predictions=ctx.predictions,
     )
     per_tensor = per_tensor[np.isfinite(per_tensor["measured"].to_numpy(dtype=float))]
@@ -433,10 +410,10 @@ def _equilibrium(ctx: _Context) -> list[Finding]:
         "tensors_outside_tolerance": int(
             (np.abs(tensor_ratio - 1.0) > th.equilibrium_tolerance).sum()
         ),
-        "relaxation_steps": _num(relax),
+        "relaxation_steps": jsonable(relax),
         "span_steps": span,
         "window_start": int(per_tensor["window_start"].iloc[0]),
-        "optimizer_family": ctx.family,
+        "optimizer_family": ctx.family.name,
         "tensor_count": len(per_tensor),
         "ratio_by_class": {
             str(k): float(v) for k, v in per_tensor.groupby("class")["ratio"].mean().items()

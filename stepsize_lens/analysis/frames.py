@@ -2,8 +2,9 @@
 
 A *set* of tensors is what a row of a reduced frame stands for: one tensor (``by="tensor"``),
 one param group (``"group"``), one invariance class (``"class"``: channel / layer / none, from
-`stepsize_lens.invariance.classify_tensors` unless ``classes`` is given) or the whole model
-(``"all"``). Reducers over the tensors of a set, per record, ignoring NaN:
+`stepsize_lens.invariance.classify_tensors` unless ``classes`` is given), the scale-invariant
+tensors together (``"invariant"``: class channel or layer) or the whole model (``"all"``).
+Reducers over the tensors of a set, per record, ignoring NaN:
 
 - ``mean``: (1/n) Σ x_i
 - ``weighted``: Σ numel_i·x_i / Σ numel_i (the parameter-weighted mean)
@@ -22,14 +23,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stepsize_lens._schema import CLASSES, INVARIANT_CLASSES, VIEWS
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from stepsize_lens.run import Run
 
-BY: tuple[str, ...] = ("tensor", "group", "class", "all")
+BY: tuple[str, ...] = ("tensor", "group", "class", "invariant", "all")
 REDUCERS: tuple[str, ...] = ("mean", "weighted", "median")
-CLASS_ORDER: tuple[str, ...] = ("channel", "layer", "none")
 
 
 def tensor_classes(
@@ -52,10 +54,16 @@ def tensor_classes(
     return out
 
 
+def is_invariant(classes: pd.Series | Sequence[str] | np.ndarray) -> np.ndarray:
+    """[T] bool: the tensor's class is scale-invariant (one of `_schema.INVARIANT_CLASSES`)."""
+    return np.isin(np.asarray(classes, dtype=object), INVARIANT_CLASSES)
+
+
 def tensor_sets(run: Run, by: str, classes: pd.Series | None = None) -> dict[object, np.ndarray]:
     """Key → tensor indices for ``by`` in `BY`.
 
-    Keys: tensor names, group ints, class names or "all"."""
+    Keys: tensor names, group ints, class names, "invariant" (absent when no tensor is) or
+    "all"."""
     if by == "tensor":
         return {name: np.array([i]) for i, name in enumerate(run.tensor_names)}
     if by == "group":
@@ -63,15 +71,19 @@ def tensor_sets(run: Run, by: str, classes: pd.Series | None = None) -> dict[obj
         return {int(g): np.flatnonzero(groups == g) for g in np.unique(groups)}
     if by == "class":
         names = np.asarray(tensor_classes(run, classes), dtype=object)
-        return {c: np.flatnonzero(names == c) for c in CLASS_ORDER if (names == c).any()}
+        return {c: np.flatnonzero(names == c) for c in CLASSES if (names == c).any()}
+    if by == "invariant":
+        index = np.flatnonzero(is_invariant(tensor_classes(run, classes)))
+        return {"invariant": index} if index.size else {}
     if by == "all":
         return {"all": np.arange(run.num_tensors)}
     raise ValueError(f"by must be one of {BY}, not {by!r}")
 
 
-def tensor_numel(run: Run) -> np.ndarray:
-    """Elements per tensor, float64 [T]."""
-    return run.numel
+def set_name(by: str, key: object) -> str:
+    """How a set of `tensor_sets` is named for people: ``group 0`` for param groups, else the key
+    (tensor name, class name, "invariant", "all")."""
+    return f"group {key}" if by == "group" else str(key)
 
 
 def tensor_group_field(run: Run, name: str, default: float = np.nan) -> np.ndarray:
@@ -141,28 +153,25 @@ def tensor_frame(
 
     names = list(metrics) if metrics is not None else list(run.metric_names)
     keep = _record_mask(run, include_skipped)
-    steps = run.steps[keep]
-    num_records, num_tensors = int(keep.sum()), run.num_tensors
+    num_records = int(keep.sum())
     cls = np.asarray(tensor_classes(run, classes), dtype=object)
     base = {
         "run": run.label,
-        "step": np.repeat(steps, num_tensors),
-        "tensor": np.tile(np.asarray(run.tensor_names, dtype=object), num_records),
-        "group": np.tile(run.tensor_groups, num_records),
+        **run.record_columns(keep),
         "class": np.tile(cls, num_records),
-        "numel": np.tile(tensor_numel(run).astype(np.int64), num_records),
+        "numel": np.tile(run.numel.astype(np.int64), num_records),
     }
     if form == "wide":
         columns = dict(base)
-        columns["skipped"] = np.repeat(run.skipped[keep], num_tensors)
+        columns["skipped"] = np.repeat(run.skipped[keep], run.num_tensors)
         for name in names:
             columns[name] = run.metric(name)[keep].reshape(-1)
-        for view in ("test_view", "applied_view"):
+        for view in VIEWS:
             columns[view] = run.view(view)[keep].reshape(-1)
         return pd.DataFrame(columns)
     if form != "tidy":
         raise ValueError(f"form must be 'tidy' or 'wide', not {form!r}")
-    cells = num_records * num_tensors
+    cells = num_records * run.num_tensors
     tidy = {
         k: (np.tile(v, len(names)) if isinstance(v, np.ndarray) else v) for k, v in base.items()
     }
@@ -173,6 +182,29 @@ def tensor_frame(
         else np.array([], np.float32)
     )
     return pd.DataFrame(tidy)
+
+
+def record_frame(run: Run, columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """A frame with one row per record and tensor (tensors varying fastest): the index columns
+    step, tensor, group of `Run.record_columns`, then ``columns``, each [R, T] (flattened
+    record-major) or [T] (repeated for every record)."""
+    import pandas as pd
+
+    frame: dict[str, np.ndarray] = run.record_columns()
+    for name, values in columns.items():
+        values = np.asarray(values)
+        frame[name] = np.tile(values, run.num_records) if values.ndim == 1 else values.reshape(-1)
+    return pd.DataFrame(frame)
+
+
+def set_mean(run: Run, metric: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(steps float64, per-record mean of ``metric`` over the tensors selected by ``mask`` [T]),
+    on the non-skipped records; the plain mean of `reduce_values`, non-finite values left out
+    (NaN where none is finite). ``set_mean(run, m, is_invariant(tensor_classes(run)))`` is the
+    mean over the scale-invariant tensors."""
+    keep = _record_mask(run, False)
+    values = run.metric(metric)[keep][:, mask]
+    return run.steps[keep].astype(np.float64), reduce_values(values, "mean")
 
 
 def reduce(
@@ -203,7 +235,7 @@ def reduce(
     keep = _record_mask(run, include_skipped)
     steps = run.steps[keep]
     sets = tensor_sets(run, by, None if classes is None else tensor_classes(run, classes))
-    numel = tensor_numel(run)
+    numel = run.numel
     arrays = {name: run.metric(name)[keep] for name in names}
     zero_start = starts_at_zero(run.metric("weight_norm")[keep])
     parts = []
@@ -297,11 +329,39 @@ def epochs(run: Run, scalar: str = "epoch") -> np.ndarray:
     xs = steps_logged.astype(np.float64)
     ys = values_logged.astype(np.float64)
     order = np.argsort(xs, kind="stable")
-    xs, ys = xs[order], ys[order]
-    steps = run.steps.astype(np.float64)
-    out = np.interp(steps, xs, ys)
-    out[(steps < xs[0]) | (steps > xs[-1])] = np.nan
+    return interp_inside(run.steps.astype(np.float64), xs[order], ys[order])
+
+
+def interp_inside(x_new: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Linear interpolation of (x ascending, y) at ``x_new``; NaN outside [x[0], x[-1]] and
+    everywhere when ``x`` is empty."""
+    x_new = np.asarray(x_new, dtype=np.float64)
+    if x.size == 0:
+        return np.full(x_new.shape, np.nan)
+    out = np.interp(x_new, x, y)
+    out[(x_new < x[0]) | (x_new > x[-1])] = np.nan
     return out
+
+
+def last_logged(run: Run, name: str) -> float:
+    """The last value of a user-logged scalar (``lens.log(name=...)``), NaN if never logged."""
+    if name not in run.scalar_names:
+        return float("nan")
+    _, values = run.scalar(name)
+    return float(values[-1]) if values.size else float("nan")
+
+
+def rolling_mean(values: np.ndarray, window: int | None) -> np.ndarray:
+    """Centred rolling mean over ``window`` records along axis 0, ignoring NaN (a window of
+    None, 0 or 1, or fewer than 2 records, returns the values unchanged)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not window or window <= 1 or values.shape[0] < 2:
+        return values
+    import pandas as pd
+
+    frame = pd.DataFrame(values.reshape(values.shape[0], -1))
+    smoothed = frame.rolling(int(window), center=True, min_periods=1).mean().to_numpy()
+    return smoothed.reshape(values.shape)
 
 
 def x_axis(run: Run, on: str = "step", scalar: str = "epoch") -> np.ndarray:
@@ -311,6 +371,13 @@ def x_axis(run: Run, on: str = "step", scalar: str = "epoch") -> np.ndarray:
     if on == "epoch":
         return epochs(run, scalar)
     raise ValueError(f"on must be 'step' or 'epoch', not {on!r}")
+
+
+def x_of_steps(run: Run, steps: pd.Series, on: str = "step", scalar: str = "epoch") -> np.ndarray:
+    """The `x_axis` value (float64) of each step in ``steps`` (steps of non-skipped records)."""
+    keep = ~run.skipped.astype(bool)
+    lookup = dict(zip(run.steps[keep].tolist(), x_axis(run, on, scalar)[keep].tolist()))
+    return steps.map(lookup).to_numpy(dtype=np.float64)
 
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
@@ -341,9 +408,7 @@ def stack(
     parts = []
     for label, run in zip(run_labels(runs), runs):
         frame = reduce(run, by=by, metrics=metrics, reducer=reducer, classes=classes)
-        keep = ~run.skipped.astype(bool)
-        lookup = dict(zip(run.steps[keep].tolist(), x_axis(run, on, scalar)[keep].tolist()))
         frame["run"] = label
-        frame["x"] = frame["step"].map(lookup).astype(np.float64)
+        frame["x"] = x_of_steps(run, frame["step"], on, scalar)
         parts.append(frame)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

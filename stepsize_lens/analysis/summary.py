@@ -43,7 +43,6 @@ from stepsize_lens.analysis.frames import (
     starts_at_zero,
     tensor_classes,
     tensor_group_field,
-    tensor_numel,
     tensor_sets,
 )
 
@@ -69,19 +68,36 @@ def alive_mask(run: Run) -> np.ndarray:
     return np.logical_or.accumulate(finite, axis=0) if run.num_records else finite
 
 
-def nonfinite_mask(run: Run) -> np.ndarray:
-    """[R, T] bool: non-finite gradient, update or weight at a non-skipped record.
-
-    A gradient is non-finite when ‖g‖ is ±inf, or NaN while the tensor was updated (a tensor
-    without a gradient also has NaN ‖g‖, but every torch optimizer leaves it alone, Δ = 0).
-    """
-    w = run.metric("weight_norm")
-    g = run.metric("grad_norm")
-    d = run.metric("update_norm")
+def nonfinite_gradient(grad_norm: np.ndarray, update_norm: np.ndarray) -> np.ndarray:
+    """Elementwise bool: the gradient was non-finite, i.e. ‖g‖ is ±inf, or NaN while the tensor
+    was updated (a tensor without a gradient also has NaN ‖g‖, but every torch optimizer leaves
+    it alone, Δ = 0)."""
+    g = np.asarray(grad_norm)
     with np.errstate(invalid="ignore"):
-        bad_grad = np.isinf(g) | (np.isnan(g) & ~(d == 0))
-    bad = bad_grad | ~np.isfinite(d) | ~np.isfinite(w)
+        return np.isinf(g) | (np.isnan(g) & ~(np.asarray(update_norm) == 0))
+
+
+def nonfinite_mask(run: Run) -> np.ndarray:
+    """[R, T] bool: non-finite gradient (`nonfinite_gradient`), update or weight at a
+    non-skipped record of a tensor that existed then (`alive_mask`)."""
+    w = run.metric("weight_norm")
+    d = run.metric("update_norm")
+    bad = nonfinite_gradient(run.metric("grad_norm"), d) | ~np.isfinite(d) | ~np.isfinite(w)
     return bad & alive_mask(run) & ~run.skipped.astype(bool)[:, None]
+
+
+def lr_changes(run: Run, rtol: float = LR_RTOL) -> np.ndarray:
+    """Steps at which any param group's lr moved by more than ``rtol`` (relative) since the
+    previous non-skipped record."""
+    keep = ~run.skipped.astype(bool)
+    lr = run.group_field("lr")[keep]
+    steps = run.steps[keep]
+    if lr.shape[0] < 2 or lr.shape[1] == 0:
+        return np.array([], dtype=np.int64)
+    prev, cur = lr[:-1], lr[1:]
+    with np.errstate(invalid="ignore"):
+        moved = np.abs(cur - prev) > rtol * np.abs(prev)
+    return steps[1:][moved.any(axis=1)]
 
 
 def constant_lr_segment(
@@ -204,7 +220,7 @@ def summarize(
     keep = ~run.skipped.astype(bool)
     steps = run.steps[keep]
     win = window if window is not None else default_window(int(keep.sum()))
-    numel = tensor_numel(run)
+    numel = run.numel
     weight = run.metric("weight_norm")[keep]
     angle = run.metric("angular_update")[keep]
     eff = run.metric("effective_lr")[keep]
@@ -296,7 +312,7 @@ def overview(run: Run, classes: pd.Series | Mapping[str, str] | None = None) -> 
         first_step=int(steps.min()) if steps.size else None,
         last_step=int(steps.max()) if steps.size else None,
         tensors=run.num_tensors,
-        numel=int(tensor_numel(run).sum()),
+        numel=int(run.numel.sum()),
         class_counts={k: int(v) for k, v in cls.value_counts().items()},
         skipped=int(run.skipped.sum()),
         nonfinite=int(nonfinite_mask(run).sum()),

@@ -256,27 +256,25 @@ def train_all(
 
 def invariant_summary(run: Run) -> pd.Series:
     """`analysis.summarize` over the scale-invariant tensors of ``run`` taken as one set (channel
-    and layer class together). Raises ValueError when the run has none."""
-    from stepsize_lens.analysis import summarize, tensor_classes
+    and layer class together, ``by="invariant"``). Raises ValueError when the run has none."""
+    from stepsize_lens.analysis import summarize
 
-    classes = tensor_classes(run)
-    invariant = classes.isin(("channel", "layer"))
-    if not invariant.any():
+    summary = summarize(run, by="invariant")
+    if summary.empty:
         raise ValueError(f"run {run.label!r} has no scale-invariant tensor")
-    merged = classes.where(~invariant, "channel")
-    summary = summarize(run, by="class", classes=merged)
-    return summary.set_index("key").loc["channel"]
+    return summary.set_index("key").loc["invariant"]
 
 
 def run_metrics(run: Run) -> dict[str, float]:
     """The numbers of one run (module docstring): test_accuracy, norm_growth,
     effective_lr_decay, angular_decay, half_step, loss."""
+    from stepsize_lens.analysis import last_logged
+
     summary = invariant_summary(run)
     scalars = run.scalars
-    accuracy = scalars.loc[scalars["name"] == "test_accuracy", "value"]
     loss = scalars.loc[scalars["name"] == "loss", "value"]
     return {
-        "test_accuracy": float(accuracy.iloc[-1]) if len(accuracy) else float("nan"),
+        "test_accuracy": last_logged(run, "test_accuracy"),
         "norm_growth": float(summary["weight_norm_ratio"]),
         "angular_decay": float(summary["angular_update_decay"]),
         "effective_lr_decay": float(summary["effective_lr_decay"]),
@@ -379,22 +377,13 @@ def table_header() -> list[str]:
 
 def markdown_table(summary: pd.DataFrame) -> str:
     """`aggregate`'s frame as a GitHub markdown table (numbers right-aligned)."""
-    header = table_header()
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "| :-- | " + " | ".join("--:" for _ in header[1:]) + " |",
-    ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(summary)]
-    return "\n".join(lines) + "\n"
+    from stepsize_lens.report.text import markdown_table as table
+
+    return table(table_header(), table_rows(summary))
 
 
 def rich_table(summary: pd.DataFrame, title: str) -> Any:
     """`aggregate`'s frame as a `rich.table.Table`."""
-    from rich.table import Table
+    from stepsize_lens.report.text import rich_table as table
 
-    table = Table(title=title, caption=CAPTION)
-    for i, name in enumerate(table_header()):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for cells in table_rows(summary):
-        table.add_row(*cells)
-    return table
+    return table(table_header(), table_rows(summary), title, CAPTION)

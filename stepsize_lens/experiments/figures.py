@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stepsize_lens.analysis.frames import (
+    is_invariant,
+    last_logged,
+    rolling_mean,
+    set_mean,
+    tensor_classes,
+)
 from stepsize_lens.plots import OKABE_ITO, style
+from stepsize_lens.plots._series import window_for
+from stepsize_lens.plots._style import WIDTH, figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,7 +36,6 @@ if TYPE_CHECKING:
     from stepsize_lens.experiments.toys import RosenbrockTrajectory, ToyTrajectory
     from stepsize_lens.run import Run
 
-WIDTH = 7.0
 ANGLE_FLOOR = 1e-6
 
 TOY2D_LABELS = {
@@ -63,13 +71,6 @@ def _colors(runs: Mapping[str, object], known: Mapping[str, str]) -> dict[str, s
     return {method: known.get(method) or next(spare) for method in runs}
 
 
-def _figure(ncols: int, height: float = 2.6) -> tuple[Figure, np.ndarray]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(WIDTH, height), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(1, ncols))
-
-
 def _label(method: str, labels: Mapping[str, str]) -> str:
     return labels.get(method, method)
 
@@ -79,7 +80,7 @@ def toy2d_figure(runs: Mapping[str, ToyTrajectory]) -> Figure:
     (radians, log scale, cut at 1e-6: below that arccos of a float64 cosine is rounding)."""
     colors = _colors(runs, TOY2D_COLORS)
     with style():
-        fig, (norm_ax, angle_ax) = _figure(2)
+        fig, (norm_ax, angle_ax) = figure(2, height=2.6)
         for method, run in runs.items():
             color = colors[method]
             steps = np.arange(len(run.norms))
@@ -170,25 +171,7 @@ def toy3d_figure(runs: Mapping[str, RosenbrockTrajectory]) -> Figure:
 
 def _invariant_series(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps and the mean of ``metric`` over the run's scale-invariant tensors per record."""
-    import warnings
-
-    from stepsize_lens.analysis import tensor_classes
-
-    classes = tensor_classes(run)
-    index = np.flatnonzero(classes.isin(("channel", "layer")).to_numpy())
-    keep = ~run.skipped.astype(bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values = np.nanmean(run.metric(metric)[keep][:, index], axis=1)
-    return run.steps[keep], values
-
-
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1:
-        return values
-    import pandas as pd
-
-    return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
+    return set_mean(run, metric, is_invariant(tensor_classes(run)))
 
 
 def digits_seeds_figure(runs: Mapping[str, Sequence[Run]]) -> Figure:
@@ -197,7 +180,7 @@ def digits_seeds_figure(runs: Mapping[str, Sequence[Run]]) -> Figure:
     records/40, log scale), each as mean over seeds with a ± std band, and the final test
     accuracy per seed with its mean."""
     with style():
-        fig, (norm_ax, angle_ax, acc_ax) = _figure(3, height=2.6)
+        fig, (norm_ax, angle_ax, acc_ax) = figure(3, height=2.6)
         lowest = np.inf
         for i, (label, group) in enumerate(runs.items()):
             color = OKABE_ITO[i % len(OKABE_ITO)]
@@ -206,9 +189,11 @@ def digits_seeds_figure(runs: Mapping[str, Sequence[Run]]) -> Figure:
                 steps, norm = _invariant_series(run, "weight_norm")
                 norms.append(norm / norm[0])
                 angles.append(_invariant_series(run, "angular_update")[1])
-            window = max(1, round(len(steps) / 40))
+            window = window_for(len(steps), "auto")
             for ax, series in ((norm_ax, norms), (angle_ax, angles)):
-                stacked = np.vstack([_smooth(s, window if ax is angle_ax else 1) for s in series])
+                stacked = np.vstack(
+                    [rolling_mean(s, window if ax is angle_ax else 1) for s in series]
+                )
                 mean, std = stacked.mean(axis=0), stacked.std(axis=0, ddof=0)
                 ax.plot(steps, mean, color=color, label=label)
                 if ax is angle_ax:
@@ -216,7 +201,7 @@ def digits_seeds_figure(runs: Mapping[str, Sequence[Run]]) -> Figure:
                 if len(group) > 1:
                     lower = np.maximum(mean - std, mean * 0.2) if ax is angle_ax else mean - std
                     ax.fill_between(steps, lower, mean + std, color=color, alpha=0.2, lw=0)
-            accuracy = [_final_accuracy(run) for run in group]
+            accuracy = [last_logged(run, "test_accuracy") for run in group]
             acc_ax.plot(np.full(len(accuracy), i), accuracy, "o", color=color, alpha=0.5, ms=3)
             acc_ax.plot([i - 0.3, i + 0.3], [np.mean(accuracy)] * 2, color=color, lw=2)
         seeds = min(len(group) for group in runs.values())
@@ -244,12 +229,6 @@ def digits_seeds_figure(runs: Mapping[str, Sequence[Run]]) -> Figure:
             color="0.3",
         )
     return fig
-
-
-def _final_accuracy(run: Run) -> float:
-    scalars = run.scalars
-    values = scalars.loc[scalars["name"] == "test_accuracy", "value"]
-    return float(values.iloc[-1]) if len(values) else float("nan")
 
 
 def _percent():

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stepsize_lens._files import atomic_write_text
 from stepsize_lens.errors import UserInputError
+from stepsize_lens.report.text import markdown_table, rich_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,35 +47,20 @@ TOY3D_TOLERANCE = 1e-2
 
 @dataclass
 class Reproduction:
-    """What one experiment produced: its summary ``table``, the same as ``markdown``, and the
-    ``files`` written (figures first)."""
+    """What one experiment produced: its summary ``table``, the same as ``markdown`` (from the
+    formatted ``header`` and ``rows``), and the ``files`` written (figures first)."""
 
     experiment: str
     table: pd.DataFrame
     markdown: str
     files: list[Path] = field(default_factory=list)
+    header: Sequence[str] = ()
+    rows: list[list[str]] = field(default_factory=list)
 
 
 def _check_steps(steps: int | None) -> None:
     if steps is not None and steps < 1:
         raise UserInputError(f"--steps must be at least 1, not {steps}")
-
-
-def _markdown(rows: list[list[str]], header: Sequence[str]) -> str:
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "| :-- | " + " | ".join("--:" for _ in header[1:]) + " |",
-    ]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def _save(fig: Any, stem: Path) -> Path:
@@ -83,22 +70,30 @@ def _save(fig: Any, stem: Path) -> Path:
 
 
 def _toy_files(
-    name: str, runs: dict[str, Any], table: pd.DataFrame, markdown: str, figure: Any, out: Path
+    name: str,
+    runs: dict[str, Any],
+    table: pd.DataFrame,
+    header: Sequence[str],
+    rows: list[list[str]],
+    figure: Any,
+    out: Path,
 ) -> Reproduction:
-    """Write a toy's ``figure`` (``<name>.png``), ``table`` (``<name>.md``, ``<name>.csv``) and
-    every run's per-step frame (``runs/<name>_trajectories.csv``)."""
+    """Write a toy's ``figure`` (``<name>.png``), ``table`` (``<name>.md`` from the formatted
+    ``header`` and ``rows``, ``<name>.csv``) and every run's per-step frame
+    (``runs/<name>_trajectories.csv``)."""
     import pandas as pd
 
+    markdown = markdown_table(header, rows)
     files = [
         _save(figure, out / name),
-        _write(out / f"{name}.md", markdown),
-        _write(out / f"{name}.csv", table.to_csv(index=False)),
-        _write(
+        atomic_write_text(out / f"{name}.md", markdown),
+        atomic_write_text(out / f"{name}.csv", table.to_csv(index=False)),
+        atomic_write_text(
             out / "runs" / f"{name}_trajectories.csv",
             pd.concat([run.frame() for run in runs.values()]).to_csv(index=False),
         ),
     ]
-    return Reproduction(name, table, markdown, files)
+    return Reproduction(name, table, markdown, files, header, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +129,9 @@ def toy2d_table(runs: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def toy2d_markdown(table: pd.DataFrame) -> str:
-    """The README's 2D-toy table: norms to 2 decimals, the paper's value or –."""
+def toy2d_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The formatted cells of the 2D-toy table (`TOY2D_HEADER`): norms to 2 decimals, the
+    paper's value or –."""
     rows = []
     for _, row in table.iterrows():
         rows.append(
@@ -149,7 +145,12 @@ def toy2d_markdown(table: pd.DataFrame) -> str:
                 else f"{row['steps_to_optimum']:.0f}",
             ]
         )
-    return _markdown(rows, TOY2D_HEADER)
+    return rows
+
+
+def toy2d_markdown(table: pd.DataFrame) -> str:
+    """The README's 2D-toy table."""
+    return markdown_table(TOY2D_HEADER, toy2d_rows(table))
 
 
 def reproduce_toy2d(out: str | Path, steps: int | None = None) -> Reproduction:
@@ -160,8 +161,8 @@ def reproduce_toy2d(out: str | Path, steps: int | None = None) -> Reproduction:
     _check_steps(steps)
     runs = toy2d_all(lr=TOY2D_LR, steps=steps or TOY2D_STEPS)
     table = toy2d_table(runs)
-    markdown = toy2d_markdown(table)
-    return _toy_files("toy2d", runs, table, markdown, toy2d_figure(runs), Path(out))
+    rows = toy2d_rows(table)
+    return _toy_files("toy2d", runs, table, TOY2D_HEADER, rows, toy2d_figure(runs), Path(out))
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,8 +213,8 @@ def toy3d_table(runs: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def toy3d_markdown(table: pd.DataFrame) -> str:
-    """The README's 3D-toy table."""
+def toy3d_rows(table: pd.DataFrame) -> list[list[str]]:
+    """The formatted cells of the 3D-toy table (`TOY3D_HEADER`)."""
     rows = []
     for _, row in table.iterrows():
         reached = row["steps_to_optimum"]
@@ -226,7 +227,12 @@ def toy3d_markdown(table: pd.DataFrame) -> str:
                 "not reached" if np.isnan(reached) else f"{reached:.0f}",
             ]
         )
-    return _markdown(rows, TOY3D_HEADER)
+    return rows
+
+
+def toy3d_markdown(table: pd.DataFrame) -> str:
+    """The README's 3D-toy table."""
+    return markdown_table(TOY3D_HEADER, toy3d_rows(table))
 
 
 def reproduce_toy3d(out: str | Path, steps: int | None = None) -> Reproduction:
@@ -237,8 +243,8 @@ def reproduce_toy3d(out: str | Path, steps: int | None = None) -> Reproduction:
     _check_steps(steps)
     runs = rosenbrock3d_all(steps=steps or TOY3D_STEPS)
     table = toy3d_table(runs)
-    markdown = toy3d_markdown(table)
-    return _toy_files("toy3d", runs, table, markdown, toy3d_figure(runs), Path(out))
+    rows = toy3d_rows(table)
+    return _toy_files("toy3d", runs, table, TOY3D_HEADER, rows, toy3d_figure(runs), Path(out))
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +320,8 @@ def reproduce_digits(
         )
     per_run = digits.runs_table(trained)
     summary = digits.aggregate(per_run)
-    markdown = digits.markdown_table(summary)
+    header, rows = digits.table_header(), digits.table_rows(summary)
+    markdown = markdown_table(header, rows)
     loaded = {item.path: load(item.path) for item in trained}
     by_label: dict[str, list[Any]] = {}
     for item in trained:
@@ -323,11 +330,11 @@ def reproduce_digits(
     files = [
         _save(paper_panel(first), out / "digits_panel"),
         _save(digits_seeds_figure(by_label), out / "digits_seeds"),
-        _write(out / "digits.md", markdown),
-        _write(out / "digits.csv", summary.to_csv(index=False)),
-        _write(out / "digits_runs.csv", per_run.to_csv(index=False)),
+        atomic_write_text(out / "digits.md", markdown),
+        atomic_write_text(out / "digits.csv", summary.to_csv(index=False)),
+        atomic_write_text(out / "digits_runs.csv", per_run.to_csv(index=False)),
     ]
-    return Reproduction("digits", summary, markdown, files)
+    return Reproduction("digits", summary, markdown, files, header, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,19 +343,10 @@ def reproduce_digits(
 
 
 def _rich_table(reproduction: Reproduction, title: str) -> Any:
-    from rich.table import Table
-
     from stepsize_lens.experiments.digits import CAPTION
 
-    lines = [line for line in reproduction.markdown.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     caption = CAPTION if reproduction.experiment == "digits" else None
-    table = Table(title=title, caption=caption)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
-    for line in lines[2:]:
-        table.add_row(*(cell.strip() for cell in line.strip("|").split("|")))
-    return table
+    return rich_table(reproduction.header, reproduction.rows, title, caption)
 
 
 TITLES = {

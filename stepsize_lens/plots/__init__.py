@@ -9,20 +9,27 @@ colour-blind-safe style (Okabe–Ito colours, viridis for heat maps) sized for a
     cos_threshold(run, delta=None)    |cos(w, g)| per tensor against the test's δ/sqrt(dim)
     theory_overlay(run)               measured ‖w‖ and angular update against analysis.theory
     step_heatmap(run)                 tensor × step heat map of the effective step
+    metric_facets(runs, by="class")   small multiples (seaborn): a row per metric, a column per
+                                      set of tensors, a colour per run
     save_figure(fig, "out/name", formats=("png", "pdf"))   -> [paths]
 
 ``runs`` is one `Run` or a sequence of them; with several, colour tells the runs apart (labels
 from ``run.label``) and line style the tensor sets. A set's value per record is the plain mean
 over its tensors (`analysis.reduce`); noisy per-step series are drawn faintly with a centred
 rolling mean (``smooth`` records) on top. Skipped steps are left out. `style()` is the house
-style as an rc context, for your own figures.
+style as an rc context, for your own figures. No figure goes through pyplot: nothing is
+registered with it and its state is never touched (only `metric_facets` imports seaborn, which
+imports pyplot).
 """
 
 from __future__ import annotations
 
+# re-exported: the lr changes the figures mark
+from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots._style import CLASS_COLORS, OKABE_ITO, save_figure, style
 from stepsize_lens.plots.cosines import cos_threshold
-from stepsize_lens.plots.curves import effective_step, lr_changes, norm_growth, paper_panel
+from stepsize_lens.plots.curves import effective_step, norm_growth, paper_panel
+from stepsize_lens.plots.facets import metric_facets
 from stepsize_lens.plots.heatmap import step_heatmap
 from stepsize_lens.plots.theory import theory_overlay
 
@@ -32,6 +39,7 @@ __all__ = [
     "cos_threshold",
     "effective_step",
     "lr_changes",
+    "metric_facets",
     "norm_growth",
     "paper_panel",
     "save_figure",

@@ -1,4 +1,8 @@
-"""Series the figures draw: set means per record, smoothing, logged scalars, lr changes."""
+"""Series the figures draw: set means per record, smoothing, logged scalars, lr-change marks.
+
+The numbers come from `stepsize_lens.analysis` (set means, rolling means, lr changes, run
+labels); this module only picks, thins and draws them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stepsize_lens.analysis.frames import is_invariant, rolling_mean, tensor_classes
+from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots._style import CLASS_COLORS, LINESTYLES, OKABE_ITO
 
 if TYPE_CHECKING:
     from stepsize_lens.run import Run
 
-INVARIANT = ("channel", "layer")
 LOSS_NAMES = ("loss", "train_loss", "training_loss")
 ACCURACY_NAMES = ("test_accuracy", "val_accuracy", "accuracy", "test_acc", "val_acc", "acc")
 
@@ -26,28 +31,6 @@ def as_runs(runs: Run | Sequence[Run]) -> list[Run]:
     return out
 
 
-def labels(runs: Sequence[Run]) -> list[str]:
-    """Run labels, repeats made unique with #2, #3..."""
-    seen: dict[str, int] = {}
-    out = []
-    for run in runs:
-        seen[run.label] = seen.get(run.label, 0) + 1
-        out.append(run.label if seen[run.label] == 1 else f"{run.label}#{seen[run.label]}")
-    return out
-
-
-def rolling(values: np.ndarray, window: int | None) -> np.ndarray:
-    """Centred rolling mean over ``window`` records along axis 0, ignoring NaN."""
-    values = np.asarray(values, dtype=np.float64)
-    if not window or window <= 1 or values.shape[0] < 2:
-        return values
-    import pandas as pd
-
-    frame = pd.DataFrame(values.reshape(values.shape[0], -1))
-    smoothed = frame.rolling(int(window), center=True, min_periods=1).mean().to_numpy()
-    return smoothed.reshape(values.shape)
-
-
 def window_for(records: int, smooth: int | str | None) -> int | None:
     """``smooth="auto"``: records/40 (1 = none); an int: that window; None: raw."""
     if smooth == "auto":
@@ -59,7 +42,7 @@ def set_series(
     run: Run, by: str, metrics: Sequence[str], classes: Any
 ) -> dict[object, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """key → (steps, {metric: mean over the set's tensors}), from `analysis.reduce`."""
-    from stepsize_lens.analysis import reduce
+    from stepsize_lens.analysis.frames import reduce
 
     wide = reduce(run, by=by, metrics=list(metrics), form="wide", classes=classes)
     out = {}
@@ -69,27 +52,9 @@ def set_series(
     return out
 
 
-def set_label(by: str, key: object) -> str:
-    return f"group {key}" if by == "group" else str(key)
-
-
-def masked_mean(run: Run, metric: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, per-record mean of ``metric`` over the tensors in ``mask``), skipped steps out."""
-    keep = ~run.skipped.astype(bool)
-    values = run.metric(metric)[keep][:, mask].astype(np.float64)
-    finite = np.isfinite(values)
-    count = finite.sum(axis=1)
-    total = np.where(finite, values, 0.0).sum(axis=1)
-    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return run.steps[keep].astype(np.float64), mean
-
-
 def invariant_mask(run: Run, classes: Any) -> tuple[np.ndarray, str]:
     """Tensors of class channel or layer (all tensors if there are none), and a description."""
-    from stepsize_lens.analysis import tensor_classes
-
-    names = np.asarray(tensor_classes(run, classes), dtype=object)
-    mask = np.isin(names, INVARIANT)
+    mask = is_invariant(tensor_classes(run, classes))
     if mask.any():
         return mask, "scale-invariant tensors"
     return np.ones(run.num_tensors, bool), "all tensors (none scale-invariant)"
@@ -153,7 +118,7 @@ def draw(
             ax.fill_between(bx, lo, hi, color=color, alpha=0.18, lw=0)
         else:
             ax.plot(x, y, color=color, ls=ls, lw=0.6, alpha=0.25)
-        y = rolling(y, window)
+        y = rolling_mean(y, window)
     keep = thin(x.size)
     marker = "o" if 0 < x.size < 20 else None
     ax.plot(x[keep], y[keep], color=color, ls=ls, label=label, marker=marker, ms=3)
@@ -170,19 +135,6 @@ def line_styles(num_runs: int, keys: Sequence[object], by: str) -> dict[tuple[in
             else:
                 out[(r, key)] = (OKABE_ITO[r % len(OKABE_ITO)], LINESTYLES[k % len(LINESTYLES)])
     return out
-
-
-def lr_changes(run: Run, rtol: float = 1e-2) -> np.ndarray:
-    """Steps at which any param group's lr moved by more than ``rtol`` since the last record."""
-    keep = ~run.skipped.astype(bool)
-    lr = run.group_field("lr")[keep]
-    steps = run.steps[keep]
-    if lr.shape[0] < 2 or lr.shape[1] == 0:
-        return np.array([], dtype=np.int64)
-    prev, cur = lr[:-1], lr[1:]
-    with np.errstate(invalid="ignore"):
-        moved = np.abs(cur - prev) > rtol * np.abs(prev)
-    return steps[1:][moved.any(axis=1)]
 
 
 def mark_lr(ax: Any, runs: Sequence[Run], max_lines: int = 8) -> None:

@@ -24,6 +24,11 @@ OKABE_ITO: tuple[str, ...] = (
     "#000000",
 )
 CLASS_COLORS = {"channel": "#0072B2", "layer": "#009E73", "none": "#E69F00"}
+METRIC_LABELS = {  # axis labels of the metrics a figure names (others: the metric's name)
+    "weight_norm": "‖w‖",
+    "angular_update": "angular update (rad/step)",
+    "effective_lr": "η / ‖w‖²",
+}
 LINESTYLES = ("-", "--", ":", "-.")
 WIDTH = 7.0  # inches: a full paper text width
 PANEL_HEIGHT = 2.5

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stepsize_lens.paper_test import channel_threshold, layer_threshold
 from stepsize_lens.plots._style import OKABE_ITO, WIDTH, quiet_nan, style
 
 if TYPE_CHECKING:
@@ -39,11 +40,13 @@ def cos_threshold(
     keep = ~run.skipped.astype(bool)
     layer = np.abs(run.metric("cos_grad")[keep][:, shown].astype(np.float64))
     channel = run.metric("channel_cos_grad_max")[keep][:, shown].astype(np.float64)
-    numel = np.maximum(run.numel[shown], 1.0)
-    rows = np.maximum(run.param_values("rows", 1.0)[shown], 1.0)
+    numel = run.numel[shown].astype(np.int64)
+    rows = run.param_values("rows", 1.0)[shown].astype(np.int64)
+    channel_ticks = np.array([channel_threshold(n, r, d) for n, r in zip(numel, rows)])
+    layer_ticks = np.array([layer_threshold(n, d) for n in numel])
     views = (
-        ("channel view: max_k |cos(w_k, g_k)|", channel, d / np.sqrt(numel / rows), -0.18, 0),
-        ("layer view: |cos(w, g)|", layer, d / np.sqrt(numel), 0.18, 3),
+        ("channel view: max_k |cos(w_k, g_k)|", channel, channel_ticks, -0.18, 0),
+        ("layer view: |cos(w, g)|", layer, layer_ticks, 0.18, 3),
     )
     with style():
         height = max(2.2, 1.1 + 0.24 * len(shown))

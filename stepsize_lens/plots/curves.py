@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stepsize_lens.analysis.frames import run_labels, set_mean, set_name
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import OKABE_ITO, figure, place_legend, style
 
@@ -15,8 +16,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from stepsize_lens.run import Run
-
-lr_changes = S.lr_changes
 
 
 def norm_growth(
@@ -71,7 +70,7 @@ def _set_lines(
     smooth: int | str | None,
     relative: bool,
 ) -> None:
-    labels = S.labels(runs)
+    labels = run_labels(runs)
     data = [S.set_series(run, by, [metric], classes) for run in runs]
     keys = list(dict.fromkeys(k for d in data for k in d))
     styles = S.line_styles(len(runs), keys, by)
@@ -84,7 +83,7 @@ def _set_lines(
                 y = y / first[0] if first.size and first[0] != 0 else np.full_like(y, np.nan)
             if metric != "weight_norm":
                 y = S.positive(y)
-            name = S.set_label(by, key)
+            name = set_name(by, key)
             color, ls = styles[(r, key)]
             S.draw(
                 ax, steps, y, window, color, ls, name if len(runs) == 1 else f"{labels[r]}: {name}"
@@ -101,7 +100,7 @@ def paper_panel(
     scale-invariant tensors (all tensors if none), plus the loss and the accuracy when logged
     with ``lens.log`` (loss / train_loss; test_accuracy / val_accuracy / accuracy / ...)."""
     runs = S.as_runs(runs)
-    labels = S.labels(runs)
+    labels = run_labels(runs)
     losses = [S.scalar(run, S.LOSS_NAMES) for run in runs]
     accuracies = [S.scalar(run, S.ACCURACY_NAMES) for run in runs]
     extra = [(t, s) for t, s in (("Loss", losses), ("Accuracy", accuracies)) if any(s)]
@@ -113,9 +112,9 @@ def paper_panel(
             mask, subject = S.invariant_mask(run, classes)
             subjects.add(subject)
             window = S.window_for(run.num_records, smooth)
-            steps, norm = S.masked_mean(run, "weight_norm", mask)
+            steps, norm = set_mean(run, "weight_norm", mask)
             S.draw(axes[0], steps, norm, None, color, "-", labels[r])
-            steps, angle = S.masked_mean(run, "angular_update", mask)
+            steps, angle = set_mean(run, "angular_update", mask)
             S.draw(axes[1], steps, S.positive(angle), window, color, "-", None)
             for ax, (_, series) in zip(axes[2:], extra):
                 if series[r] is not None:

@@ -7,15 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens.plots._style import CLASS_COLORS, WIDTH, quiet_nan, style
+from stepsize_lens.plots._style import CLASS_COLORS, METRIC_LABELS, WIDTH, quiet_nan, style
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
     from stepsize_lens.run import Run
-
-LABELS = {"angular_update": "angular update (rad/step)", "effective_lr": "η / ‖w‖²"}
 
 
 def bin_records(values: np.ndarray, max_columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +85,7 @@ def step_heatmap(
             strip.set_ylabel("tensor index")
         ax.tick_params(left=False, labelleft=False)
         ax.set_xlabel("step")
-        label = LABELS.get(metric, metric)
+        label = METRIC_LABELS.get(metric, metric)
         fig.colorbar(mesh, ax=ax, label=label, pad=0.01)
         ax.set_title(f"{label[0].upper()}{label[1:]} per tensor and step")
         handles = [Patch(color=c, label=f"{n}") for n, c in CLASS_COLORS.items()]

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stepsize_lens._schema import INVARIANT_CLASSES
+from stepsize_lens.analysis.frames import reduce_values, rolling_mean, set_mean
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import CLASS_COLORS, figure, legend, quiet_nan, style
 
@@ -49,22 +51,21 @@ def theory_overlay(
     with style():
         fig, axes = figure(2)
         drawn = False
-        for cname in S.INVARIANT:
+        for cname in INVARIANT_CLASSES:
             mask = names == cname
             if not mask.any():
                 continue
             drawn = True
             color = CLASS_COLORS[cname]
-            _, norm = S.masked_mean(run, "weight_norm", mask)
-            _, angle = S.masked_mean(run, "angular_update", mask)
+            _, norm = set_mean(run, "weight_norm", mask)
+            _, angle = set_mean(run, "angular_update", mask)
             S.draw(axes[0], steps, norm, None, color, "-", f"{cname}: measured")
             S.draw(axes[1], steps, S.positive(angle), window, color, "-", f"{cname}: measured")
-            with quiet_nan():
-                theory_norm = np.nanmean(norm_pred[:, mask], axis=1)
-                theory_angle = np.nanmean(angle_pred[:, mask], axis=1)
+            theory_norm = reduce_values(norm_pred[:, mask], "mean")
+            theory_angle = reduce_values(angle_pred[:, mask], "mean")
             if np.isfinite(theory_angle).any():
                 label = f"{cname}: equilibrium"
-                S.draw(axes[0], steps, S.rolling(theory_norm, window), None, color, "--", label)
+                S.draw(axes[0], steps, rolling_mean(theory_norm, window), None, color, "--", label)
                 low, high = theory_angle * (1 - tolerance), theory_angle * (1 + tolerance)
                 idx = S.thin(steps.size)
                 axes[1].fill_between(steps[idx], low[idx], high[idx], color=color, alpha=0.15, lw=0)
@@ -112,10 +113,11 @@ def _no_decay_guides(
     family: str,
 ) -> None:
     """Without weight decay: the SGD-family norm law and a t^(-1/2) guide for the angle."""
-    from stepsize_lens.analysis.theory import no_decay_norm
+    from stepsize_lens.analysis.theory import family_entry, no_decay_norm
 
     lr_field = run.group_field("lr")[keep]
-    if family in ("sgd", "sgdp") and steps.size > 1 and lr_field.size:
+    entry = family_entry(family)
+    if entry.base == "sgd" and steps.size > 1 and lr_field.size:
         weight = run.metric("weight_norm")[keep][:, mask].astype(np.float64)
         grad = run.metric("grad_norm")[keep][:, mask].astype(np.float64)
         momentum_field = run.group_field("momentum")[keep]
@@ -129,7 +131,7 @@ def _no_decay_guides(
             )
             t = (steps - steps[0])[:, None]
             law = no_decay_norm(
-                t, weight[0][None, :], lr, g_tilde[None, :], momentum, projected=family == "sgdp"
+                t, weight[0][None, :], lr, g_tilde[None, :], momentum, projected=entry.projects
             )
             idx = S.thin(steps.size)
             axes[0].plot(

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepsize_lens._files import atomic_write_text
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.report.data import (
     BY_CHOICES,
@@ -246,7 +247,7 @@ def _emit(
 
         when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         text = html_document(doc, footer=f"stepsize_lens {__version__} · {source} · {when}")
-    _atomic_write(page, text)
+    atomic_write_text(page, text)
     result.page = page
     if format == "html":
         console.file.write(f"{page}\n")
@@ -255,9 +256,3 @@ def _emit(
         result.text = text
     console.file.flush()
     return result
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

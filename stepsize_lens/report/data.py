@@ -6,7 +6,6 @@ reads and the page a person reads never disagree. Undefined numbers (NaN, ±inf)
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stepsize_lens._jsonable import jsonable
+from stepsize_lens._schema import CLASSES, INVARIANT_CLASSES
 from stepsize_lens.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ SCHEMA = "stepsize_lens.report/1"
 COMPARE_SCHEMA = "stepsize_lens.compare/1"
 BY_CHOICES = ("group", "class", "tensor")
 STRONGEST = 10  # tensors listed in "strongest_decay"
-COMPARE_METRICS = ("weight_norm", "angular_update", "effective_lr")
 # optimizer defaults shown in the header, in this order (others, e.g. foreach, are noise)
 _OPTIMIZER_KEYS = (
     "lr",
@@ -64,32 +64,8 @@ def require_records(run: Run, source: str | os.PathLike[str] | None = None) -> R
     return run
 
 
-def plain(value: Any) -> Any:
-    """A JSON-ready copy: numpy scalars to Python, NaN/inf/pd.NA to None, tuples to lists."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [plain(v) for v in value]
-    if value is None or isinstance(value, (bool, np.bool_)):
-        return None if value is None else bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        return value
-    try:
-        import pandas as pd
-
-        if value is pd.NA or value is pd.NaT:
-            return None
-    except ImportError:  # pragma: no cover
-        pass
-    return str(value)
-
-
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [plain(row) for row in frame.to_dict(orient="records")]
+    return [jsonable(row) for row in frame.to_dict(orient="records")]
 
 
 def _scalars(run: Run) -> dict[str, dict[str, Any]]:
@@ -100,7 +76,7 @@ def _scalars(run: Run) -> dict[str, dict[str, Any]]:
             out[name] = {
                 "count": int(steps.size),
                 "last_step": int(steps[-1]),
-                "last": plain(float(values[-1])),
+                "last": jsonable(float(values[-1])),
             }
     return out
 
@@ -108,19 +84,18 @@ def _scalars(run: Run) -> dict[str, dict[str, Any]]:
 def _group_values(run: Run, field: str) -> list[Any]:
     values = run.group_field(field)
     keep = ~run.skipped.astype(bool)
-    return plain(values[keep][-1]) if values.size and keep.any() else []
+    return jsonable(values[keep][-1]) if values.size and keep.any() else []
 
 
 def run_header(run: Run, classes: pd.Series, delta: float | None) -> dict[str, Any]:
     """The "run" section: metadata, size, classes, logged scalars."""
-    from stepsize_lens.analysis import overview
+    from stepsize_lens.analysis import lr_changes, overview
     from stepsize_lens.invariance import run_delta
-    from stepsize_lens.plots import lr_changes
 
     ov = overview(run, classes)
     info = run.meta.get("optimizer") or {}
     defaults = info.get("defaults") or {}
-    return plain(
+    return jsonable(
         {
             "label": run.label,
             "path": str(run.path.resolve()) if run.path is not None else None,
@@ -140,7 +115,7 @@ def run_header(run: Run, classes: pd.Series, delta: float | None) -> dict[str, A
             "tensors": ov.tensors,
             "numel": ov.numel,
             "groups": int(run.group_field("lr").shape[1]),
-            "class_counts": {c: ov.class_counts.get(c, 0) for c in ("channel", "layer", "none")},
+            "class_counts": {c: ov.class_counts.get(c, 0) for c in CLASSES},
             "skipped": ov.skipped,
             "nonfinite": ov.nonfinite,
             "lr_final": _group_values(run, "lr"),
@@ -161,7 +136,7 @@ def strongest_decay(run: Run, classes: pd.Series, delta: float | None) -> tuple[
     per_tensor["group"] = list(run.tensor_groups)
     per_tensor["shape"] = [list(s) if s is not None else None for s in run.param_column("shape")]
     per_tensor["exponent"] = decay_exponents(run, classes)["exponent"].to_numpy()
-    invariant = per_tensor["class"].isin(["channel", "layer"])
+    invariant = per_tensor["class"].isin(INVARIANT_CLASSES)
     scope = "scale-invariant" if invariant.any() else "all"
     rows = per_tensor[invariant] if invariant.any() else per_tensor
     decay = rows["angular_update_decay"].to_numpy(dtype=np.float64)
@@ -213,7 +188,8 @@ def report_data(
         "run": run_header(run, cls, delta),
         "summary": _records(summary),
         "findings": [
-            plain(f.to_dict()) for f in find(run, classes=cls, delta=delta, predictions=predictions)
+            jsonable(f.to_dict())
+            for f in find(run, classes=cls, delta=delta, predictions=predictions)
         ],
         "strongest_decay_scope": scope,
         "strongest_decay": strongest,
@@ -258,7 +234,7 @@ def compare_data(
     for data, label in zip(per_run, labels):
         data["run"]["label"] = label
         del data["schema"], data["figures"], data["by"]
-    table = compare_summary(runs, COMPARE_METRICS, by=by, reference=ref, classes=classes)
+    table = compare_summary(runs, by=by, reference=ref, classes=classes)
     table = table.rename(columns={by: "key"})
     return {
         "schema": COMPARE_SCHEMA,

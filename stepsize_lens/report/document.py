@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepsize_lens.analysis.frames import set_name
+
 SEVERITY_COLORS = {"critical": "red", "warning": "yellow", "info": "blue"}
 METRIC_NAMES = {"weight_norm": "‖w‖", "angular_update": "angular update", "effective_lr": "η/‖w‖²"}
 SET_TITLES = {"class": "invariance class", "group": "param group", "tensor": "tensor"}
@@ -214,10 +216,6 @@ def summary_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _set_name(by: str, key: Any) -> str:
-    return f"group {key}" if by == "group" else str(key)
-
-
 def summary_tables(data: dict[str, Any]) -> list[Table]:
     tables = []
     for by in dict.fromkeys([data["by"], "class", "group"]):
@@ -227,7 +225,7 @@ def summary_tables(data: dict[str, Any]) -> list[Table]:
                 Table(
                     f"Summary per {SET_TITLES[by]}",
                     [SET_TITLES[by], *SUMMARY_COLUMNS],
-                    [[_set_name(by, r["key"]), *summary_cells(r)] for r in rows],
+                    [[set_name(by, r["key"]), *summary_cells(r)] for r in rows],
                     SUMMARY_NOTE,
                     optional=SUMMARY_OPTIONAL,
                 )
@@ -341,7 +339,7 @@ def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
             for d in data["runs"]:
                 for r in d["summary"]:
                     if r["by"] == set_by and r["key"] == key:
-                        rows.append([_set_name(set_by, key), d["run"]["label"], *summary_cells(r)])
+                        rows.append([set_name(set_by, key), d["run"]["label"], *summary_cells(r)])
         if rows:
             title = f"Summary per {SET_TITLES[set_by]}, side by side"
             columns = [SET_TITLES[set_by], "run", *SUMMARY_COLUMNS]
@@ -366,7 +364,7 @@ def ratio_table(data: dict[str, Any], labels: list[str], ref: str) -> Table:
         cells.setdefault((row["key"], row["metric"]), {})[row["run"]] = row
     rows = []
     for (key, metric), per in cells.items():
-        line = [_set_name(data["by"], key), METRIC_NAMES.get(metric, metric)]
+        line = [set_name(data["by"], key), METRIC_NAMES.get(metric, metric)]
         line += [num(per[label]["value"]) if label in per else "–" for label in labels]
         for label in others:
             entry = per.get(label)

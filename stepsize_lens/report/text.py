@@ -1,8 +1,10 @@
-"""The terminal view (rich) and the markdown view of a report `Document`."""
+"""The terminal view (rich) and the markdown view of a report `Document`, and the two table
+renderers every table of the package goes through (`markdown_table`, `rich_table`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,38 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
+) -> str:
+    """A GitHub-flavoured markdown table, newline-terminated: the first ``text_columns``
+    columns left-aligned (labels), the others right-aligned (numbers); ``|`` in cells escaped."""
+    aligns = [":--" if i < text_columns else "--:" for i in range(len(columns))]
+    lines = [
+        "| " + " | ".join(_md_cell(c) for c in columns) + " |",
+        "| " + " | ".join(aligns) + " |",
+    ]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    title: str | None = None,
+    caption: str | None = None,
+    text_columns: int = 1,
+) -> Any:
+    """The same table as a `rich.table.Table` (labels left, numbers right)."""
+    from rich.table import Table as RichTable
+
+    table = RichTable(title=title, caption=caption)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i < text_columns else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
     """GitHub-flavoured markdown; figures linked relative to ``relative_to`` (the folder the
     markdown file is written to)."""
@@ -132,10 +166,7 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
             lines.append("")
         elif isinstance(block, Table):
             lines += [f"## {block.title}", ""]
-            lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
-            aligns = [":--" if i < block.text_columns else "--:" for i in range(len(block.columns))]
-            lines.append("| " + " | ".join(aligns) + " |")
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            lines += markdown_table(block.columns, block.rows, block.text_columns).splitlines()
             lines += ["", f"*{block.note}*" if block.note else "", ""]
         elif isinstance(block, Figures):
             lines += ["## Figures", ""]

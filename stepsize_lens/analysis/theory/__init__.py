@@ -1,0 +1,108 @@
+"""Theory the measurements are held against (DESIGN.md §5).
+
+- `formulas`: pure functions of hyperparameters and norms (one step, Lemma 2.2, equilibrium
+  angles and norms, relaxation rates, the no-decay law, fitted decay exponents);
+- `families`: the optimizer families as one table (`FAMILY_TABLE`: how each is recognised,
+  which formulas give its equilibrium, relaxation and decoupled decay, whether it projects),
+  and the family-keyed `equilibrium_angle`, `equilibrium_norm`, `relaxation_steps`;
+- `predictions`: per record and tensor of a `Run` (`norm_identity`, `equilibrium_predictions`,
+  `equilibrium_check`, `decay_exponents`, `sqrt_law`, `optimizer_family`).
+
+Everything public is importable from here.
+"""
+
+from __future__ import annotations
+
+from stepsize_lens.analysis.theory.families import (
+    FAMILIES,
+    FAMILY_TABLE,
+    UNKNOWN,
+    Family,
+    Hyper,
+    equilibrium_angle,
+    equilibrium_norm,
+    family_entry,
+    family_of_optimizer,
+    relaxation_steps,
+)
+from stepsize_lens.analysis.theory.formulas import (
+    ArrayLike,
+    adamp_decoupled_decay,
+    adamp_equilibrium_angle,
+    adamp_equilibrium_norm,
+    adamp_relaxation_rate,
+    adamw_equilibrium_angle,
+    adamw_equilibrium_norm,
+    adamw_relaxation_rate,
+    decay_exponent,
+    decoupled_norm_sq,
+    momentum_growth_factor,
+    momentum_norm_sq,
+    no_decay_norm,
+    norm_sq_after,
+    plain_gd_norm_sq,
+    projected_norm_sq,
+    sgd_equilibrium_angle,
+    sgd_equilibrium_norm,
+    sgd_relaxation_rate,
+    sgdp_decoupled_decay,
+    sgdp_equilibrium_angle,
+    sgdp_equilibrium_norm,
+    sgdp_relaxation_rate,
+    sgdp_unprojected_equilibrium_norm,
+    time_constant,
+)
+from stepsize_lens.analysis.theory.predictions import (
+    decay_exponents,
+    equilibrium_check,
+    equilibrium_predictions,
+    norm_identity,
+    optimizer_family,
+    predictions_for,
+    sqrt_law,
+)
+
+__all__ = [
+    "ArrayLike",
+    "FAMILIES",
+    "FAMILY_TABLE",
+    "Family",
+    "Hyper",
+    "UNKNOWN",
+    "adamp_decoupled_decay",
+    "adamp_equilibrium_angle",
+    "adamp_equilibrium_norm",
+    "adamp_relaxation_rate",
+    "adamw_equilibrium_angle",
+    "adamw_equilibrium_norm",
+    "adamw_relaxation_rate",
+    "decay_exponent",
+    "decay_exponents",
+    "decoupled_norm_sq",
+    "equilibrium_angle",
+    "equilibrium_check",
+    "equilibrium_norm",
+    "equilibrium_predictions",
+    "family_entry",
+    "family_of_optimizer",
+    "momentum_growth_factor",
+    "momentum_norm_sq",
+    "no_decay_norm",
+    "norm_identity",
+    "norm_sq_after",
+    "optimizer_family",
+    "plain_gd_norm_sq",
+    "predictions_for",
+    "projected_norm_sq",
+    "relaxation_steps",
+    "sgd_equilibrium_angle",
+    "sgd_equilibrium_norm",
+    "sgd_relaxation_rate",
+    "sgdp_decoupled_decay",
+    "sgdp_equilibrium_angle",
+    "sgdp_equilibrium_norm",
+    "sgdp_relaxation_rate",
+    "sgdp_unprojected_equilibrium_norm",
+    "sqrt_law",
+    "time_constant",
+]
