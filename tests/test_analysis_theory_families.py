@@ -1,4 +1,4 @@
-"""The optimizer-family table (DESIGN.md §5): recognition, family-keyed formulas, and that a
+"""The optimizer-family table (docs/design.md §5): recognition, family-keyed formulas, and that a
 new family is one table entry."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Theory formulas (DESIGN.md §5): pure functions against brute force and simulation."""
+"""Theory formulas (docs/design.md §5): pure functions against brute force and simulation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Theory predictions from recorded runs (DESIGN.md §5): the norm identity, equilibrium
+"""Theory predictions from recorded runs (docs/design.md §5): the norm identity, equilibrium
 predictions and checks, decay exponents and the t^(−1/2) overlay."""
 
 from __future__ import annotations

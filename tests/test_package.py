@@ -109,6 +109,55 @@ def test_the_lower_floors_only_look_down(leaf, allowed):
     assert import_graph()[leaf] <= allowed
 
 
+# The floors of the house (docs/design.md §2): a module may import only from floors strictly
+# below its own (or from its own subpackage). Every top-level module must be placed here.
+FLOORS = {
+    "_schema": 0,
+    "_version": 0,
+    "_files": 0,
+    "_jsonable": 0,
+    "errors": 0,
+    "schedules": 0,
+    "model_names": 0,
+    "models": 0,
+    "_rows": 1,
+    "paper_test": 1,
+    "datasets": 1,
+    "run": 2,
+    "optim": 2,
+    "invariance": 3,
+    "recording": 4,
+    "<root>": 5,
+    "analysis": 5,
+    "plots": 6,
+    "integrations": 6,
+    "report": 7,
+    "experiments": 8,
+    "demo": 9,
+    "cli": 10,
+}
+
+
+def _floor_name(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "<root>"
+
+
+def test_every_module_has_a_floor():
+    assert {_floor_name(m) for m in import_graph()} <= set(FLOORS)
+
+
+def test_the_upper_floors_only_look_down():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if _floor_name(module) != _floor_name(target)
+        and FLOORS[_floor_name(target)] >= FLOORS[_floor_name(module)]
+    ]
+    assert upward == []
+
+
 def test_only_the_run_package_touches_the_raw_run_dict():
     offenders = []
     for name, path in _modules().items():

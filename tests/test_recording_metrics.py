@@ -1,4 +1,4 @@
-"""Every metric of DESIGN.md §3 against a brute-force per-tensor float64 reference."""
+"""Every metric of docs/design.md §3 against a brute-force per-tensor float64 reference."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 def reference_metrics(
     w: torch.Tensor, g: torch.Tensor | None, w_after: torch.Tensor, lr: float
 ) -> dict[str, float]:
-    """The definitions of DESIGN.md §3, one tensor at a time, in float64, with Python loops."""
+    """The definitions of docs/design.md §3, one tensor at a time, in float64, with Python loops."""
     w64, w2 = w.double().flatten(), w_after.double().flatten()
     g64 = g.double().flatten() if g is not None else None
     d = w2 - w64

@@ -21,7 +21,7 @@ detail)::
     overview(run) -> Overview;  nonfinite_mask(run) -> [R, T] bool;  lr_changes(run) -> steps
     decay_crossings(steps, values, lr, fractions, window) -> DecayCrossings
 
-    # theory/: DESIGN.md §5 (formulas.py: pure functions; families.py: the optimizer-family
+    # theory/: docs/design.md §5 (formulas.py: pure functions; families.py: the optimizer-family
     # table; predictions.py: per record and tensor of a run)
     norm_sq_after, decoupled_norm_sq, plain_gd_norm_sq, momentum_norm_sq, projected_norm_sq,
     momentum_growth_factor, sgd_/adamw_/sgdp_/adamp_equilibrium_angle and _norm, no_decay_norm,

@@ -7,8 +7,7 @@ series reduced over its tensors (`frames.reduce_values`, default the mean):
 - effective step, both as the angular update (radians per step) and as η/‖w‖²: initial = mean of
   the first ``window`` records, final = mean of the last ``window``, ``*_decay`` =
   initial/final (10 means it fell tenfold);
-- ratios with a zero or undefined denominator are NaN (DESIGN: undefined ratios are NaN), never
-  inf;
+- ratios with a zero or undefined denominator are NaN (docs/design.md §3), never inf;
 - tensors that *start at zero* (first finite ‖w‖ = 0, e.g. BatchNorm and other zero-initialised
   biases) have no scale to grow from: their η/‖w‖² is undefined at first, huge just after, then
   falls by orders of magnitude, and their early angular updates are large. They are left out of

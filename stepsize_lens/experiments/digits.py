@@ -1,4 +1,4 @@
-"""Norm growth and effective-step decay during real training (DESIGN.md §6), at laptop scale.
+"""Norm growth and effective-step decay during real training (docs/design.md §6), at laptop scale.
 
 The paper trained ResNet-18 on ImageNet; here `models.digits_cnn` (a small ResNet with
 BatchNorm, 77k parameters, six scale-invariant conv weights) learns scikit-learn's bundled 8x8

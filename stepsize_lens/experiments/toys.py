@@ -1,4 +1,4 @@
-"""The paper's toy problems (Heo et al., ICLR 2021, Sec. 2-3; DESIGN.md §6), in float64 numpy.
+"""The paper's toy problems (Heo et al., ICLR 2021, Sec. 2-3; docs/design.md §6), in float64 numpy.
 
 Three experiments, each returning plain dataclasses whose ``frame()`` gives a tidy DataFrame:
 

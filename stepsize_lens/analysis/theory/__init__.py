@@ -1,4 +1,4 @@
-"""Theory the measurements are held against (DESIGN.md §5).
+"""Theory the measurements are held against (docs/design.md §5).
 
 - `formulas`: pure functions of hyperparameters and norms (one step, Lemma 2.2, equilibrium
   angles and norms, relaxation rates, the no-decay law, fitted decay exponents);

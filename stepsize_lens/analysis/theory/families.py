@@ -1,4 +1,4 @@
-"""The optimizer families the theory knows, as one table (DESIGN.md §5).
+"""The optimizer families the theory knows, as one table (docs/design.md §5).
 
 Each `Family` is data: how a run's optimizer is recognised from its class name (and defaults),
 which update it builds on, whether it projects scale-invariant tensors (AdamP/SGDP: then its

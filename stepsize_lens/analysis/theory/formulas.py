@@ -1,4 +1,4 @@
-"""The theory the measurements are held against (DESIGN.md §5), as pure functions of
+"""The theory the measurements are held against (docs/design.md §5), as pure functions of
 hyperparameters and norms (numpy in, numpy out; no `Run`).
 
 Notation: η = lr, λ = weight decay, α = μ = momentum, β1 = Adam's first-moment decay, r = the
@@ -90,8 +90,9 @@ def momentum_norm_sq(
 ) -> np.ndarray:
     """Lemma 2.2: ‖w_t‖² for t = 0..T of momentum GD on a scale-invariant w.
 
-    ‖w_{t+1}‖² = ‖w_t‖² + η_t²‖p_t‖² + 2η_t Σ_{k<t} β^{t−k} η_k ‖p_k‖² (constant η: the DESIGN
-    form). ``buffer_norms`` are ‖p_t‖ for t = 0..T−1; ``lr`` a scalar or one value per step.
+    ‖w_{t+1}‖² = ‖w_t‖² + η_t²‖p_t‖² + 2η_t Σ_{k<t} β^{t−k} η_k ‖p_k‖² (constant η:
+    the form of docs/design.md §5). ``buffer_norms`` are ‖p_t‖ for t = 0..T−1; ``lr`` a scalar
+    or one value per step.
     """
     p_sq = np.asarray(buffer_norms, dtype=np.float64) ** 2
     lrs = np.broadcast_to(np.asarray(lr, dtype=np.float64), p_sq.shape)

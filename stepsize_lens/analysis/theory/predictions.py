@@ -1,5 +1,5 @@
-"""Theory predictions per record and tensor of a recorded `Run` (DESIGN.md §5): the one-step norm
-identity, the equilibrium each tensor's optimizer family drives it to, how close the end of a
+"""Theory predictions per record and tensor of a recorded `Run` (docs/design.md §5): the one-step
+norm identity, the equilibrium each tensor's optimizer family drives it to, how close the end of a
 run gets, and the t^(−1/2) law without weight decay. The formulas are in `formulas`, the
 per-family choice of formula in `families`.
 """
