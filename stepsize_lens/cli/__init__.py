@@ -33,6 +33,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from stepsize_lens._version import __version__
+
+        typer.echo(f"stepsize-lens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options before the command (a typer callback: without one, --version has no home)."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"stepsize-lens: error: {message}", err=True)
     raise typer.Exit(code)
@@ -66,6 +89,13 @@ class GroupBy(str, Enum):
     group = "group"
     cls = "class"
     tensor = "tensor"
+
+
+class CompareBy(str, Enum):
+    """What ``compare --by`` accepts: its ratio table needs the same sets in every run."""
+
+    cls = "class"
+    group = "group"
 
 
 class Experiment(str, Enum):
@@ -231,8 +261,8 @@ def compare(
     fmt: Format = ReportFormat.text,
     delta: Delta = None,
     by: Annotated[
-        GroupBy, typer.Option(help="Split tensors into sets by invariance class or group.")
-    ] = GroupBy.cls,
+        CompareBy, typer.Option(help="Split tensors into sets by invariance class or group.")
+    ] = CompareBy.cls,
     reference: Annotated[
         str | None,
         typer.Option(help="Label or index of the run the ratios refer to (default: the first)."),
