@@ -1,7 +1,7 @@
 """The ``stepsize-lens`` command line: parses arguments and calls library functions, nothing more.
 
 This module holds the typer app, its commands and `main` (the console script). The command line
-also owns what only it needs: `model_spec` turns ``inspect``'s MODEL and ``--input-shape`` into a
+also owns what only it needs: `model_spec` turns ``inspect``'s MODEL and input options into a
 model and inputs, `render` draws the rich tables of ``inspect``.
 
 Heavy modules (torch, matplotlib, pandas) are imported inside the commands, so ``--help`` is
@@ -98,6 +98,17 @@ class CompareBy(str, Enum):
     group = "group"
 
 
+class InputDtype(str, Enum):
+    """`cli.model_spec.INPUT_DTYPES`, spelled here too so that --help needs no torch."""
+
+    float = "float"
+    double = "double"
+    half = "half"
+    bfloat16 = "bfloat16"
+    long = "long"
+    int = "int"
+
+
 class Experiment(str, Enum):
     toy2d = "toy2d"
     toy3d = "toy3d"
@@ -160,6 +171,25 @@ def inspect(
         str | None,
         typer.Option(help="Shape of one input without the batch dimension, e.g. 3,32,32."),
     ] = None,
+    input_dtype: Annotated[
+        InputDtype | None,
+        typer.Option(help="Type of the random inputs (default float); long for token ids."),
+    ] = None,
+    input_range: Annotated[
+        str | None,
+        typer.Option(
+            help="LOW,HIGH: draw inputs uniformly in [LOW, HIGH), e.g. 0,1000 for token ids "
+            "below 1000 (default: floats standard normal; integers below the smallest "
+            "nn.Embedding's size)."
+        ),
+    ] = None,
+    example: Annotated[
+        str | None,
+        typer.Option(
+            help="package.module:function returning the probe inputs (a tensor, a tuple of "
+            "arguments or a dict of keyword arguments), instead of a random batch."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples in the random probe batch.")] = 4,
     draws: Annotated[int, typer.Option(help="Random rescalings per tensor and view.")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed (model init, batch, factors).")] = 0,
@@ -170,7 +200,15 @@ def inspect(
     from stepsize_lens.cli.render import print_inspection
     from stepsize_lens.invariance import probe
 
-    module, inputs = model_and_inputs(model, input_shape, batch_size=batch_size, seed=seed)
+    module, inputs = model_and_inputs(
+        model,
+        input_shape,
+        batch_size=batch_size,
+        seed=seed,
+        input_dtype=None if input_dtype is None else input_dtype.value,
+        input_range=input_range,
+        example=example,
+    )
     print_inspection(probe(module, inputs, draws=draws, seed=seed), spec=model, tensors=tensors)
 
 
