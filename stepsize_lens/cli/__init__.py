@@ -256,12 +256,27 @@ def export(
         Reducer, typer.Option(help="How to combine the tensors of a group or class.")
     ] = Reducer.mean,
 ) -> None:
-    """Export RUN as TensorBoard scalars, per param group and per scale-invariance class."""
-    from stepsize_lens.integrations.tensorboard import to_tensorboard
+    """Export RUN as TensorBoard scalars, per param group and per scale-invariance class.
+    Exporting again into the same folder replaces the earlier export there."""
+    from stepsize_lens.integrations.tensorboard import (
+        exported_event_files,
+        other_event_files,
+        to_tensorboard,
+    )
     from stepsize_lens.run import load
 
-    logdir = to_tensorboard(load(run), tensorboard, reducer=reducer.value)
-    typer.echo(f"wrote {run} to {logdir}; view with: tensorboard --logdir {logdir}")
+    loaded = load(run)
+    replaced = len(exported_event_files(tensorboard))
+    logdir = to_tensorboard(loaded, tensorboard, reducer=reducer.value)
+    again = " (replacing the earlier export there; give each run its own folder)"
+    again = again if replaced else ""
+    typer.echo(f"wrote {run} to {logdir}{again}; view with: tensorboard --logdir {logdir}")
+    others = len(other_event_files(logdir))
+    if others:
+        typer.echo(
+            f"note: {logdir} also holds {others} event file(s) that this export did not write; "
+            "TensorBoard shows them as one run with it"
+        )
 
 
 def _reference(text: str | None) -> int | str:
