@@ -5,7 +5,7 @@ w is replaced by c·w for any c > 0, and *channel* scale-invariant when it does 
 row w_k (slice along dim 0: an output channel or neuron) is replaced by c_k·w_k for any
 c_k > 0. Channel invariance implies layer invariance (take every c_k equal).
 
-1. **The paper's test** (AdamP, Heo et al. ICLR 2021, Sec. 3; DESIGN.md §3), from the recorded
+1. **The paper's test** (AdamP, Heo et al. ICLR 2021, Sec. 3; docs/design.md §3), from the recorded
    cosines between w and its gradient g: an invariant w has ⟨w, g⟩ = 0, so with δ = 0.1
 
        channel view passes if  max_k |cos(w_k, g_k)| < δ / sqrt(numel / rows)
