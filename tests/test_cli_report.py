@@ -264,6 +264,14 @@ def test_help_imports_no_heavy_module(args):
     assert "Usage" in result.stdout
 
 
+def test_demo_help_states_the_duration_the_readme_states():
+    help_text = " ".join(run_main("demo", "--help", env={"COLUMNS": "200"}).stdout.split())
+    claim = re.search(r"lens attached; (.+?) on two CPU cores", help_text)
+    assert claim, help_text
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert re.search(rf"{claim.group(1)} on (2|two) CPU cores", readme)
+
+
 def test_version_is_the_package_version_and_imports_nothing_heavy():
     from stepsize_lens._version import __version__
 

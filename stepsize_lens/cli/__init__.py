@@ -128,7 +128,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed (initial weights, minibatch order).")] = 0,
 ) -> None:
     """Train a small BatchNorm CNN on real digits with SGD, SGD+momentum, SGDP, AdamW and AdamP
-    (lens attached, about a minute and a half on CPU), then write their comparison report."""
+    (lens attached; under a minute on two CPU cores), then write their comparison report."""
     from stepsize_lens.demo import run_demo
 
     run_demo(out=out, steps=steps, seed=seed)
