@@ -26,6 +26,7 @@ def user_models(tmp_path, monkeypatch):
     (tmp_path / "lens_user_models.py").write_text(
         textwrap.dedent(
             """
+            import torch
             from torch import nn
 
             not_callable = 3
@@ -38,6 +39,18 @@ def user_models(tmp_path, monkeypatch):
 
             def not_a_module():
                 return "a string"
+
+            def tokens():  # a tiny language model: token ids -> embedding -> LayerNorm
+                return nn.Sequential(nn.Embedding(50, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+
+            def token_batch():
+                return torch.randint(0, 50, (3, 5))
+
+            def token_kwargs():
+                return {"input": torch.randint(0, 50, (3, 5))}
+
+            def no_tensor():
+                return [1, 2]
 
             class Argmax(nn.Module):
                 def __init__(self):
@@ -96,6 +109,52 @@ def test_model_and_inputs_is_seeded_and_leaves_model_and_rng_alone(user_models):
     assert torch.equal(model[0].weight, again[0].weight)
 
 
+def test_token_inputs_are_integers_in_range_and_seeded(user_models):
+    model, inputs = model_and_inputs("lens_user_models:tokens", "5", input_dtype="long", seed=1)
+    assert inputs.dtype == torch.int64 and inputs.shape == (4, 5)
+    assert int(inputs.min()) >= 0 and int(inputs.max()) < 50  # below the embedding's size
+    _, again = model_and_inputs("lens_user_models:tokens", "5", input_dtype="long", seed=1)
+    assert torch.equal(inputs, again)
+    _, narrow = model_and_inputs(
+        "lens_user_models:tokens", "5", input_dtype="int", input_range="7,9", batch_size=64
+    )
+    assert narrow.dtype == torch.int32 and set(narrow.unique().tolist()) == {7, 8}
+    _, floats = model_and_inputs("mlp", input_range=(-1, 1), batch_size=64)
+    assert floats.dtype == torch.float32 and -1 <= float(floats.min()) < float(floats.max()) < 1
+
+
+def test_inspect_a_token_model(user_models):
+    result = _invoke("lens_user_models:tokens", "--input-shape", "5", "--input-dtype", "long")
+    assert result.exit_code == 0, result.output
+    assert "Embedding" in result.stdout
+    verdicts = _invoke(
+        "lens_user_models:tokens",
+        "--input-shape",
+        "5",
+        "--input-dtype",
+        "long",
+        "--input-range",
+        "0,50",
+        "--tensors",
+    )
+    assert verdicts.exit_code == 0, verdicts.output
+    line = next(row for row in verdicts.stdout.splitlines() if "0.weight" in row)
+    assert "channel" in line  # each embedding row is normalised by the LayerNorm on its own
+
+
+@pytest.mark.parametrize("example", ["token_batch", "token_kwargs"])
+def test_inspect_with_example_inputs(user_models, example):
+    result = _invoke("lens_user_models:tokens", "--example", f"lens_user_models:{example}")
+    assert result.exit_code == 0, result.output
+    assert "Embedding" in result.stdout
+
+
+def test_example_inputs_are_seeded(user_models):
+    _, first = model_and_inputs("lens_user_models:tokens", example="lens_user_models:token_batch")
+    _, again = model_and_inputs("lens_user_models:tokens", example="lens_user_models:token_batch")
+    assert torch.equal(first, again)
+
+
 def test_inspect_factory_from_current_folder(user_models):
     result = _invoke("lens_user_models:small", "--input-shape", "6", "--tensors")
     assert result.exit_code == 0, result.output
@@ -118,6 +177,31 @@ def test_inspect_factory_from_current_folder(user_models):
         ("resnet18", ["--input-shape", "1,8,8"], "does not fit model"),
         ("mlp", ["--batch-size", "1"], "batch size must be at least 2"),
         ("mlp", ["--draws", "0"], "draws must be at least 1"),
+        (
+            "lens_user_models:tokens",
+            ["--input-shape", "5"],
+            "wants integer inputs (token ids), not floats: pass --input-dtype long "
+            "--input-range 0,50",
+        ),
+        (
+            "lens_user_models:tokens",
+            ["--input-shape", "5", "--input-dtype", "long", "--input-range", "0,1000"],
+            "out of range for model 'lens_user_models:tokens' (embedding sizes: 50): pass a "
+            "smaller --input-range",
+        ),
+        ("mlp", ["--input-dtype", "long", "--input-range", "0,5"], "wants floating-point inputs"),
+        ("mlp", ["--input-dtype", "int"], "need a value range: pass --input-range"),
+        ("mlp", ["--input-range", "5,2"], "LOW must be below HIGH"),
+        ("mlp", ["--input-range", "0"], "must be two numbers LOW,HIGH"),
+        ("mlp", ["--input-dtype", "long", "--input-range", "0,2.5"], "must be integers"),
+        (
+            "lens_user_models:tokens",
+            ["--example", "lens_user_models:token_batch", "--input-shape", "5"],
+            "--example gives the inputs: drop --input-shape",
+        ),
+        ("mlp", ["--example", "lens_user_models:no_tensor"], "returned a list"),
+        ("mlp", ["--example", "lens_user_models:raises"], "example 'lens_user_models:raises'"),
+        ("mlp", ["--example", "lens_user_models:token_batch"], "does not fit model 'mlp'"),
     ],
 )
 def test_inspect_bad_model_is_one_line_and_exit_2(user_models, spec, extra, message):

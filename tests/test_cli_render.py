@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import io
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from _invariance_models import ConvBNClassifier
 from rich.console import Console
@@ -39,6 +41,31 @@ def test_print_inspection_of_a_probe_with_every_tensor():
     assert "probe verdicts" in text
     without = _text(print_inspection, result, spec="toy")
     assert "probe verdicts" not in without and "census of toy" in without
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_narrow_output_keeps_every_column_and_cell(terminal):
+    torch.manual_seed(0)
+    result = inv.probe(ConvBNClassifier(), torch.randn(4, 3, 6, 6))
+    width = 44
+    console = Console(file=io.StringIO(), width=width, force_terminal=terminal, color_system=None)
+    print_inspection(result, spec="toy", tensors=True, console=console)
+    text = console.file.getvalue()
+    assert "…" not in text
+    headers = ("tensor", "module", "shape", "verdict", "chan Δ", "layer Δ", "eps Δ", "scope")
+    for header in (*headers, "tensors", "params", *inv.CLASSES):
+        assert header in text
+    assert "6x3x3x3" in text and "BatchNorm2d" in text
+    table = inv.census(result)
+    cells = [f"{100 * table.at['all', f'params_{c}']:.1f} / " for c in inv.CLASSES]
+    all_rows = [line for line in text.splitlines() if line.strip().startswith("all ")]
+    for cell in cells:
+        assert any(cell in line for line in all_rows)
+    if terminal:  # split into parts that fit
+        tables = [line for line in text.splitlines() if "─" in line]
+        assert max(len(line) for line in tables) <= width and len(all_rows) >= 2
+    else:  # piped: one table, every cell of a row on its line
+        assert len(all_rows) == 1 and all(cell in all_rows[0] for cell in cells)
 
 
 def test_print_census_cells_and_counts():

@@ -219,6 +219,20 @@ def test_usage_errors_through_the_console_script(args, fragment):
     assert_one_line_error(run_main(*args), fragment, "--help")
 
 
+def _by_choices(command: str) -> list[str]:
+    help_text = run_main(command, "--help", env={"COLUMNS": "200"}).stdout
+    found = re.search(r"--by\s+[<\[]([\w|]+)[>\]]", help_text)
+    assert found, help_text
+    return found.group(1).split("|")
+
+
+def test_compare_by_offers_only_what_it_accepts(report_runs):
+    assert _by_choices("report") == ["group", "class", "tensor"]
+    assert _by_choices("compare") == ["class", "group"]
+    result = run_main("compare", report_runs["sgd"], report_runs["sgdp"], "--by", "tensor")
+    assert_one_line_error(result, "'tensor' is not one of 'class', 'group'")
+
+
 def test_bad_delta():
     assert_one_line_error(
         invoke("report", "run.pt", "--delta", "0"), "--delta must be a positive number"
@@ -248,6 +262,35 @@ def test_help_imports_no_heavy_module(args):
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stderr
     assert "Usage" in result.stdout
+
+
+def test_demo_help_states_the_duration_the_readme_states():
+    help_text = " ".join(run_main("demo", "--help", env={"COLUMNS": "200"}).stdout.split())
+    claim = re.search(r"lens attached; (.+?) on two CPU cores", help_text)
+    assert claim, help_text
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert re.search(rf"{claim.group(1)} on (2|two) CPU cores", readme)
+
+
+def test_version_is_the_package_version_and_imports_nothing_heavy():
+    from stepsize_lens._version import __version__
+
+    code = (
+        "import sys\n"
+        "from stepsize_lens.cli import main\n"
+        "sys.argv = ['stepsize-lens', '--version']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "heavy = sorted(loaded & {'torch', 'matplotlib', 'pandas', 'numpy'})\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stderr
+    assert result.stdout == f"stepsize-lens {__version__}\n"
 
 
 # --------------------------------------------------------------------------------------------

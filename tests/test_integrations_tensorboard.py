@@ -13,7 +13,11 @@ from _runs import crafted_run
 from typer.testing import CliRunner
 
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.integrations.tensorboard import to_tensorboard
+from stepsize_lens.integrations.tensorboard import (
+    exported_event_files,
+    other_event_files,
+    to_tensorboard,
+)
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -94,6 +98,54 @@ def test_weighted_reducer_and_metric_subset(tmp_path: Path) -> None:
     assert got[0] == pytest.approx(float((weight * numel).sum() / numel.sum()), rel=1e-6)
 
 
+def _foreign_log(logdir: Path) -> None:
+    """An event file of someone else's (a training log) in the export's folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(logdir))
+    writer.add_scalar("train/loss", 0.5, global_step=1)
+    writer.close()
+
+
+def test_exporting_again_replaces_the_export_and_nothing_else(tmp_path: Path) -> None:
+    run = _run()
+    logdir = tmp_path / "tb"
+    logdir.mkdir()
+    (logdir / "notes.txt").write_text("mine")
+    _foreign_log(logdir)
+    foreign = sorted(logdir.glob("events.out.tfevents.*"))
+    to_tensorboard(run, logdir)
+    to_tensorboard(run, logdir)  # e.g. after the run grew, or by habit
+    to_tensorboard(run, logdir, metrics=["weight_norm"])
+    events = _read(logdir)
+    steps = [int(run.steps[i]) for i in range(RECORDS) if i != SKIPPED]
+    got_steps, got = _series(events, "weight_norm/class_channel")
+    assert got_steps == steps  # each point once, not three times
+    assert _series(events, "scalars/loss")[0] == [1, 2, 3]
+    assert not any(tag.startswith("angular_update/") for tag in events.Tags()["scalars"])
+    assert _series(events, "train/loss") == ([1], [0.5])  # the foreign log is untouched
+    assert (logdir / "notes.txt").read_text() == "mine"
+    assert len(exported_event_files(logdir)) == 1
+    assert other_event_files(logdir) == foreign and all(path.exists() for path in foreign)
+
+
+def test_a_failed_export_keeps_the_earlier_one(tmp_path: Path, monkeypatch) -> None:
+    import stepsize_lens.integrations.tensorboard as tensorboard
+
+    run = _run()
+    to_tensorboard(run, tmp_path / "tb")
+    before = exported_event_files(tmp_path / "tb")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tensorboard, "_add", broken)
+    with pytest.raises(OSError, match="disk full"):
+        to_tensorboard(run, tmp_path / "tb")
+    assert exported_event_files(tmp_path / "tb") == before
+    assert len(_series(_read(tmp_path / "tb"), "weight_norm/class_channel")[0]) == RECORDS - 1
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     run = _run()
     afile = tmp_path / "file"
@@ -115,6 +167,14 @@ def test_cli_export(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "tensorboard --logdir" in result.stdout
     assert "weight_norm/class_channel" in _read(tmp_path / "tb").Tags()["scalars"]
+    assert "replacing" not in result.stdout and "note:" not in result.stdout
+    _foreign_log(tmp_path / "tb")
+    again = CliRunner().invoke(app, ["export", str(path), "--tensorboard", str(tmp_path / "tb")])
+    assert again.exit_code == 0, again.output
+    assert "replacing the earlier export there" in again.stdout
+    assert "also holds 1 event file(s) that this export did not write" in again.stdout
+    steps, _ = _series(_read(tmp_path / "tb"), "weight_norm/class_channel")
+    assert len(steps) == RECORDS - 1
     missing = CliRunner().invoke(
         app, ["export", str(tmp_path / "nope.pt"), "--tensorboard", str(tmp_path / "tb2")]
     )

@@ -115,6 +115,55 @@ def test_foreign_files(tmp_path):
     _expect_error(tmp_path, "is a directory")
 
 
+def _torch_error(path) -> str:
+    try:
+        torch.load(path, weights_only=True)
+    except Exception as exc:
+        return str(exc)
+    raise AssertionError(f"{path} loaded")
+
+
+def _ends_at_a_word(part: str, full: str) -> bool:
+    """``part`` is ``full`` or a prefix of it that stops before a space or punctuation."""
+    part = part.removesuffix("…")
+    return full.startswith(part) and (len(part) == len(full) or full[len(part)] in " .,;:")
+
+
+def test_truncated_file_message_is_whole(tmp_path):
+    _writer(tmp_path / "run.pt", tensors=40, records=60).save()  # over 64 kB: miniz's long message
+    data = (tmp_path / "run.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) * 9 // 10])
+    message = _expect_error(tmp_path / "cut.pt", "truncated or corrupt")
+    inside = message.split("(", 1)[1].removesuffix(")")
+    assert _ends_at_a_word(inside, _torch_error(tmp_path / "cut.pt")), message
+    assert "failed finding central directory" in inside  # torch's long message, cut whole
+
+
+def test_text_and_binary_files_say_what_they_are(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello, not a run\n")
+    message = _expect_error(tmp_path / "notes.pt", "not a run file")
+    assert message.endswith("(it is a text file, not a torch.save archive)"), message
+    (tmp_path / "noise.pt").write_bytes(b"\x00\x01garbage\xff" * 10)
+    message = _expect_error(tmp_path / "noise.pt", "not a run file")
+    assert message.endswith("(it is not a torch.save archive)"), message
+    with open(tmp_path / "list.pkl", "wb") as handle:
+        pickle.dump([1, 2, 3], handle)
+    message = _expect_error(tmp_path / "list.pkl", "not a run file")
+    assert message.endswith("(it is a pickle, not a torch.save archive)"), message
+
+
+def test_shorten_cuts_at_a_word_boundary():
+    from stepsize_lens.run.reader import shorten
+
+    assert shorten("first sentence. second sentence\nmore") == "first sentence"
+    assert shorten("[enforce fail at x.cc:9] . file in archive is odd") == "file in archive is odd"
+    long = "word " * 100 + "end"
+    short = shorten(long, limit=40)
+    assert short.endswith("…") and len(short) <= 41
+    assert _ends_at_a_word(short, long)
+    assert shorten("x" * 50, limit=10) == "x" * 10 + "…"
+
+
 def test_newer_format_version(tmp_path):
     data = _writer().to_dict()
     data["version"] = VERSION + 1

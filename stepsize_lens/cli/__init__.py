@@ -1,7 +1,7 @@
 """The ``stepsize-lens`` command line: parses arguments and calls library functions, nothing more.
 
 This module holds the typer app, its commands and `main` (the console script). The command line
-also owns what only it needs: `model_spec` turns ``inspect``'s MODEL and ``--input-shape`` into a
+also owns what only it needs: `model_spec` turns ``inspect``'s MODEL and input options into a
 model and inputs, `render` draws the rich tables of ``inspect``.
 
 Heavy modules (torch, matplotlib, pandas) are imported inside the commands, so ``--help`` is
@@ -31,6 +31,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from stepsize_lens._version import __version__
+
+        typer.echo(f"stepsize-lens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options before the command (a typer callback: without one, --version has no home)."""
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -68,6 +91,24 @@ class GroupBy(str, Enum):
     tensor = "tensor"
 
 
+class CompareBy(str, Enum):
+    """What ``compare --by`` accepts: its ratio table needs the same sets in every run."""
+
+    cls = "class"
+    group = "group"
+
+
+class InputDtype(str, Enum):
+    """`cli.model_spec.INPUT_DTYPES`, spelled here too so that --help needs no torch."""
+
+    float = "float"
+    double = "double"
+    half = "half"
+    bfloat16 = "bfloat16"
+    long = "long"
+    int = "int"
+
+
 class Experiment(str, Enum):
     toy2d = "toy2d"
     toy3d = "toy3d"
@@ -87,7 +128,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed (initial weights, minibatch order).")] = 0,
 ) -> None:
     """Train a small BatchNorm CNN on real digits with SGD, SGD+momentum, SGDP, AdamW and AdamP
-    (lens attached, about a minute and a half on CPU), then write their comparison report."""
+    (lens attached; under a minute on two CPU cores), then write their comparison report."""
     from stepsize_lens.demo import run_demo
 
     run_demo(out=out, steps=steps, seed=seed)
@@ -130,6 +171,25 @@ def inspect(
         str | None,
         typer.Option(help="Shape of one input without the batch dimension, e.g. 3,32,32."),
     ] = None,
+    input_dtype: Annotated[
+        InputDtype | None,
+        typer.Option(help="Type of the random inputs (default float); long for token ids."),
+    ] = None,
+    input_range: Annotated[
+        str | None,
+        typer.Option(
+            help="LOW,HIGH: draw inputs uniformly in [LOW, HIGH), e.g. 0,1000 for token ids "
+            "below 1000 (default: floats standard normal; integers below the smallest "
+            "nn.Embedding's size)."
+        ),
+    ] = None,
+    example: Annotated[
+        str | None,
+        typer.Option(
+            help="package.module:function returning the probe inputs (a tensor, a tuple of "
+            "arguments or a dict of keyword arguments), instead of a random batch."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples in the random probe batch.")] = 4,
     draws: Annotated[int, typer.Option(help="Random rescalings per tensor and view.")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed (model init, batch, factors).")] = 0,
@@ -140,7 +200,15 @@ def inspect(
     from stepsize_lens.cli.render import print_inspection
     from stepsize_lens.invariance import probe
 
-    module, inputs = model_and_inputs(model, input_shape, batch_size=batch_size, seed=seed)
+    module, inputs = model_and_inputs(
+        model,
+        input_shape,
+        batch_size=batch_size,
+        seed=seed,
+        input_dtype=None if input_dtype is None else input_dtype.value,
+        input_range=input_range,
+        example=example,
+    )
     print_inspection(probe(module, inputs, draws=draws, seed=seed), spec=model, tensors=tensors)
 
 
@@ -188,12 +256,27 @@ def export(
         Reducer, typer.Option(help="How to combine the tensors of a group or class.")
     ] = Reducer.mean,
 ) -> None:
-    """Export RUN as TensorBoard scalars, per param group and per scale-invariance class."""
-    from stepsize_lens.integrations.tensorboard import to_tensorboard
+    """Export RUN as TensorBoard scalars, per param group and per scale-invariance class.
+    Exporting again into the same folder replaces the earlier export there."""
+    from stepsize_lens.integrations.tensorboard import (
+        exported_event_files,
+        other_event_files,
+        to_tensorboard,
+    )
     from stepsize_lens.run import load
 
-    logdir = to_tensorboard(load(run), tensorboard, reducer=reducer.value)
-    typer.echo(f"wrote {run} to {logdir}; view with: tensorboard --logdir {logdir}")
+    loaded = load(run)
+    replaced = len(exported_event_files(tensorboard))
+    logdir = to_tensorboard(loaded, tensorboard, reducer=reducer.value)
+    again = " (replacing the earlier export there; give each run its own folder)"
+    again = again if replaced else ""
+    typer.echo(f"wrote {run} to {logdir}{again}; view with: tensorboard --logdir {logdir}")
+    others = len(other_event_files(logdir))
+    if others:
+        typer.echo(
+            f"note: {logdir} also holds {others} event file(s) that this export did not write; "
+            "TensorBoard shows them as one run with it"
+        )
 
 
 def _reference(text: str | None) -> int | str:
@@ -231,8 +314,8 @@ def compare(
     fmt: Format = ReportFormat.text,
     delta: Delta = None,
     by: Annotated[
-        GroupBy, typer.Option(help="Split tensors into sets by invariance class or group.")
-    ] = GroupBy.cls,
+        CompareBy, typer.Option(help="Split tensors into sets by invariance class or group.")
+    ] = CompareBy.cls,
     reference: Annotated[
         str | None,
         typer.Option(help="Label or index of the run the ratios refer to (default: the first)."),

@@ -1,7 +1,8 @@
 """Rich tables for ``stepsize-lens inspect``: a census, a probe's per-tensor classes, both.
 
 The numbers come from `stepsize_lens.invariance` (`census`, `probe`); this module only lays
-them out on a terminal.
+them out. Tables go through `stepsize_lens.table_fit.print_table`: piped output keeps every
+column at full width, a narrow terminal gets the table split into parts that fit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stepsize_lens._schema import CLASSES, INVARIANT_CLASSES
+from stepsize_lens.table_fit import print_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +53,7 @@ def print_census(table: pd.DataFrame, console: Any = None, title: str | None = N
             ),
             end_section=scope == "all",
         )
-    console.print(out)
+    print_table(console, out)
 
 
 def print_probe(result: ProbeResult, console: Any = None) -> None:
@@ -75,7 +77,7 @@ def print_probe(result: ProbeResult, console: Any = None) -> None:
             num(row["layer_change"]),
             num(row["numerical_change"]),
         )
-    console.print(out)
+    print_table(console, out)
 
 
 def print_inspection(

@@ -13,6 +13,10 @@ logged with ``lens.log``. Means ignore NaN (``reducer="weighted"`` weighs tensor
 number of elements; see `stepsize_lens.analysis.frames.reduce`); undefined points are not
 written. TensorBoard sections group tags by their first component, so each metric gets one
 chart section with a curve per group and class.
+
+An export is one event file whose name ends in `EXPORT_SUFFIX`. Exporting again into the same
+folder replaces the event files an earlier export wrote there (TensorBoard would otherwise show
+every point twice); other files, event files of a live training log included, are left alone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,32 @@ if TYPE_CHECKING:
     from stepsize_lens.run import Run
 
 
+EXPORT_SUFFIX = ".stepsize_lens_export"
+_EVENTS = "events.out.tfevents.*"
+
+
+def exported_event_files(logdir: str | os.PathLike[str]) -> list[Path]:
+    """Event files that `to_tensorboard` wrote into ``logdir`` (the next export replaces them)."""
+    folder = Path(logdir)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.glob(_EVENTS)
+        if path.name.endswith(EXPORT_SUFFIX) and path.is_file()
+    )
+
+
+def other_event_files(logdir: str | os.PathLike[str]) -> list[Path]:
+    """Event files in ``logdir`` that `to_tensorboard` did not write (TensorBoard shows them
+    as the same run as the export)."""
+    folder = Path(logdir)
+    if not folder.is_dir():
+        return []
+    ours = set(exported_event_files(folder))
+    return sorted(path for path in folder.glob(_EVENTS) if path not in ours and path.is_file())
+
+
 def _summary_writer(logdir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -36,7 +66,7 @@ def _summary_writer(logdir: Path) -> Any:
             "TensorBoard export needs the tensorboard package: "
             "pip install 'stepsize-lens[tensorboard]'"
         ) from None
-    return SummaryWriter(log_dir=str(logdir))
+    return SummaryWriter(log_dir=str(logdir), filename_suffix=EXPORT_SUFFIX)
 
 
 def to_tensorboard(
@@ -49,6 +79,8 @@ def to_tensorboard(
 
     Tags: ``<metric>/group_<g>``, ``<metric>/class_<c>``, ``lr/group_<g>``, ``scalars/<name>``
     (see the module docstring). ``metrics``: which metrics (default: all recorded ones).
+    The event files of an earlier export into ``logdir`` (`exported_event_files`) are removed
+    once the new one is complete; if writing fails, they stay and the partial file goes.
     """
     from stepsize_lens.analysis.frames import REDUCERS, reduce
 
@@ -62,7 +94,9 @@ def to_tensorboard(
     if unknown:
         raise UserInputError(f"unknown metric {unknown[0]!r}; known: {', '.join(run.metric_names)}")
     wall = {int(step): float(t) for step, t in zip(run.steps, run.times)}
+    previous = exported_event_files(target)
     writer = _summary_writer(target)
+    done = False
     try:
         for by, label in (("group", "group_{}"), ("class", "class_{}")):
             frame = reduce(run, by=by, metrics=names, reducer=reducer, form="wide")
@@ -81,8 +115,11 @@ def to_tensorboard(
         for row in scalars.itertuples(index=False):
             _add(writer, f"scalars/{row.name}", row.value, int(row.step), wall)
         writer.flush()
+        done = True
     finally:
         writer.close()
+        for path in previous if done else set(exported_event_files(target)) - set(previous):
+            path.unlink(missing_ok=True)
     return target
 
 

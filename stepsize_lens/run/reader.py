@@ -7,7 +7,6 @@ is refused, and its payload never runs.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 import zipfile
@@ -37,25 +36,90 @@ def load(path: str | os.PathLike[str]) -> Run:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        if "weights_only" in text or "Unsupported global" in text:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            what = f"it names {found.group(1)}" if found else "unsupported pickle content"
-            raise RunFileError(
-                f"{path}: refused to load: the file holds objects that could run code ({what})"
-            ) from None
-        raise RunFileError(f"{path}: not a run file (unreadable pickle: {first[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "truncated or corrupt" if _looks_like_zip(path) else "not a run file"
-        raise RunFileError(f"{path}: {hint} ({message[:120]})") from None
-    except Exception as exc:  # anything else torch.load may raise on foreign bytes
-        raise RunFileError(f"{path}: not a run file ({type(exc).__name__})") from None
+    except Exception as exc:  # torch.load raises many kinds of errors on foreign bytes
+        raise RunFileError(f"{path}: {_why_unreadable(path, exc)}") from None
     return Run(validate(data, source=str(path)), path=path)
 
 
-def _looks_like_zip(path: Path) -> bool:
+_UNSAFE = re.compile(r"GLOBAL ([\w.]+)|allowlisted")
+_HEAD_BYTES = 4096
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` failed, as people name it: code refused, truncated, or what the file is.
+
+    A run file is a torch.save zip archive. The weights-only unpickler refuses any pickle that
+    names a global outside its allowlist (that is how a pickle runs code); a plain pickle it
+    may not even parse, so its globals are read here with `pickletools` (nothing runs).
+    """
+    text = str(exc)
+    try:
+        kind = _file_kind(path)
+    except OSError as error:
+        return f"cannot read the file ({error.strerror or shorten(str(error))})"
+    unsafe = _UNSAFE.search(text)
+    names = _pickle_globals(path) if kind == "pickle" else []
+    if unsafe or names:
+        name = names[0] if names else unsafe.group(1) if unsafe else None
+        what = f"it names {name}" if name else "unsupported pickle content"
+        return f"refused to load: the file holds objects that could run code ({what})"
+    if kind == "zip":
+        return f"corrupt, or a zip archive that torch.save did not write ({shorten(text)})"
+    if kind == "cut zip":
+        return f"truncated or corrupt: its zip archive has no end record ({shorten(text)})"
+    if kind == "pickle":
+        return "not a run file (it is a pickle, not a torch.save archive)"
+    if kind == "text":
+        return "not a run file (it is a text file, not a torch.save archive)"
+    return "not a run file (it is not a torch.save archive)"
+
+
+def _file_kind(path: Path) -> str:
+    """ "zip", "cut zip" (a zip's first bytes without its end record: truncated), "pickle",
+    "text" or "binary", from the file's first bytes (and its end, for zips)."""
     with open(path, "rb") as handle:
-        return handle.read(4) == b"PK\x03\x04"
+        head = handle.read(_HEAD_BYTES)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip" if zipfile.is_zipfile(path) else "cut zip"
+    if head.startswith(b"\x80"):  # a pickle's PROTO opcode (protocol 2 and later)
+        return "pickle"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError as error:
+            if error.start >= len(head) - 3:  # a character cut by the read, not binary data
+                return "text"
+    return "binary"
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The globals (module.name) a pickle file names, read opcode by opcode without running it."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    names.append(arg.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # a damaged pickle: keep what was read before the damage
+        pass
+    return names
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """The first sentence of ``text``'s first line, whole; past ``limit`` characters, cut at a
+    word boundary and ended with "…". Exceptions of C++ libraries run on for lines."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", lines[0] if lines else "")
+    sentence = re.split(r"(?<=[^\s.])\.(?:\s|$)", first, maxsplit=1)[0]
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[: limit + 1].rsplit(None, 1)[0] if " " in sentence[:limit] else sentence[:limit]
+    return cut.rstrip(" ,;:") + "…"
