@@ -119,6 +119,7 @@ FLOORS = {
     "errors": 0,
     "schedules": 0,
     "model_names": 0,
+    "table_fit": 0,
     "models": 0,
     "_rows": 1,
     "paper_test": 1,
