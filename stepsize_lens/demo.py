@@ -5,7 +5,7 @@ handwritten digits with SGD, SGD + momentum, SGDP, AdamW and AdamP (`experiments
 initial weights, same minibatches, 300 steps each, one torch thread), each recorded with the
 lens; prints the scale-invariant tensors' norm growth and effective-step decay per optimizer,
 then writes the comparison report (``stepsize_lens.report.compare_report``: one HTML page and
-its figures) and prints where everything is. About a minute and a half on two CPU cores.
+its figures) and prints where everything is. Under a minute on two CPU cores.
 """
 
 from __future__ import annotations

@@ -69,6 +69,19 @@ def split_columns(console: Console, table: Table, width: int, key_columns: int =
     return parts
 
 
+def print_whole(console: Console, renderable: Any) -> None:
+    """Print any renderable; on a console that is not a terminal, at its natural width when
+    that is wider than the console (nothing cut), otherwise as rich prints it."""
+    if not console.is_terminal:
+        options = console.options.update_width(_UNLIMITED)
+        width = Measurement.get(console, options, renderable).maximum
+        if width > console.width:
+            segments = console.render(renderable, console.options.update_width(width))
+            console.print(Segments(segments), crop=False)
+            return
+    console.print(renderable)
+
+
 def print_table(console: Console, table: Table, key_columns: int = 1) -> None:
     """Print ``table`` on ``console`` without cutting a cell or dropping a column (see the
     module docstring). ``key_columns``: the leading columns that label a row, repeated in every
@@ -80,8 +93,7 @@ def print_table(console: Console, table: Table, key_columns: int = 1) -> None:
     if width <= console.width:
         console.print(table)
     elif not console.is_terminal:
-        segments = console.render(table, console.options.update_width(width))
-        console.print(Segments(segments), crop=False)
+        print_whole(console, table)
     else:
         for part in split_columns(console, table, console.width, key_columns):
             console.print(part)

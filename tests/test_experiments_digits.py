@@ -106,6 +106,17 @@ def test_markdown_table_formats_mean_plus_minus_std() -> None:
     assert digits.table_rows(never)[0][1:] == ["–"] * 5
 
 
+def test_caption_explains_the_dash_for_one_seed_and_for_several() -> None:
+    assert "(–: never)" in digits.caption(1)
+    assert "not in every seed" in digits.caption(3)
+    one_seed = pd.DataFrame(
+        {"optimizer": ["sgd"], "label": ["SGD"], "seed": [0], "steps": [10]}
+        | {metric: [float("nan")] for metric in digits.METRICS}
+    )
+    table = digits.rich_table(digits.aggregate(one_seed), "title")
+    assert "not in every seed" not in str(table.caption)
+
+
 def test_select_and_train_all_reject_bad_input(tmp_path: Path) -> None:
     assert [spec.name for spec in digits.select(["adamp", "sgd"])] == ["adamp", "sgd"]
     with pytest.raises(UserInputError, match="unknown optimizer"):

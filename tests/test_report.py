@@ -334,11 +334,39 @@ def test_text_report_prints_every_section_and_writes_figures(local_runs):
 
 
 def test_text_report_on_a_narrow_terminal_keeps_tensor_names(report_runs):
-    console = quiet(width=80)
+    console = Console(file=io.StringIO(), width=80, color_system=None, force_terminal=True)
     report(report_runs["sgd_momentum"], console=console, figures=False)
     text = console.file.getvalue()
     assert "block2.shortcut.0.weight" in text  # names are never cut
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def _summary_headers() -> list[str]:
+    from stepsize_lens.report.document import SUMMARY_COLUMNS
+
+    return [c for c in SUMMARY_COLUMNS if c not in ("test pass", "projected")]
+
+
+def test_piped_text_report_keeps_every_column_whole(report_runs):
+    # not a terminal (a file, a pipe, a CI log): rich's 80 columns must not cut or drop cells
+    console = Console(file=io.StringIO(), width=80, color_system=None, force_terminal=False)
+    report(report_runs["sgd_momentum"], console=console, figures=False)
+    out = console.file.getvalue()
+    assert "…" not in out
+    for header in _summary_headers():
+        for word in header.split(" "):
+            assert word in out, header
+
+
+def test_narrow_terminal_splits_tables_instead_of_dropping_columns(report_runs):
+    console = Console(file=io.StringIO(), width=70, color_system=None, force_terminal=True)
+    report(report_runs["sgd_momentum"], console=console, figures=False)
+    out = console.file.getvalue()
+    assert "(continued)" in out
+    for header in _summary_headers():
+        for word in header.split(" "):
+            assert word in out, header
+    assert max(len(line) for line in out.splitlines()) <= 70
 
 
 def test_json_report_prints_what_it_writes(report_runs, tmp_path):

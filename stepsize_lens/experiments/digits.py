@@ -342,12 +342,17 @@ COLUMNS = (
     ("angular_decay", "Δθ fell", "{:.0f}×"),
     ("half_step", "Δθ halved by step", "{:.0f}"),
 )
-CAPTION = (
-    "Over the scale-invariant tensors: ‖w‖ grew = final / initial mean norm; η/‖w‖² fell and "
-    "Δθ fell = the effective step (as η/‖w‖² and as the angular update) early / late; Δθ "
-    "halved by step = first step with the angular update at half its early level (–: not in every "
-    "seed)."
-)
+
+
+def caption(seeds: int) -> str:
+    """What the table's columns mean; "–" is "never" with one seed, "not in every seed" with
+    several (a seed whose angular update never halved makes the mean undefined)."""
+    never = "never" if seeds <= 1 else "not in every seed"
+    return (
+        "Over the scale-invariant tensors: ‖w‖ grew = final / initial mean norm; η/‖w‖² fell and "
+        "Δθ fell = the effective step (as η/‖w‖² and as the angular update) early / late; Δθ "
+        f"halved by step = first step with the angular update at half its early level (–: {never})."
+    )
 
 
 def _pm(mean: float, std: float, fmt: str) -> str:
@@ -386,4 +391,5 @@ def rich_table(summary: pd.DataFrame, title: str) -> Any:
     """`aggregate`'s frame as a `rich.table.Table`."""
     from stepsize_lens.report.text import rich_table as table
 
-    return table(table_header(), table_rows(summary), title, CAPTION)
+    seeds = int(summary["seeds"].max()) if len(summary) else 1
+    return table(table_header(), table_rows(summary), title, caption(seeds))

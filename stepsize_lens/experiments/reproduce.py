@@ -343,9 +343,12 @@ def reproduce_digits(
 
 
 def _rich_table(reproduction: Reproduction, title: str) -> Any:
-    from stepsize_lens.experiments.digits import CAPTION
+    from stepsize_lens.experiments.digits import caption as digits_caption
 
-    caption = CAPTION if reproduction.experiment == "digits" else None
+    caption = None
+    if reproduction.experiment == "digits":
+        seeds = reproduction.table["seeds"]
+        caption = digits_caption(int(seeds.max()) if len(seeds) else 1)
     return rich_table(reproduction.header, reproduction.rows, title, caption)
 
 

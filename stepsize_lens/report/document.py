@@ -46,7 +46,6 @@ class Table:
     rows: list[list[str]]
     note: str = ""
     text_columns: int = 1  # leading columns that are labels, not numbers
-    optional: tuple[str, ...] = ()  # columns a narrow terminal may leave out
 
 
 @dataclass
@@ -188,7 +187,6 @@ SUMMARY_COLUMNS = [
     "test pass",
     "projected",
 ]
-SUMMARY_OPTIONAL = ("params", "‖w‖ first", "η/‖w‖² fell", "Δθ early")
 SUMMARY_NOTE = (
     "Δθ: angular update (rad/step), mean of the first / last records; fell: early/late; "
     "½ and ⅒ at step: when Δθ fell to that fraction of its early level at constant lr; "
@@ -227,7 +225,6 @@ def summary_tables(data: dict[str, Any]) -> list[Table]:
                     [SET_TITLES[by], *SUMMARY_COLUMNS],
                     [[set_name(by, r["key"]), *summary_cells(r)] for r in rows],
                     SUMMARY_NOTE,
-                    optional=SUMMARY_OPTIONAL,
                 )
             )
     return tables
@@ -257,7 +254,7 @@ def strongest_table(data: dict[str, Any]) -> Table:
         "(−½: no equilibrium, 0: equilibrium)."
     )
     title = f"Strongest effective-step decay ({scope} tensors)"
-    return Table(title, columns, rows, note, 3, optional=("shape", "Δθ early", "exponent"))
+    return Table(title, columns, rows, note, 3)
 
 
 def figures_block(figures: dict[str, list[str]], folder: Path | None) -> Figures | None:
@@ -343,7 +340,7 @@ def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
         if rows:
             title = f"Summary per {SET_TITLES[set_by]}, side by side"
             columns = [SET_TITLES[set_by], "run", *SUMMARY_COLUMNS]
-            doc.blocks.append(Table(title, columns, rows, SUMMARY_NOTE, 2, SUMMARY_OPTIONAL))
+            doc.blocks.append(Table(title, columns, rows, SUMMARY_NOTE, 2))
     for d in data["runs"]:
         doc.blocks.append(Findings(f"Findings: {d['run']['label']}", d["findings"]))
     figures = figures_block(data["figures"], out)

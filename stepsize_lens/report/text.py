@@ -17,6 +17,7 @@ from stepsize_lens.report.document import (
     Table,
     evidence_text,
 )
+from stepsize_lens.table_fit import print_table, print_whole
 
 MAX_TENSORS_SHOWN = 6
 
@@ -41,8 +42,9 @@ def print_document(doc: Document, console: Any) -> None:
             grid.add_column(style="bold")
             grid.add_column()
             for key, value in block.items:
-                grid.add_row(key, Text(value))
-            console.print(Panel(grid, title=f"[bold]{doc.title}[/bold]", title_align="left"))
+                grid.add_row(key, Text(value, overflow="fold"))
+            header = Panel(grid, title=f"[bold]{doc.title}[/bold]", title_align="left")
+            print_whole(console, header)
         elif isinstance(block, Findings):
             console.print(f"\n[bold]{block.title}[/bold] ({len(block.items)})")
             if not block.items:
@@ -70,7 +72,7 @@ def print_document(doc: Document, console: Any) -> None:
                 box=box.SIMPLE_HEAD,
                 pad_edge=False,
             )
-            keep = _terminal_columns(block, console.width)
+            keep = _terminal_columns(block)
             for i in keep:
                 label = i < block.text_columns
                 header = block.columns[i] if label else block.columns[i].replace(" ", "\n")
@@ -84,7 +86,7 @@ def print_document(doc: Document, console: Any) -> None:
             for row in block.rows:
                 table.add_row(*(row[i] for i in keep))
             console.print()
-            console.print(table)
+            print_table(console, table, key_columns=block.text_columns)
             if block.note:
                 console.print(Text(block.note, style="dim"))
         elif isinstance(block, Figures):
@@ -94,17 +96,14 @@ def print_document(doc: Document, console: Any) -> None:
             )
 
 
-def _terminal_columns(block: Table, width: int) -> list[int]:
-    """Column indices to show: never a column that is "–" in every row; on a terminal narrower
-    than 120 characters, not the block's optional columns either."""
-    keep = []
-    for i, name in enumerate(block.columns):
-        if i >= block.text_columns and block.rows and all(row[i] == "–" for row in block.rows):
-            continue
-        if width < 120 and name in block.optional:
-            continue
-        keep.append(i)
-    return keep
+def _terminal_columns(block: Table) -> list[int]:
+    """Column indices to show: every column except one that is "–" in every row (a narrow
+    terminal splits the table instead of dropping columns: `table_fit.print_table`)."""
+    return [
+        i
+        for i in range(len(block.columns))
+        if i < block.text_columns or not block.rows or any(row[i] != "–" for row in block.rows)
+    ]
 
 
 def _md_cell(text: str) -> str:
