@@ -15,6 +15,10 @@ examples and experiments train:
 - ``digits_cnn``: a small ResNet-style CNN with BatchNorm for the 8x8 one-channel handwritten
   digits that ship with scikit-learn (about 77k parameters); used by the paper's norm-growth
   experiment at laptop scale.
+- `tiny_gpt` (not in `BUILTIN_MODELS`: it takes token ids, not images): a pre-LN decoder-only
+  transformer for character-level text with separate query/key/value/output projections and an
+  optional QK-norm; used by ``stepsize-lens reproduce transformer``. Inspect it with
+  ``stepsize-lens inspect stepsize_lens.models:tiny_gpt --input-shape 64 --input-dtype long``.
 
 `BUILTIN_MODELS` maps each name to ``(factory, default_input_shape)``; the shape excludes the
 batch dimension.
@@ -22,6 +26,7 @@ batch dimension.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -39,6 +44,10 @@ __all__ = [
     "vit_tiny",
     "mlp",
     "digits_cnn",
+    "CausalSelfAttention",
+    "GPTBlock",
+    "TinyGPT",
+    "tiny_gpt",
     "BUILTIN_MODELS",
 ]
 
@@ -253,6 +262,112 @@ class DigitsCNN(nn.Module):
 def digits_cnn(num_classes: int = 10, width: int = 32) -> DigitsCNN:
     """A small BatchNorm ResNet for 1x8x8 digit images (about 77k parameters at width 32)."""
     return DigitsCNN(num_classes=num_classes, width=width)
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny GPT
+# --------------------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention with separate q, k, v, o projections (no biases).
+
+    With ``qk_norm`` each head's query and key vectors go through RMSNorm (learned gain) before
+    the dot product, as in ViT-22B and OLMo 2: the attention logits no longer depend on the
+    scale of ``q.weight`` or ``k.weight``, which makes both tensors scale-invariant (as whole
+    tensors, the paper's layer view; a single row is not, since a head normalises many rows
+    together). Without it no projection is scale-invariant: q and k set the softmax
+    temperature, v and o the size of what joins the residual stream."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.o = nn.Linear(dim, dim, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class GPTBlock(nn.Module):
+    """Pre-LN block: x + Attn(LN(x)), then x + W2·GELU(W1·LN(x)) (no biases in the MLP)."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, qk_norm)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim, bias=False)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TinyGPT(nn.Module):
+    """Decoder-only language model: token + learned position embeddings, pre-LN `GPTBlock` s,
+    a final LayerNorm and an untied linear head. Input: token ids [batch, tokens] (tokens <=
+    ``context``); output: next-token logits [batch, tokens, vocab_size]."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context: int = 64,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        qk_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.context = context
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(context, dim)
+        self.blocks = nn.Sequential(*(GPTBlock(dim, heads, qk_norm) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        # GPT-2's scaled init of the projections that write into the residual stream
+        for block in self.blocks:
+            for proj in (block.attn.o, block.fc2):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * depth))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] > self.context:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the context of {self.context}")
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.token_embed(tokens) + self.pos_embed(positions)
+        return self.head(self.norm(self.blocks(x)))
+
+
+def tiny_gpt(
+    vocab_size: int = 97,
+    context: int = 64,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    qk_norm: bool = False,
+) -> TinyGPT:
+    """A 2-layer, width-64 character-level GPT (about 115k parameters at 97 tokens)."""
+    return TinyGPT(vocab_size, context=context, dim=dim, depth=depth, heads=heads, qk_norm=qk_norm)
 
 
 BUILTIN_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {

@@ -235,3 +235,59 @@ def _percent():
     from matplotlib.ticker import PercentFormatter
 
     return PercentFormatter(xmax=1.0, decimals=1)
+
+
+Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
+"""metric -> (steps, values): one optimizer's predicted curves."""
+
+TRANSFORMER_PANELS = (
+    ("weight_norm", "‖w‖", "Weight norm", False),
+    ("grad_norm", "‖g‖", "Gradient norm", False),
+    ("scale_free", "‖g‖·‖w‖", "Scale-free gradient ‖g‖·‖w‖", False),
+    ("angular_update", "radians per step", "Angular update (effective step)", True),
+)
+
+
+def transformer_figure(
+    series: Mapping[str, Mapping[str, np.ndarray]],
+    predicted: Mapping[str, Curves] | None = None,
+    windows: Sequence[tuple[float, float]] = (),
+    title: str = "",
+) -> Figure:
+    """Label → `transformer.invariant_series` (per record, means over the scale-invariant
+    tensors): four panels over steps, ‖w‖, ‖g‖, ‖g‖·‖w‖ and the angular update (log scale),
+    each optimizer a colour; ‖g‖, ‖g‖·‖w‖ and the angular update smoothed over records/40.
+    ``predicted``: label → metric → (steps, values), drawn dashed in the same colour (the
+    theory's prediction). ``windows``: (lo, hi) fractions of the run shaded grey on the ‖g‖
+    panel (where the table's end ÷ mid ratios are taken)."""
+    with style():
+        fig, axes = figure(2, nrows=2, height=2.3)
+        for i, (label, values) in enumerate(series.items()):
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            steps = values["steps"]
+            window = window_for(len(steps), "auto")
+            for ax, (metric, _, _, _) in zip(axes, TRANSFORMER_PANELS):
+                smooth = 1 if metric == "weight_norm" else window
+                ax.plot(steps, rolling_mean(values[metric], smooth), color=color, label=label)
+                curve = (predicted or {}).get(label, {}).get(metric)
+                if curve is not None:
+                    ax.plot(*curve, color=color, linestyle="--", linewidth=1.0)
+        last = max(float(np.max(values["steps"])) for values in series.values())
+        for lo, hi in windows:
+            axes[1].axvspan(lo * last, hi * last, color="0.9", zorder=0, lw=0)
+        for ax, (_, ylabel, panel_title, log) in zip(axes, TRANSFORMER_PANELS):
+            ax.set_title(panel_title)
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("step")
+            if log:
+                ax.set_yscale("log")
+        handles, names = axes[0].get_legend_handles_labels()
+        if predicted:
+            from matplotlib.lines import Line2D
+
+            handles.append(Line2D([], [], color="0.3", linestyle="--", linewidth=1.0))
+            names.append("predicted")
+        fig.legend(handles, names, loc="outside lower center", ncols=len(names))
+        if title:
+            fig.suptitle(title, fontsize=9, color="0.3")
+    return fig

@@ -12,7 +12,7 @@ writes into ``out``:
   (−1.5, 2)): final and largest radius, final distance of (w1/w3, w2/w3) to (1, 1) and the
   iterations until it stays within 0.01; per-iteration data in ``runs/toy3d_trajectories.csv``.
 - ``digits_panel.png``, ``digits_seeds.png``, ``digits.md``, ``digits.csv``,
-  ``digits_runs.csv``: the digits CNN with the five optimizers of `digits.OPTIMIZERS` on seeds
+  ``digits_runs.csv``: the digits CNN with the five optimizers of `digits.PAPER_OPTIMIZERS` on seeds
   seed … seed+seeds−1 (1000 steps each), mean ± std over seeds; run files in ``runs/digits/``.
 
 ``steps`` overrides every experiment's horizon. The toys are deterministic; ``seed`` only moves
@@ -35,7 +35,7 @@ from stepsize_lens.report.text import markdown_table, rich_table
 if TYPE_CHECKING:
     import pandas as pd
 
-EXPERIMENTS = ("toy2d", "toy3d", "digits")
+EXPERIMENTS = ("toy2d", "toy3d", "digits", "transformer")
 TOY2D_LR = 0.04
 TOY2D_STEPS = 1000
 TOY2D_TOLERANCE = 1e-2
@@ -306,7 +306,7 @@ def reproduce_digits(
     out = Path(out)
     steps = steps or digits.FULL_STEPS
     seed_list = list(range(seed, seed + seeds))
-    specs = digits.select(optimizers)
+    specs = digits.select(digits.PAPER_OPTIMIZERS if optimizers is None else optimizers)
     progress, on_run, on_step = training_progress(console, len(specs) * len(seed_list) * steps)
     with progress:
         trained = digits.train_all(
@@ -338,17 +338,90 @@ def reproduce_digits(
 
 
 # --------------------------------------------------------------------------------------------
+# A tiny GPT on the standard library's source
+# --------------------------------------------------------------------------------------------
+
+
+def reproduce_transformer(
+    out: str | Path,
+    steps: int | None = None,
+    seed: int = 0,
+    threads: int | None = 1,
+    console: Any = None,
+) -> list[Reproduction]:
+    """The probe census without and with QK-norm (``transformer_probe.md``/``.csv``), then
+    AdamW, AdamP, AdamC and Muon on the tiny GPT under warmup + cosine (``transformer.png``,
+    ``transformer.md``, ``transformer.csv``; run files in ``runs/transformer/``)."""
+    from dataclasses import replace
+
+    from stepsize_lens.experiments import transformer
+    from stepsize_lens.experiments.digits import torch_threads
+    from stepsize_lens.experiments.figures import transformer_figure
+    from stepsize_lens.run import load
+
+    _check_steps(steps)
+    out = Path(out)
+    config = transformer.TransformerConfig(seed=seed)
+    if steps is not None:
+        config = replace(config, steps=steps)
+    config = config.checked()
+    with torch_threads(threads):
+        census = transformer.probe_census(config)
+    census_rows = transformer.probe_rows(census)
+    census_md = markdown_table(transformer.PROBE_HEADER, census_rows)
+    census_files = [
+        atomic_write_text(out / "transformer_probe.md", census_md),
+        atomic_write_text(out / "transformer_probe.csv", census.to_csv(index=False)),
+    ]
+    probe_result = Reproduction(
+        "transformer_probe", census, census_md, census_files, transformer.PROBE_HEADER, census_rows
+    )
+    specs = transformer.select()
+    progress, on_run, on_step = training_progress(console, len(specs) * config.steps)
+    with progress:
+        trained = transformer.train_all(
+            out / "runs" / "transformer",
+            config,
+            threads=threads,
+            on_run=on_run,
+            on_step=on_step,
+        )
+    table = transformer.runs_table(trained)
+    header, rows = transformer.table_header(), transformer.table_rows(table)
+    markdown = markdown_table(header, rows)
+    series = {item.label: transformer.invariant_series(load(item.paths[0])) for item in trained}
+    figure = transformer_figure(
+        series,
+        windows=(transformer.MID, transformer.END),
+        title=(
+            f"Tiny GPT (QK-norm) on the standard library's source, warmup + cosine, "
+            f"{config.steps} steps: means over q and k"
+        ),
+    )
+    files = [
+        _save(figure, out / "transformer"),
+        atomic_write_text(out / "transformer.md", markdown),
+        atomic_write_text(out / "transformer.csv", table.to_csv(index=False)),
+    ]
+    comparison = Reproduction("transformer", table, markdown, files, header, rows)
+    return [probe_result, comparison]
+
+
+# --------------------------------------------------------------------------------------------
 # All of it, with terminal output
 # --------------------------------------------------------------------------------------------
 
 
 def _rich_table(reproduction: Reproduction, title: str) -> Any:
     from stepsize_lens.experiments.digits import caption as digits_caption
+    from stepsize_lens.experiments.transformer import CAPTION as TRANSFORMER_CAPTION
 
     caption = None
     if reproduction.experiment == "digits":
         seeds = reproduction.table["seeds"]
         caption = digits_caption(int(seeds.max()) if len(seeds) else 1)
+    elif reproduction.experiment == "transformer":
+        caption = TRANSFORMER_CAPTION
     return rich_table(reproduction.header, reproduction.rows, title, caption)
 
 
@@ -356,6 +429,8 @@ TITLES = {
     "toy2d": "2D toy: −cos(w, w*), lr 0.04, from ‖w0‖ = 1",
     "toy3d": "3D scale-invariant Rosenbrock",
     "digits": "Digits CNN: scale-invariant tensors, mean ± std over seeds",
+    "transformer_probe": "Tiny GPT: which 2-D tensors the functional probe finds scale-invariant",
+    "transformer": "Tiny GPT, warmup + cosine: the late gradient-norm rise on q and k",
 }
 
 
@@ -385,17 +460,24 @@ def reproduce(
     results = []
     for name in names:
         if name == "toy2d":
-            result = reproduce_toy2d(out, steps)
+            produced = [reproduce_toy2d(out, steps)]
         elif name == "toy3d":
-            result = reproduce_toy3d(out, steps)
+            produced = [reproduce_toy3d(out, steps)]
+        elif name == "digits":
+            produced = [
+                reproduce_digits(
+                    out, steps, seed=seed, seeds=seeds, threads=threads, console=console
+                )
+            ]
         else:
-            result = reproduce_digits(
-                out, steps, seed=seed, seeds=seeds, threads=threads, console=console
+            produced = reproduce_transformer(
+                out, steps, seed=seed, threads=threads, console=console
             )
-        title = TITLES[name]
-        if name == "digits":
-            title += f" ({int(result.table['steps'].max())} steps)"
-        console.print(_rich_table(result, title))
-        console.print("wrote " + ", ".join(str(path) for path in result.files))
-        results.append(result)
+        for result in produced:
+            title = TITLES[result.experiment]
+            if result.experiment in ("digits", "transformer"):
+                title += f" ({int(result.table['steps'].max())} steps)"
+            console.print(_rich_table(result, title))
+            console.print("wrote " + ", ".join(str(path) for path in result.files))
+            results.append(result)
     return results
