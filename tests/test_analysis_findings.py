@@ -111,7 +111,7 @@ def test_no_weight_decay_on_scale_invariant_tensors_fires() -> None:
         ("AdamW", "0.01 to 0.05 with AdamW", "5e-4"),
         ("AdamP", "0.01 to 0.05 with AdamP", "5e-4"),
         ("Adam", "torch.optim.AdamW", "5e-4"),
-        ("Lion", "typically a small value", "5e-4"),
+        ("Shampoo", "typically a small value", "5e-4"),
     ],
 )
 def test_no_weight_decay_suggests_a_value_for_the_optimizer_family(
@@ -140,7 +140,7 @@ def test_equilibrium_reached_is_silent_when_missed_or_undefined() -> None:
     assert "equilibrium_reached" not in kinds(
         find(healthy_run(angular_update=0.5 * equilibrium_angle_sgd()))
     )
-    assert not kinds(find(healthy_run(optimizer="Lion"))) & {
+    assert not kinds(find(healthy_run(optimizer="Shampoo"))) & {
         "equilibrium_reached",
         "equilibrium_missed",
     }

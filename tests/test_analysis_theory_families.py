@@ -19,7 +19,10 @@ def test_family_dispatch_matches_the_formulas() -> None:
     assert theory.equilibrium_angle(
         "adamp", 1e-3, 0.05, beta1=0.9, projected=False
     ) == pytest.approx(theory.adamw_equilibrium_angle(1e-3, 0.05, 0.9))
-    assert np.isnan(theory.equilibrium_angle("adam", 1e-3, 0.05))
+    # Adam with L2 has an equilibrium now: the decay acts through the normaliser
+    assert theory.equilibrium_angle("adam", 1e-3, 0.05, numel=100, scale_free_grad_norm=10.0) > 0
+    assert np.isnan(theory.equilibrium_angle("adam", 1e-3, 0.05))  # needs numel and g̃
+    assert np.isnan(theory.equilibrium_angle("nonesuch", 1e-3, 0.05))
     assert theory.relaxation_steps("sgd", 0.1, 0.01, momentum=0.9) == pytest.approx(25.0)
     assert theory.relaxation_steps("adamw", 0.01, 0.5) == pytest.approx(100.0)
     assert theory.relaxation_steps("sgd", 0.1, 0.0) == np.inf
@@ -37,7 +40,11 @@ def test_equilibrium_norm_dispatch() -> None:
     )
     assert projected[0] == pytest.approx(float(theory.adamp_equilibrium_norm(1e-3, 0.05, 100)))
     assert projected[1] == pytest.approx(float(theory.adamw_equilibrium_norm(1e-3, 0.05, 100)))
-    assert np.isnan(families.equilibrium_norm("adam", 1e-3, 0.05, numel=100))
+    # Adam with L2: ‖w‖³ = η·sqrt(numel)·g̃/(2λ) (noise-dominated, λ‖w‖ ≪ ‖g‖)
+    assert families.equilibrium_norm(
+        "adam", 1e-3, 0.05, numel=100, scale_free_grad_norm=10.0
+    ) == pytest.approx((1e-3 * 10 * 10 / (2 * 0.05)) ** (1 / 3))
+    assert np.isnan(families.equilibrium_norm("adam", 1e-3, 0.05, numel=100))  # needs g̃
     assert np.isnan(families.relaxation_steps("nonesuch", 0.1, 0.01))
 
 
@@ -46,9 +53,24 @@ def test_recognition_from_the_optimizer_class() -> None:
     assert families.family_of_optimizer("AdamW") == "adamw"
     assert families.family_of_optimizer("Adam", {}) == "adam"
     assert families.family_of_optimizer("Adam", {"decoupled_weight_decay": True}) == "adamw"
-    assert families.family_of_optimizer("Lion") == "unknown"
+    assert families.family_of_optimizer("Lion") == "lion"  # lion_pytorch's and timm's
+    assert families.family_of_optimizer("AdamC") == "adamc"
+    assert families.family_of_optimizer("AdamW", {"corrected_weight_decay": True}) == "adamc"
+    assert families.family_of_optimizer("Muon", {}, "torch.optim._muon") == "muon"
+    assert families.family_of_optimizer("Muon", {}, "timm.optim.muon") == "unknown"
+    assert families.family_of_optimizer("Shampoo") == "unknown"
     assert families.family_of_optimizer("SGD", None) == "sgd"
-    assert families.FAMILIES == ("sgd", "adamw", "adam", "sgdp", "adamp", "unknown")
+    assert families.FAMILIES == (
+        "sgd",
+        "adamc",
+        "adamw",
+        "adam",
+        "sgdp",
+        "adamp",
+        "lion",
+        "muon",
+        "unknown",
+    )
     assert families.family_entry("nonesuch") is families.UNKNOWN
 
 
@@ -56,11 +78,13 @@ def test_table_entries_say_what_each_family_does() -> None:
     table = families.FAMILY_TABLE
     assert {name for name, f in table.items() if f.projects} == {"sgdp", "adamp"}
     assert {name for name, f in table.items() if f.base == "sgd"} == {"sgd", "sgdp"}
-    assert {name for name, f in table.items() if f.decoupled_decay} == {"adamw", "sgdp", "adamp"}
+    coupled = {"sgd", "adam"}  # weight decay added to the gradient
+    assert {name for name, f in table.items() if f.decoupled_decay} == set(table) - coupled
     assert [name for name, f in table.items() if f.gradient_identity] == ["sgd"]
-    assert table["adam"].equilibrium_angle is None  # L2 through Adam's normaliser: no theory
     for name, family in table.items():
         assert family.name == name and family.typical_weight_decay
+        assert family.predicts and family.equilibrium_angle is not None
+    assert not families.UNKNOWN.predicts
 
 
 def test_a_new_family_is_one_table_entry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,6 +94,7 @@ def test_a_new_family_is_one_table_entry(monkeypatch: pytest.MonkeyPatch) -> Non
     run = crafted_run(tensors=tensors, records=5, optimizer="Toy", groups={"weight_decay": 0.02})
     assert theory.optimizer_family(run) == "unknown"
     assert theory.equilibrium_predictions(run)["predicted_angle"].isna().all()
+    assert theory.predict(run).empty  # no derived prediction: left out, not guessed
     toy = families.Family(
         "toy",
         families.named("Toy"),

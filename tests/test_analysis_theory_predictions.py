@@ -44,7 +44,8 @@ def test_norm_identity_holds_on_recorded_float64_runs(tmp_path, name) -> None:
 def test_optimizer_family_from_meta() -> None:
     assert theory.optimizer_family(crafted_run(records=2, optimizer="SGD")) == "sgd"
     assert theory.optimizer_family(crafted_run(records=2, optimizer="AdamP")) == "adamp"
-    assert theory.optimizer_family(crafted_run(records=2, optimizer="Lion")) == "unknown"
+    assert theory.optimizer_family(crafted_run(records=2, optimizer="Lion")) == "lion"
+    assert theory.optimizer_family(crafted_run(records=2, optimizer="Shampoo")) == "unknown"
     run = crafted_run(records=2, optimizer="Adam")
     assert theory.optimizer_family(run) == "adam"
     run.meta["optimizer"]["defaults"] = {"decoupled_weight_decay": True}
@@ -93,7 +94,7 @@ def test_equilibrium_predictions_per_family_and_projection() -> None:
     )
 
     unknown = theory.equilibrium_predictions(
-        crafted_run(tensors=TENSORS, records=3, optimizer="Lion")
+        crafted_run(tensors=TENSORS, records=3, optimizer="Shampoo")
     )
     assert unknown["predicted_angle"].isna().all()
 

@@ -27,6 +27,8 @@ detail)::
     momentum_growth_factor, sgd_/adamw_/sgdp_/adamp_equilibrium_angle and _norm, no_decay_norm,
     decay_exponent; FAMILY_TABLE, equilibrium_angle(family, ...), equilibrium_norm(family, ...),
     relaxation_steps(family, ...)
+    predict(run, by="class") -> tidy step, set, metric, predicted, measured, equilibrium: the
+    per-step recurrence along the recorded schedule; forecast(run) -> Forecast (per tensor)
     optimizer_family(run); norm_identity(run); equilibrium_predictions(run);
     equilibrium_check(run, window=0.2, by="tensor"|"class"|"invariant"); decay_exponents(run);
     sqrt_law(run)  (c·t^(−1/2) overlay fitted per tensor)
@@ -77,11 +79,13 @@ from stepsize_lens.analysis.theory import (
     equilibrium_check,
     equilibrium_norm,
     equilibrium_predictions,
+    forecast,
     momentum_growth_factor,
     momentum_norm_sq,
     norm_identity,
     norm_sq_after,
     optimizer_family,
+    predict,
     relaxation_steps,
     sqrt_law,
 )
@@ -107,6 +111,7 @@ __all__ = [
     "equilibrium_norm",
     "equilibrium_predictions",
     "find",
+    "forecast",
     "is_invariant",
     "last_logged",
     "lr_changes",
@@ -117,6 +122,7 @@ __all__ = [
     "norm_sq_after",
     "optimizer_family",
     "overview",
+    "predict",
     "rank",
     "reduce",
     "relaxation_steps",

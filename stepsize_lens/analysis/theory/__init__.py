@@ -5,8 +5,13 @@
 - `families`: the optimizer families as one table (`FAMILY_TABLE`: how each is recognised,
   which formulas give its equilibrium, relaxation and decoupled decay, whether it projects),
   and the family-keyed `equilibrium_angle`, `equilibrium_norm`, `relaxation_steps`;
+- `recurrence`: the per-step mean-field recurrence of one optimizer step on a scale-invariant
+  tensor (`Dynamics`, `step`, `integrate`) and its constant-lr fixed point (`equilibrium`);
+  `newton_schulz`: the size and gain of Muon's orthogonalized update per shape;
+- `forecast`: the recurrence integrated along a run's recorded schedule (`forecast`, `predict`,
+  `run_hyper`, `optimizer_family`);
 - `predictions`: per record and tensor of a `Run` (`norm_identity`, `equilibrium_predictions`,
-  `equilibrium_check`, `decay_exponents`, `sqrt_law`, `optimizer_family`).
+  `equilibrium_check`, `decay_exponents`, `sqrt_law`).
 
 Everything public is importable from here.
 """
@@ -24,6 +29,13 @@ from stepsize_lens.analysis.theory.families import (
     family_entry,
     family_of_optimizer,
     relaxation_steps,
+)
+from stepsize_lens.analysis.theory.forecast import (
+    Forecast,
+    forecast,
+    optimizer_family,
+    predict,
+    run_hyper,
 )
 from stepsize_lens.analysis.theory.formulas import (
     ArrayLike,
@@ -57,13 +69,16 @@ from stepsize_lens.analysis.theory.predictions import (
     equilibrium_check,
     equilibrium_predictions,
     norm_identity,
-    optimizer_family,
     predictions_for,
     sqrt_law,
 )
+from stepsize_lens.analysis.theory.recurrence import Dynamics, Equilibrium, equilibrium, integrate
 
 __all__ = [
     "ArrayLike",
+    "Dynamics",
+    "Equilibrium",
+    "Forecast",
     "FAMILIES",
     "FAMILY_TABLE",
     "Family",
@@ -79,22 +94,27 @@ __all__ = [
     "decay_exponent",
     "decay_exponents",
     "decoupled_norm_sq",
+    "equilibrium",
     "equilibrium_angle",
     "equilibrium_check",
     "equilibrium_norm",
     "equilibrium_predictions",
     "family_entry",
     "family_of_optimizer",
+    "forecast",
+    "integrate",
     "momentum_growth_factor",
     "momentum_norm_sq",
     "no_decay_norm",
     "norm_identity",
     "norm_sq_after",
     "optimizer_family",
+    "predict",
     "plain_gd_norm_sq",
     "predictions_for",
     "projected_norm_sq",
     "relaxation_steps",
+    "run_hyper",
     "sgd_equilibrium_angle",
     "sgd_equilibrium_norm",
     "sgd_relaxation_rate",

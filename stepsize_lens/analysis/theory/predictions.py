@@ -1,48 +1,33 @@
 """Theory predictions per record and tensor of a recorded `Run` (docs/design.md §5): the one-step
 norm identity, the equilibrium each tensor's optimizer family drives it to, how close the end of a
 run gets, and the t^(−1/2) law without weight decay. The formulas are in `formulas`, the
-per-family choice of formula in `families`.
+per-family choice of formula in `families`; the predictions that follow the schedule step by
+step in `forecast`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stepsize_lens._schema import INVARIANT_CLASSES
-from stepsize_lens.analysis.frames import (
-    is_invariant,
-    record_frame,
-    tensor_classes,
-    tensor_group_field,
+from stepsize_lens.analysis.frames import record_frame, tensor_classes, tensor_group_field
+from stepsize_lens.analysis.theory.families import family_entry
+from stepsize_lens.analysis.theory.forecast import optimizer_family, run_hyper
+from stepsize_lens.analysis.theory.formulas import (
+    decay_exponent,
+    decoupled_norm_sq,
+    norm_sq_after,
+    time_constant,
 )
-from stepsize_lens.analysis.theory.families import (
-    Hyper,
-    equilibrium_angle,
-    equilibrium_norm,
-    family_entry,
-    family_of_optimizer,
-    relaxation_steps,
-)
-from stepsize_lens.analysis.theory.formulas import decay_exponent, decoupled_norm_sq, norm_sq_after
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from stepsize_lens.run import Run
-
-
-def optimizer_family(run: Run) -> str:
-    """The theory family of a run's optimizer: a name of `families.FAMILY_TABLE` (sgd, adamw,
-    adam, sgdp, adamp) or unknown.
-
-    From ``meta["optimizer"]["class"]`` (and its defaults: torch's Adam with
-    ``decoupled_weight_decay=True`` is AdamW), by `families.family_of_optimizer`.
-    """
-    info = run.meta.get("optimizer") or {}
-    return family_of_optimizer(str(info.get("class") or ""), info.get("defaults") or {})
 
 
 def _late_records(run: Run, start: float) -> np.ndarray:
@@ -51,12 +36,6 @@ def _late_records(run: Run, start: float) -> np.ndarray:
     if steps.size == 0:
         return np.zeros(0, bool)
     return (steps >= start * steps.max()) & ~run.skipped.astype(bool)
-
-
-def _projected(run: Run, classes: pd.Series) -> np.ndarray:
-    """[R, T] bool: did AdamP/SGDP project this tensor at this record (else: is it invariant)."""
-    applied = run.view("applied_view")
-    return np.where(applied >= 0, applied > 0, is_invariant(classes)[None, :])
 
 
 def norm_identity(run: Run) -> pd.DataFrame:
@@ -82,19 +61,17 @@ def norm_identity(run: Run) -> pd.DataFrame:
         measured[:-1] = np.where(consecutive[:, None], w[1:] ** 2, np.nan)
     lr = tensor_group_field(run, "lr", np.nan)
     wd = tensor_group_field(run, "weight_decay", 0.0)
-    family = family_entry(optimizer_family(run))
+    name = optimizer_family(run)
+    family = family_entry(name)
     decay = np.full_like(predicted, np.nan)
     if family.decoupled_decay is not None:
-        projected = run.view("applied_view") > 0
-        lam = family.decoupled_decay(
-            Hyper(
-                lr,
-                wd,
-                momentum=tensor_group_field(run, "momentum", 0.0),
-                wd_ratio=tensor_group_field(run, "wd_ratio", 1.0),
-                projected=projected,
-            )
-        )
+        import pandas as pd
+
+        # the decay the optimizer applied: projected where the run says so (no class guess)
+        hyper = run_hyper(run, pd.Series("none", index=run.tensor_names), name)
+        if family.projects:
+            hyper = replace(hyper, projected=run.view("applied_view") > 0)
+        lam = np.asarray(family.decoupled_decay(hyper), dtype=np.float64)
         decay = (1.0 - lr * lam) ** 2 * w * w
     gradient = np.full_like(predicted, np.nan)
     if family.gradient_identity:
@@ -137,32 +114,26 @@ def equilibrium_predictions(
     """
     classes = tensor_classes(run, classes)
     family = family or optimizer_family(run)
-    lr = tensor_group_field(run, "lr", np.nan)
-    wd = tensor_group_field(run, "weight_decay", 0.0)
-    mom = tensor_group_field(run, "momentum", 0.0)
-    damp = tensor_group_field(run, "dampening", 0.0)
-    beta1 = tensor_group_field(run, "beta1", 0.9)
-    ratio = tensor_group_field(run, "wd_ratio", 1.0)
-    projected = (
-        _projected(run, classes) if family_entry(family).projects else np.zeros(lr.shape, bool)
-    )
+    entry = family_entry(family)
+    hyper = run_hyper(run, classes, family)
+    lr, wd, projected = hyper.lr, hyper.weight_decay, hyper.projected
     weight = run.metric("weight_norm").astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        scale_free = weight * run.metric("grad_norm").astype(np.float64)
-    hyper = dict(momentum=mom, dampening=damp, beta1=beta1, wd_ratio=ratio, projected=projected)
-    angle = np.asarray(equilibrium_angle(family, lr, wd, **hyper), dtype=np.float64)
-    norm = equilibrium_norm(
-        family, lr, wd, scale_free_grad_norm=scale_free, numel=run.numel[None, :], **hyper
-    )
+    if entry.equilibrium_angle is None:
+        angle = np.full(lr.shape, np.nan)
+    else:
+        angle = np.asarray(entry.equilibrium_angle(hyper), dtype=np.float64) * np.ones_like(lr)
+    if entry.equilibrium_norm is None:
+        norm = np.full(lr.shape, np.nan)
+    else:
+        norm = np.asarray(entry.equilibrium_norm(hyper), dtype=np.float64) * np.ones_like(lr)
     no_decay = ~(wd > 0)
     angle = np.where(no_decay, np.nan, angle)
     norm = np.where(no_decay, np.nan, norm)
-    relax = np.asarray(
-        relaxation_steps(
-            family, lr, wd, momentum=mom, dampening=damp, wd_ratio=ratio, projected=projected
-        ),
-        dtype=np.float64,
-    ) * np.ones_like(lr)
+    if entry.relaxation_rate is None:
+        relax = np.full(lr.shape, np.nan)
+    else:
+        rate = np.asarray(entry.relaxation_rate(hyper), dtype=np.float64) * np.ones_like(lr)
+        relax = time_constant(np.where(no_decay & ~np.isnan(rate), 0.0, rate))
     return record_frame(
         run,
         {
