@@ -75,7 +75,7 @@ TEXT_TOKENS = len(TEXT_VOCAB) + 1
 _INDEX = {char: index for index, char in enumerate(TEXT_VOCAB)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TextSplit:
     """Token ids (int64) for training and validation, and the files they came from (in order)."""
 

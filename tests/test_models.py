@@ -91,3 +91,38 @@ def test_builtin_registry_builds_and_runs(name):
 
 def test_builtin_names():
     assert set(BUILTIN_MODELS) == {"resnet18", "vit", "mlp", "digits_cnn"}
+
+
+def test_tiny_gpt_is_causal_and_small():
+    from stepsize_lens.models import tiny_gpt
+
+    torch.manual_seed(0)
+    model = tiny_gpt(qk_norm=True)
+    numel, _ = _count(model)
+    assert 100_000 < numel < 130_000
+    tokens = torch.randint(0, 97, (2, 16))
+    logits = model(tokens)
+    assert logits.shape == (2, 16, 97)
+    changed = tokens.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 97
+    # positions before the change see only the tokens before them
+    torch.testing.assert_close(model(changed)[:, :10], logits[:, :10])
+    assert not torch.allclose(model(changed)[:, 10:], logits[:, 10:])
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_qk_norm_makes_q_and_k_scale_invariant_and_nothing_else():
+    from stepsize_lens.invariance import probe
+    from stepsize_lens.models import tiny_gpt
+
+    tokens = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    for qk_norm in (False, True):
+        torch.manual_seed(0)
+        model = tiny_gpt(dim=16, depth=1, heads=2, qk_norm=qk_norm)
+        verdicts = probe(model, tokens).verdicts
+        invariant = sorted(name for name, cls in verdicts.items() if cls != "none")
+        expected = ["blocks.0.attn.k.weight", "blocks.0.attn.q.weight"] if qk_norm else []
+        assert invariant == expected
+        if qk_norm:  # a head normalises many rows together: the whole tensor, not each row
+            assert {verdicts[name] for name in invariant} == {"layer"}

@@ -152,20 +152,32 @@ def demo(
 @_user_errors
 def reproduce(
     experiment: Annotated[
-        Experiment, typer.Argument(help="toy2d, toy3d, digits (the CNN, minutes) or all.")
+        Experiment,
+        typer.Argument(
+            help="toy2d, toy3d, digits (the CNN, minutes), schedules (the CNN under cosine and "
+            "WSD with the theory's predictions, minutes), transformer (a tiny GPT, minutes) or "
+            "all."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for figures, tables and runs/.")] = Path(
         "figures"
     ),
     steps: Annotated[
         int | None,
-        typer.Option(help="Steps of every run (default: toy2d 1000, toy3d 5000, digits 1000)."),
+        typer.Option(
+            help="Steps of every run (default: toy2d 1000, toy3d 5000, digits and schedules "
+            "1000, transformer 1500)."
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="First digits seed (the toys are deterministic).")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(help="First digits seed, the schedules and transformer seed (toys: none)."),
+    ] = 0,
     seeds: Annotated[int, typer.Option(help="Number of digits seeds.")] = 3,
 ) -> None:
-    """Reproduce the AdamP paper's experiments: tables printed and saved (markdown, CSV) with
-    their figures (PNG) in --out; run files and trajectories in --out/runs/."""
+    """Reproduce the AdamP paper's experiments and the schedule and transformer ones: tables
+    printed and saved (markdown, CSV) with their figures (PNG) in --out; run files and
+    trajectories in --out/runs/."""
     from stepsize_lens.experiments.reproduce import reproduce as run_reproduce
 
     run_reproduce(experiment.value, out=out, steps=steps, seed=seed, seeds=seeds)

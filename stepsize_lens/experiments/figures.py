@@ -15,7 +15,7 @@ The digits runs' own figures (paper panel, norm growth, effective step) come fro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -290,4 +290,65 @@ def transformer_figure(
         fig.legend(handles, names, loc="outside lower center", ncols=len(names))
         if title:
             fig.suptitle(title, fontsize=9, color="0.3")
+    return fig
+
+
+def schedules_figure(
+    runs: Mapping[str, Mapping[str, Run]],
+    predicted: Mapping[str, Mapping[str, Curves]],
+) -> Figure:
+    """Variant label → optimizer label → run, and the same → metric → (steps, values) of the
+    theory's prediction. One row per variant: the scale-invariant tensors' mean ‖w_t‖/‖w_0‖
+    and mean angular update (smoothed over records/40, log scale) per optimizer, measured solid
+    and predicted dashed in the same colour, with the lr schedule (grey, right axis) behind
+    the angular update."""
+    with style():
+        fig, axes = figure(2, nrows=len(runs), height=2.1)
+        axes = axes.reshape(len(runs), 2)
+        for (variant, by_optimizer), (norm_ax, angle_ax) in zip(runs.items(), axes):
+            lr_drawn = False
+            for i, (label, run) in enumerate(by_optimizer.items()):
+                color = OKABE_ITO[i % len(OKABE_ITO)]
+                steps, norm = _invariant_series(run, "weight_norm")
+                norm_ax.plot(steps, norm / norm[0], color=color, label=label)
+                angles = _invariant_series(run, "angular_update")[1]
+                window = window_for(len(steps), "auto")
+                angle_ax.plot(steps, rolling_mean(angles, window), color=color, label=label)
+                curves = predicted.get(variant, {}).get(label, {})
+                if "weight_norm" in curves:
+                    p_steps, p_norm = curves["weight_norm"]
+                    norm_ax.plot(p_steps, p_norm / norm[0], color=color, ls="--", lw=1.0)
+                if "angular_update" in curves:
+                    angle_ax.plot(*curves["angular_update"], color=color, ls="--", lw=1.0)
+                if not lr_drawn:
+                    from stepsize_lens.analysis.frames import tensor_group_field
+
+                    lr_ax = angle_ax.twinx()
+                    lr = tensor_group_field(run, "lr")[:, 0]
+                    lr_ax.plot(run.steps, lr / np.nanmax(lr), color="0.75", lw=0.8, zorder=0)
+                    lr_ax.set_ylim(0, 1.05)
+                    lr_ax.set_yticks([])
+                    lr_ax.grid(False)
+                    lr_drawn = True
+            norm_ax.set_title(f"{variant}: ‖w_t‖ / ‖w_0‖")
+            angle_ax.set_title(f"{variant}: angular update (lr in grey)")
+            angle_ax.set_yscale("log")
+            norm_ax.set_ylabel("relative norm")
+            angle_ax.set_ylabel("radians per step")
+        for ax in axes[-1]:
+            ax.set_xlabel("step")
+        entries: dict[str, Any] = {}
+        for ax in axes[:, 1]:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(name, handle)
+        from matplotlib.lines import Line2D
+
+        entries["predicted"] = Line2D([], [], color="0.3", linestyle="--", linewidth=1.0)
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=6)
+        fig.suptitle(
+            "Digits CNN under decaying schedules, scale-invariant tensors: measured (solid) and "
+            "predicted (dashed)",
+            fontsize=9,
+            color="0.3",
+        )
     return fig

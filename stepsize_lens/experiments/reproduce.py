@@ -1,6 +1,7 @@
 """``stepsize-lens reproduce``: run the paper's experiments and write tables and figures.
 
-    reproduce("toy2d" | "toy3d" | "digits" | "all", out="figures", steps=None, seed=0, seeds=3)
+    reproduce("toy2d" | "toy3d" | "digits" | "schedules" | "transformer" | "all",
+              out="figures", steps=None, seed=0, seeds=3)
 
 writes into ``out``:
 
@@ -14,9 +15,19 @@ writes into ``out``:
 - ``digits_panel.png``, ``digits_seeds.png``, ``digits.md``, ``digits.csv``,
   ``digits_runs.csv``: the digits CNN with the five optimizers of `digits.PAPER_OPTIMIZERS` on seeds
   seed … seed+seeds−1 (1000 steps each), mean ± std over seeds; run files in ``runs/digits/``.
+- ``digits_schedules.png``, ``digits_schedules.md``, ``digits_schedules.csv``: the digits CNN
+  under warmup + cosine and warmup-stable-decay, and cosine with shuffled labels
+  (`digits_schedules`, seed ``seed``), with `analysis.predict`'s curves beside the measured ones
+  and their agreement over the second half; run files in ``runs/digits_schedules/``.
+- ``transformer_probe.md``/``.csv``, ``transformer.png``, ``transformer.md``,
+  ``transformer.csv``: the tiny GPT on the standard library's source (`transformer`): which
+  tensors the functional probe finds scale-invariant without and with QK-norm, then AdamW,
+  AdamP, AdamC and Muon under warmup + cosine (the late gradient-norm rise, predicted against
+  measured); run files in ``runs/transformer/``.
 
-``steps`` overrides every experiment's horizon. The toys are deterministic; ``seed`` only moves
-the digits seeds. Everything in ``out`` except ``runs/`` is small enough to commit.
+``steps`` overrides every experiment's horizon. The toys are deterministic; ``seed`` moves the
+digits seeds and the seed of the schedules and transformer runs. Everything in ``out`` except
+``runs/`` is small enough to commit.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from stepsize_lens.report.text import markdown_table, rich_table
 if TYPE_CHECKING:
     import pandas as pd
 
-EXPERIMENTS = ("toy2d", "toy3d", "digits", "transformer")
+EXPERIMENTS = ("toy2d", "toy3d", "digits", "schedules", "transformer")
 TOY2D_LR = 0.04
 TOY2D_STEPS = 1000
 TOY2D_TOLERANCE = 1e-2
@@ -338,6 +349,59 @@ def reproduce_digits(
 
 
 # --------------------------------------------------------------------------------------------
+# Digits under decaying schedules
+# --------------------------------------------------------------------------------------------
+
+
+def reproduce_schedules(
+    out: str | Path,
+    steps: int | None = None,
+    seed: int = 0,
+    threads: int | None = 1,
+    console: Any = None,
+) -> Reproduction:
+    """The digits CNN under warmup + cosine, WSD and cosine with shuffled labels
+    (`digits_schedules`), predictions overlaid: ``digits_schedules.png``, ``.md``, ``.csv``;
+    run files in ``runs/digits_schedules/``."""
+    from stepsize_lens.experiments import digits, digits_schedules
+    from stepsize_lens.experiments.figures import schedules_figure
+    from stepsize_lens.experiments.predicted import predicted_series
+    from stepsize_lens.run import load
+
+    _check_steps(steps)
+    out = Path(out)
+    steps = steps or digits.FULL_STEPS
+    variants = digits_schedules.VARIANTS
+    total = sum(len(digits_schedules.variant_optimizers(v)) for v in variants) * steps
+    progress, on_run, on_step = training_progress(console, total)
+    with progress:
+        trained = digits_schedules.train_all(
+            out / "runs" / "digits_schedules",
+            steps,
+            seed=seed,
+            threads=threads,
+            on_run=on_run,
+            on_step=on_step,
+        )
+    table = digits_schedules.runs_table(trained)
+    header, rows = digits_schedules.HEADER, digits_schedules.table_rows(table)
+    markdown = markdown_table(header, rows)
+    runs: dict[str, dict[str, Any]] = {}
+    predicted: dict[str, dict[str, Any]] = {}
+    for item in trained:
+        run = load(item.path)
+        runs.setdefault(item.variant.label, {})[item.label] = run
+        curves = {metric: curve[:2] for metric, curve in predicted_series(run).items()}
+        predicted.setdefault(item.variant.label, {})[item.label] = curves
+    files = [
+        _save(schedules_figure(runs, predicted), out / "digits_schedules"),
+        atomic_write_text(out / "digits_schedules.md", markdown),
+        atomic_write_text(out / "digits_schedules.csv", table.to_csv(index=False)),
+    ]
+    return Reproduction("schedules", table, markdown, files, header, rows)
+
+
+# --------------------------------------------------------------------------------------------
 # A tiny GPT on the standard library's source
 # --------------------------------------------------------------------------------------------
 
@@ -389,9 +453,15 @@ def reproduce_transformer(
     table = transformer.runs_table(trained)
     header, rows = transformer.table_header(), transformer.table_rows(table)
     markdown = markdown_table(header, rows)
-    series = {item.label: transformer.invariant_series(load(item.paths[0])) for item in trained}
+    runs = {item.label: load(item.paths[0]) for item in trained}
+    series = {label: transformer.invariant_series(run) for label, run in runs.items()}
+    predicted = {
+        label: {metric: curve[:2] for metric, curve in transformer.predicted_series(run).items()}
+        for label, run in runs.items()
+    }
     figure = transformer_figure(
         series,
+        predicted,
         windows=(transformer.MID, transformer.END),
         title=(
             f"Tiny GPT (QK-norm) on the standard library's source, warmup + cosine, "
@@ -422,6 +492,10 @@ def _rich_table(reproduction: Reproduction, title: str) -> Any:
         caption = digits_caption(int(seeds.max()) if len(seeds) else 1)
     elif reproduction.experiment == "transformer":
         caption = TRANSFORMER_CAPTION
+    elif reproduction.experiment == "schedules":
+        from stepsize_lens.experiments.digits_schedules import CAPTION as SCHEDULES_CAPTION
+
+        caption = SCHEDULES_CAPTION
     return rich_table(reproduction.header, reproduction.rows, title, caption)
 
 
@@ -429,6 +503,7 @@ TITLES = {
     "toy2d": "2D toy: −cos(w, w*), lr 0.04, from ‖w0‖ = 1",
     "toy3d": "3D scale-invariant Rosenbrock",
     "digits": "Digits CNN: scale-invariant tensors, mean ± std over seeds",
+    "schedules": "Digits CNN under decaying schedules: the theory against the measurements",
     "transformer_probe": "Tiny GPT: which 2-D tensors the functional probe finds scale-invariant",
     "transformer": "Tiny GPT, warmup + cosine: the late gradient-norm rise on q and k",
 }
@@ -469,13 +544,17 @@ def reproduce(
                     out, steps, seed=seed, seeds=seeds, threads=threads, console=console
                 )
             ]
+        elif name == "schedules":
+            produced = [
+                reproduce_schedules(out, steps, seed=seed, threads=threads, console=console)
+            ]
         else:
             produced = reproduce_transformer(
                 out, steps, seed=seed, threads=threads, console=console
             )
         for result in produced:
             title = TITLES[result.experiment]
-            if result.experiment in ("digits", "transformer"):
+            if result.experiment in ("digits", "schedules", "transformer"):
                 title += f" ({int(result.table['steps'].max())} steps)"
             console.print(_rich_table(result, title))
             console.print("wrote " + ", ".join(str(path) for path in result.files))

@@ -52,7 +52,7 @@ class TransformerConfig:
     depth: int = 2
     heads: int = 4
     qk_norm: bool = True
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.3
     max_chars: int = 1_000_000
     record_every: int = 10
@@ -396,16 +396,21 @@ def invariant_series(run: Any) -> dict[str, Any]:
     }
 
 
-def window_mean(steps: Any, values: Any, window: tuple[float, float]) -> float:
-    """Mean of ``values`` over the records whose step lies in ``window`` × the last step."""
-    import numpy as np
+METRICS = (
+    "val_loss",
+    "grad_rise",
+    "norm_change",
+    "scale_free_change",
+    "angle_agreement",
+    "norm_agreement",
+)
 
-    steps = np.asarray(steps, dtype=np.float64)
-    inside = (steps >= window[0] * steps.max()) & (steps <= window[1] * steps.max())
-    return float(np.mean(np.asarray(values)[inside])) if inside.any() else float("nan")
 
+def predicted_series(run: Any) -> dict[str, tuple[Any, Any, Any]]:
+    """`predicted.predicted_series` over the probe's scale-invariant tensors."""
+    from stepsize_lens.experiments.predicted import predicted_series as series
 
-METRICS = ("val_loss", "grad_rise", "norm_change", "scale_free_change")
+    return series(run, probe_classes(run))
 
 
 def run_metrics(item: TransformerRun) -> dict[str, float]:
@@ -413,22 +418,30 @@ def run_metrics(item: TransformerRun) -> dict[str, float]:
     ``grad_rise`` = ‖g‖ end ÷ mid, ``norm_change`` = ‖w‖ end ÷ mid, ``scale_free_change`` =
     ‖g‖·‖w‖ end ÷ mid (`MID`, `END`). ‖g‖ = (‖g‖·‖w‖)/‖w‖, so grad_rise ≈ scale_free_change ÷
     norm_change: the part of the rise that comes from weight decay shrinking ‖w‖ is
-    1/norm_change."""
+    1/norm_change. ``angle_agreement`` and ``norm_agreement``: the theory's angular update and
+    ‖w‖ predicted ÷ measured over the second half (`agreement`; NaN without a prediction)."""
     from stepsize_lens.analysis import last_logged
+    from stepsize_lens.experiments.predicted import agreement, window_mean
     from stepsize_lens.run import load
 
     run = load(item.paths[0])
     series = invariant_series(run)
     steps = series["steps"]
+    predicted = predicted_series(run)
 
     def change(name: str) -> float:
         return window_mean(steps, series[name], END) / window_mean(steps, series[name], MID)
+
+    def agrees(metric: str) -> float:
+        return agreement(predicted[metric]) if metric in predicted else float("nan")
 
     return {
         "val_loss": last_logged(run, "val_loss"),
         "grad_rise": change("grad_norm"),
         "norm_change": change("weight_norm"),
         "scale_free_change": change("scale_free"),
+        "angle_agreement": agrees("angular_update"),
+        "norm_agreement": agrees("weight_norm"),
     }
 
 
@@ -457,6 +470,8 @@ TABLE_COLUMNS = (
     ("grad_rise", "‖g‖ end ÷ mid", "{:.2f}×"),
     ("scale_free_change", "‖g‖·‖w‖ end ÷ mid", "{:.2f}×"),
     ("norm_change", "‖w‖ end ÷ mid", "{:.2f}×"),
+    ("angle_agreement", "Δθ predicted ÷ measured", "{:.2f}"),
+    ("norm_agreement", "‖w‖ predicted ÷ measured", "{:.2f}"),
 )
 
 
@@ -479,5 +494,7 @@ def table_rows(table: Any) -> list[list[str]]:
 CAPTION = (
     "Over the scale-invariant tensors (the probe's: q and k with QK-norm): end ÷ mid = mean over "
     "the last tenth of the run ÷ mean over its middle fifth. ‖g‖ = (‖g‖·‖w‖) / ‖w‖: the rise "
-    "the weight decay causes is the ‖w‖ column's inverse."
+    "the weight decay causes is the ‖w‖ column's inverse. Predicted ÷ measured: "
+    "stepsize_lens.analysis.predict (the per-step recurrence along the recorded schedule), "
+    "means over the second half of the run."
 )
