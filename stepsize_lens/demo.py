@@ -8,10 +8,8 @@ effective-step decay per optimizer, then writes the comparison report
 (``stepsize_lens.report.compare_report``: one HTML page and its figures) and prints where
 everything is. Under a minute on two CPU cores.
 
-At the default constant lr AdamC's decay factor η_t/η_max is 1, so its run is AdamW's bit for
-bit (the demo says so); ``lr_schedule="cosine"`` or ``"wsd"`` (``--schedule``) trains every
-optimizer under warmup + cosine or warmup-stable-decay, where AdamC's scale-invariant tensors
-decay by η_t²λ/η_max instead.
+At the demo's constant lr AdamC's decay factor η_t/η_max is 1, so its run is AdamW's bit for
+bit, and the demo says so; ``stepsize-lens reproduce transformer`` shows where they part.
 """
 
 from __future__ import annotations
@@ -42,27 +40,22 @@ def run_demo(
     seed: int = 0,
     threads: int | None = 1,
     console: Any = None,
-    lr_schedule: str = "constant",
 ) -> DemoResult:
-    """Train the six optimizers for ``steps`` (default `DEFAULT_STEPS`) steps on ``seed`` under
-    ``lr_schedule`` (constant, cosine or wsd), recording to ``out/runs/``, then write the
-    comparison report to ``out/compare/``."""
+    """Train the six optimizers for ``steps`` (default `DEFAULT_STEPS`) steps on ``seed``,
+    recording to ``out/runs/``, then write the comparison report to ``out/compare/``."""
     from rich.console import Console
 
     from stepsize_lens.experiments import digits
-    from stepsize_lens.experiments.lr_schedules import lr_factor
     from stepsize_lens.experiments.reproduce import training_progress
     from stepsize_lens.report import compare_report
 
     console = console if console is not None else Console()
     steps = DEFAULT_STEPS if steps is None else steps
-    lr_factor(lr_schedule, 0, 1)  # an unknown schedule fails here, before any training
     out = Path(out)
     specs = digits.select()
     console.print(
         f"Training the digits CNN with {', '.join(spec.label for spec in specs)}: "
-        f"{steps} steps each, {_schedule_words(lr_schedule)}, seed {seed}, same weights and "
-        "minibatches for all."
+        f"{steps} steps each, seed {seed}, same weights and minibatches for all."
     )
     progress, on_run, on_step = training_progress(console, len(specs) * steps)
     with progress:
@@ -73,20 +66,18 @@ def run_demo(
             threads=threads,
             on_run=on_run,
             on_step=on_step,
-            lr_schedule=lr_schedule,
         )
     table = digits.runs_table(trained)
-    console.print(digits.rich_table(digits.aggregate(table), _title(steps, lr_schedule)))
+    console.print(digits.rich_table(digits.aggregate(table), _title(steps)))
     console.print(
         "SGD momentum grows the scale-invariant weights' norms, so their effective step "
         "(angle per update) shrinks; SGDP and AdamP keep the norms nearly constant."
     )
-    if lr_schedule == "constant":
-        console.print(
-            "AdamC's row is AdamW's: at a constant lr its decay factor η_t/η_max is 1. Under a "
-            "decaying schedule (stepsize-lens demo --schedule cosine) it decays the "
-            "scale-invariant weights by η_t²λ/η_max instead of η_t·λ."
-        )
+    console.print(
+        "AdamC's row is AdamW's: at a constant lr its decay factor η_t/η_max is 1. Under a "
+        "decaying schedule it decays the scale-invariant weights by η_t²λ/η_max instead of "
+        "η_t·λ (stepsize-lens reproduce transformer)."
+    )
     result = compare_report(
         [item.path for item in trained],
         out=out / "compare",
@@ -110,19 +101,8 @@ def run_demo(
     )
 
 
-def _schedule_words(lr_schedule: str) -> str:
-    return {
-        "constant": "constant lr",
-        "cosine": "warmup + cosine",
-        "wsd": "warmup-stable-decay",
-    }[lr_schedule]
-
-
-def _title(steps: int, lr_schedule: str = "constant") -> str:
-    return (
-        f"Digits CNN, {steps} steps, {_schedule_words(lr_schedule)}: scale-invariant tensors "
-        "(the six conv weights)"
-    )
+def _title(steps: int) -> str:
+    return f"Digits CNN, {steps} steps: scale-invariant tensors (the six conv weights)"
 
 
 class _Discard:

@@ -52,9 +52,3 @@ def test_demo_rejects_zero_steps(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--steps", "0", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "steps" in result.output
-
-
-def test_demo_rejects_an_unknown_schedule(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--schedule", "linear", "--out", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "schedule" in result.output

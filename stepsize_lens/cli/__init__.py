@@ -118,14 +118,6 @@ class Experiment(str, Enum):
     all = "all"
 
 
-class LrSchedule(str, Enum):
-    """`experiments.lr_schedules.SCHEDULES`, spelled here too so that --help needs no torch."""
-
-    constant = "constant"
-    cosine = "cosine"
-    wsd = "wsd"
-
-
 @app.command()
 @_user_errors
 def demo(
@@ -136,16 +128,12 @@ def demo(
         int | None, typer.Option(help="Training steps per run (default: the quick setting).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (initial weights, minibatch order).")] = 0,
-    schedule: Annotated[
-        LrSchedule,
-        typer.Option(help="lr schedule: constant, warmup + cosine, or warmup-stable-decay."),
-    ] = LrSchedule.constant,
 ) -> None:
     """Train a small BatchNorm CNN on real digits with SGD, SGD+momentum, SGDP, AdamW, AdamP and
     AdamC (lens attached; under a minute on two CPU cores), then write their comparison report."""
     from stepsize_lens.demo import run_demo
 
-    run_demo(out=out, steps=steps, seed=seed, lr_schedule=schedule.value)
+    run_demo(out=out, steps=steps, seed=seed)
 
 
 @app.command()

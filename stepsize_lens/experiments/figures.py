@@ -244,7 +244,7 @@ TRANSFORMER_PANELS = (
     ("weight_norm", "‖w‖", "Weight norm", False),
     ("grad_norm", "‖g‖", "Gradient norm", False),
     ("scale_free", "‖g‖·‖w‖", "Scale-free gradient ‖g‖·‖w‖", False),
-    ("angular_update", "radians per step", "Angular update (effective step)", True),
+    ("angular_update", "radians per step", "Angular update (effective step)", False),
 )
 
 
@@ -255,11 +255,11 @@ def transformer_figure(
     title: str = "",
 ) -> Figure:
     """Label → `transformer.invariant_series` (per record, means over the scale-invariant
-    tensors): four panels over steps, ‖w‖, ‖g‖, ‖g‖·‖w‖ and the angular update (log scale),
-    each optimizer a colour; ‖g‖, ‖g‖·‖w‖ and the angular update smoothed over records/40.
-    ``predicted``: label → metric → (steps, values), drawn dashed in the same colour (the
-    theory's prediction). ``windows``: (lo, hi) fractions of the run shaded grey on the ‖g‖
-    panel (where the table's end ÷ mid ratios are taken)."""
+    tensors): four panels over steps, ‖w‖, ‖g‖, ‖g‖·‖w‖ and the angular update, each
+    optimizer a colour; ‖g‖, ‖g‖·‖w‖ and the angular update smoothed over records/40.
+    ``predicted``: label → metric → (steps, values), drawn dashed in the same colour and
+    smoothed alike (the theory's prediction). ``windows``: (lo, hi) fractions of the run
+    shaded grey on the ‖g‖ panel (where the table's end ÷ mid ratios are taken)."""
     with style():
         fig, axes = figure(2, nrows=2, height=2.3)
         for i, (label, values) in enumerate(series.items()):
@@ -271,7 +271,9 @@ def transformer_figure(
                 ax.plot(steps, rolling_mean(values[metric], smooth), color=color, label=label)
                 curve = (predicted or {}).get(label, {}).get(metric)
                 if curve is not None:
-                    ax.plot(*curve, color=color, linestyle="--", linewidth=1.0)
+                    p_steps, p_values = curve
+                    p_values = rolling_mean(np.asarray(p_values, dtype=np.float64), smooth)
+                    ax.plot(p_steps, p_values, color=color, linestyle="--", linewidth=1.0)
         last = max(float(np.max(values["steps"])) for values in series.values())
         for lo, hi in windows:
             axes[1].axvspan(lo * last, hi * last, color="0.9", zorder=0, lw=0)
@@ -302,13 +304,15 @@ def schedules_figure(
     and mean angular update (smoothed over records/40, log scale) per optimizer, measured solid
     and predicted dashed in the same colour, with the lr schedule (grey, right axis) behind
     the angular update."""
+    labels = list(dict.fromkeys(label for group in runs.values() for label in group))
+    colors = {label: OKABE_ITO[i % len(OKABE_ITO)] for i, label in enumerate(labels)}
     with style():
         fig, axes = figure(2, nrows=len(runs), height=2.1)
         axes = axes.reshape(len(runs), 2)
         for (variant, by_optimizer), (norm_ax, angle_ax) in zip(runs.items(), axes):
             lr_drawn = False
-            for i, (label, run) in enumerate(by_optimizer.items()):
-                color = OKABE_ITO[i % len(OKABE_ITO)]
+            for label, run in by_optimizer.items():
+                color = colors[label]
                 steps, norm = _invariant_series(run, "weight_norm")
                 norm_ax.plot(steps, norm / norm[0], color=color, label=label)
                 angles = _invariant_series(run, "angular_update")[1]
@@ -330,8 +334,8 @@ def schedules_figure(
                     lr_ax.set_yticks([])
                     lr_ax.grid(False)
                     lr_drawn = True
-            norm_ax.set_title(f"{variant}: ‖w_t‖ / ‖w_0‖")
-            angle_ax.set_title(f"{variant}: angular update (lr in grey)")
+            norm_ax.set_title(f"‖w_t‖ / ‖w_0‖ · {variant}", fontsize=8)
+            angle_ax.set_title("angular update (lr in grey)", fontsize=8)
             angle_ax.set_yscale("log")
             norm_ax.set_ylabel("relative norm")
             angle_ax.set_ylabel("radians per step")

@@ -364,9 +364,6 @@ def reproduce_schedules(
     (`digits_schedules`), predictions overlaid: ``digits_schedules.png``, ``.md``, ``.csv``;
     run files in ``runs/digits_schedules/``."""
     from stepsize_lens.experiments import digits, digits_schedules
-    from stepsize_lens.experiments.figures import schedules_figure
-    from stepsize_lens.experiments.predicted import predicted_series
-    from stepsize_lens.run import load
 
     _check_steps(steps)
     out = Path(out)
@@ -383,6 +380,18 @@ def reproduce_schedules(
             on_run=on_run,
             on_step=on_step,
         )
+    return schedules_files(trained, out)
+
+
+def schedules_files(trained: Sequence[Any], out: str | Path) -> Reproduction:
+    """The schedules experiment's table, figure and files from its trained runs
+    (`digits_schedules.ScheduleRun`)."""
+    from stepsize_lens.experiments import digits_schedules
+    from stepsize_lens.experiments.figures import schedules_figure
+    from stepsize_lens.experiments.predicted import predicted_series
+    from stepsize_lens.run import load
+
+    out = Path(out)
     table = digits_schedules.runs_table(trained)
     header, rows = digits_schedules.HEADER, digits_schedules.table_rows(table)
     markdown = markdown_table(header, rows)
@@ -420,8 +429,6 @@ def reproduce_transformer(
 
     from stepsize_lens.experiments import transformer
     from stepsize_lens.experiments.digits import torch_threads
-    from stepsize_lens.experiments.figures import transformer_figure
-    from stepsize_lens.run import load
 
     _check_steps(steps)
     out = Path(out)
@@ -450,6 +457,17 @@ def reproduce_transformer(
             on_run=on_run,
             on_step=on_step,
         )
+    return [probe_result, transformer_files(trained, config, out)]
+
+
+def transformer_files(trained: Sequence[Any], config: Any, out: str | Path) -> Reproduction:
+    """The transformer comparison's table, figure and files from its trained runs
+    (`transformer.TransformerRun`) and their `transformer.TransformerConfig`."""
+    from stepsize_lens.experiments import transformer
+    from stepsize_lens.experiments.figures import transformer_figure
+    from stepsize_lens.run import load
+
+    out = Path(out)
     table = transformer.runs_table(trained)
     header, rows = transformer.table_header(), transformer.table_rows(table)
     markdown = markdown_table(header, rows)
@@ -473,8 +491,7 @@ def reproduce_transformer(
         atomic_write_text(out / "transformer.md", markdown),
         atomic_write_text(out / "transformer.csv", table.to_csv(index=False)),
     ]
-    comparison = Reproduction("transformer", table, markdown, files, header, rows)
-    return [probe_result, comparison]
+    return Reproduction("transformer", table, markdown, files, header, rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -295,7 +295,8 @@ def probe_census(config: TransformerConfig = TransformerConfig()) -> Any:
     """The functional probe's verdict per 2-D tensor of the tiny GPT without and with QK-norm.
 
     A DataFrame with columns tensor (names of tensors that agree in every block collapsed to
-    ``blocks.*.``), shape, ``without`` and ``with`` (channel, layer or none)."""
+    ``blocks.*.``), shape (as text, ``64×64``), ``without`` and ``with`` (channel, layer or
+    none)."""
     import pandas as pd
 
     from stepsize_lens.datasets import stdlib_text
@@ -313,7 +314,7 @@ def probe_census(config: TransformerConfig = TransformerConfig()) -> Any:
                 verdicts.setdefault(name, {})["with" if qk_norm else "without"] = result.verdict(
                     name
                 )
-                shapes[name] = tuple(p.shape)
+                shapes[name] = "×".join(str(n) for n in p.shape)
     rows: dict[str, dict[str, Any]] = {}
     for name, pair in verdicts.items():
         key = _collapsed(name)
@@ -345,7 +346,7 @@ PROBE_HEADER = ("tensor", "shape", "without QK-norm", "with QK-norm")
 def probe_rows(table: Any) -> list[list[str]]:
     """Formatted cells of `probe_census` (`PROBE_HEADER`)."""
     return [
-        [f"`{row['tensor']}`", "×".join(str(n) for n in row["shape"]), row["without"], row["with"]]
+        [f"`{row['tensor']}`", str(row["shape"]), row["without"], row["with"]]
         for _, row in table.iterrows()
     ]
 
