@@ -100,7 +100,10 @@ def test_figure_draws_measured_and_predicted(trained) -> None:
 
 
 def test_probe_census_without_and_with_qk_norm() -> None:
-    census = T.probe_census(replace(TINY, depth=2))
+    from stepsize_lens.experiments.digits import torch_threads
+
+    with torch_threads(1):  # the probe's many tiny forwards: one thread is fastest
+        census = T.probe_census(replace(TINY, depth=2))
     by_tensor = census.set_index("tensor")
     assert by_tensor.loc["blocks.*.attn.q.weight", "with"] == "layer"
     assert by_tensor.loc["blocks.*.attn.k.weight", "with"] == "layer"

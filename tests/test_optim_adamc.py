@@ -312,3 +312,21 @@ def test_bad_options_are_user_errors(options) -> None:
         AdamC(_params().values(), **options)
     with pytest.raises(UserInputError):
         AdamC([{"params": list(_params().values()), **options}])
+
+
+def test_options_are_defaults_the_lens_records(tmp_path) -> None:
+    import stepsize_lens
+
+    params = _params()
+    optimizer = AdamC(params.values(), lr=LR, normalized=False, max_lr=0.1, test_steps=3)
+    assert {k: optimizer.defaults[k] for k in ("normalized", "max_lr", "test_steps")} == {
+        "normalized": False,
+        "max_lr": 0.1,
+        "test_steps": 3,
+    }
+    with stepsize_lens.attach(None, optimizer, path=tmp_path / "run.pt") as lens:
+        _set_grads(params, 0)
+        optimizer.step()
+        lens.log(loss=1.0)
+    meta = stepsize_lens.load(tmp_path / "run.pt").meta["optimizer"]
+    assert meta["class"] == "AdamC" and meta["defaults"]["normalized"] is False

@@ -16,11 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim.adamw import adamw as adamw_functional
-from torch.optim.optimizer import (
-    _device_dtype_check_for_fused,
-    _get_scalar_dtype,
-    _use_grad_for_differentiable,
-)
+from torch.optim.optimizer import _get_scalar_dtype, _use_grad_for_differentiable
+
+try:  # torch >= 2.4 checks fused support per parameter; the kernel itself raises otherwise
+    from torch.optim.optimizer import _device_dtype_check_for_fused
+except ImportError:  # pragma: no cover - older torch
+
+    def _device_dtype_check_for_fused(p: Tensor) -> None:
+        return None
+
 
 from stepsize_lens._rows import as_rows, row_order
 from stepsize_lens._schema import DEFAULT_DELTA, View
@@ -60,7 +64,7 @@ class AdamC(torch.optim.AdamW):
 
     - ``True``: every tensor of the group (timm's ``adamc`` corrects every tensor; this is it);
     - ``False``: none: the group is plain AdamW;
-    - ``"auto"`` (default): a tensor with ndim >= 2 whose raw gradient passes the paper's
+    - ``"auto"`` (default): a real tensor with ndim >= 2 whose raw gradient passes the paper's
       scale-invariance test (`stepsize_lens.paper_test`, channel view or layer view, δ =
       ``delta``) at each of its first ``test_steps`` steps with a gradient is corrected from then
       on; a single failure, or ndim < 2, leaves it to AdamW for good. Until its verdict the
@@ -118,14 +122,8 @@ class AdamC(torch.optim.AdamW):
         fused: bool | None = None,
     ) -> None:
         _check_options(max_lr=max_lr, normalized=normalized, delta=delta, test_steps=test_steps)
-        self._extra_defaults = dict(
-            max_lr=max_lr,
-            normalized=normalized,
-            delta=delta,
-            test_steps=test_steps,
-            peak_lr=None,
-            decay_scale=1.0,
-        )
+        options = dict(max_lr=max_lr, normalized=normalized, delta=delta, test_steps=test_steps)
+        self._extra_defaults = dict(options, peak_lr=None, decay_scale=1.0)
         super().__init__(
             params,
             lr=lr,
@@ -139,6 +137,7 @@ class AdamC(torch.optim.AdamW):
             differentiable=differentiable,
             fused=fused,
         )
+        self.defaults.update(options)  # what the lens records as the optimizer's defaults
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         extra = getattr(self, "_extra_defaults", None)
@@ -230,8 +229,9 @@ class AdamC(torch.optim.AdamW):
         for i, p in enumerate(params):
             state = self.state[p]
             if state.get("normalized") is None:
-                if p.ndim < 2 or p.numel() == 0 or group["test_steps"] < 1:
-                    state["normalized"] = p.ndim >= 2 and p.numel() > 0
+                testable = p.ndim >= 2 and p.numel() > 0 and not torch.is_complex(p)
+                if not testable or group["test_steps"] < 1:
+                    state["normalized"] = testable
                 else:
                     state.setdefault("normalized", None)
                     state.setdefault("test_passes", 0)
@@ -254,7 +254,11 @@ class AdamC(torch.optim.AdamW):
     @_use_grad_for_differentiable
     def step(self, closure: Any = None) -> Any:
         """One AdamC step (see the class docstring); returns the closure's loss if given."""
-        self._accelerator_graph_capture_health_check()
+        check = getattr(self, "_accelerator_graph_capture_health_check", None) or getattr(
+            self, "_cuda_graph_capture_health_check", None
+        )
+        if check is not None:
+            check()
         loss = None
         if closure is not None:
             with torch.enable_grad():
