@@ -5,9 +5,17 @@ sequence (`fixed_gradient_growth`) and the 3D scale-invariant Rosenbrock (`rosen
 `rosenbrock3d_all`). Pure numpy, float64, each well under a second.
 
 `digits`: the small BatchNorm CNN on scikit-learn's bundled handwritten digits, trained with
-SGD, SGD+momentum, SGDP, AdamW and AdamP on the same seeds and data order, each recorded with
+SGD, SGD+momentum, SGDP, AdamW, AdamP and AdamC on the same seeds and data order, each recorded with
 the lens (`train_digits_run`, `train_all`, tables over seeds).
 
-`reproduce`: ``stepsize-lens reproduce {toy2d,toy3d,digits,all}`` — runs, tables and figures
-into one folder (`figures/` in this repository). `figures`: the toy figures.
+`digits_schedules`: the digits CNN under warmup + cosine, warmup-stable-decay and cosine with
+shuffled labels, with `analysis.predict`'s curves beside the measured ones (`predicted`).
+
+`transformer`: a tiny GPT (`models.tiny_gpt`) on the standard library's source, AdamW, AdamP,
+AdamC and Muon under warmup + cosine; the probe with and without QK-norm. `lr_schedules`: the
+schedules as torch ``LambdaLR`` factors.
+
+`reproduce`: ``stepsize-lens reproduce {toy2d,toy3d,digits,schedules,transformer,all}`` — runs,
+tables and figures into one folder (`figures/` in this repository). `figures`: the figures of
+the toys, the seeds, the schedules and the transformer.
 """
