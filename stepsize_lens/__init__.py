@@ -5,7 +5,7 @@ fast::
 
     lens = stepsize_lens.attach(model, optimizer, path="run.pt")   # record while training
     run = stepsize_lens.load("run.pt")                              # Run: validated, loaded
-    stepsize_lens.AdamP, stepsize_lens.SGDP                         # the paper's optimizers
+    stepsize_lens.AdamP, stepsize_lens.SGDP, stepsize_lens.AdamC    # optimizers
 
 Every subpackage is reachable as an attribute on first use: ``stepsize_lens.schedules``,
 ``.analysis``, ``.plots``, ``.invariance``, ``.report``, ``.optim``, ``.integrations``,
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from stepsize_lens._version import __version__
 
-__all__ = ["attach", "Lens", "load", "Run", "AdamP", "SGDP", "RunFileError", "__version__"]
+__all__ = ["attach", "Lens", "load", "Run", "AdamC", "AdamP", "SGDP", "RunFileError", "__version__"]
 
 _LAZY_NAMES = {
     "attach": "stepsize_lens.recording.lens",
     "Lens": "stepsize_lens.recording.lens",
     "load": "stepsize_lens.run",
     "Run": "stepsize_lens.run",
+    "AdamC": "stepsize_lens.optim",
     "AdamP": "stepsize_lens.optim",
     "SGDP": "stepsize_lens.optim",
     "RunFileError": "stepsize_lens.errors",
@@ -50,7 +51,7 @@ _SUBMODULES = (
 
 if TYPE_CHECKING:  # pragma: no cover
     from stepsize_lens.errors import RunFileError
-    from stepsize_lens.optim import SGDP, AdamP
+    from stepsize_lens.optim import SGDP, AdamC, AdamP
     from stepsize_lens.recording.lens import Lens, attach
     from stepsize_lens.run import Run, load
 

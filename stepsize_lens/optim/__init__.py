@@ -1,5 +1,11 @@
-"""AdamP and SGDP (Heo et al., ICLR 2021): momentum optimizers that project out the radial
-part of updates to scale-invariant weights, with a per-tensor and a multi-tensor path."""
+"""Optimizers for scale-invariant weights.
+
+- `AdamP`, `SGDP` (Heo et al., ICLR 2021): momentum optimizers that project the radial part out
+  of the updates of weights that pass the paper's scale-invariance test.
+- `AdamC` (Defazio 2025): AdamW whose decoupled decay on scale-invariant weights follows the
+  learning-rate schedule (η_t²λ/η_max per step), so their gradient norm does not climb as the
+  lr decays.
+"""
 
 from stepsize_lens.optim.adamc import AdamC
 from stepsize_lens.optim.adamp import AdamP
