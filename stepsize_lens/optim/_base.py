@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar, cast
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _blocked
@@ -27,7 +28,32 @@ GroupTensors = tuple[list[Tensor], list[Tensor], list[dict]]
 
 
 class ProjectedOptimizer(Optimizer):
-    """Base of AdamP and SGDP; subclasses implement `_init_state` and `_update`."""
+    """Base of AdamP and SGDP; subclasses implement `_validate_group`, `_init_state` and
+    `_update`."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, plus one clear error for a missing required value and the group's checks.
+
+        Runs for every group the constructor is given too, so hyperparameters given per group
+        are checked exactly like the defaults.
+        """
+        missing = [k for k, v in self.defaults.items() if v is required and k not in param_group]
+        if missing:
+            name = type(self).__name__
+            raise UserInputError(
+                f"{name} needs a value for {', '.join(missing)}: pass {name}(params, "
+                f"{missing[0]}=...) or give every parameter group its own {missing[0]!r}"
+            )
+        super().add_param_group(param_group)
+        try:
+            self._validate_group(self.param_groups[-1])
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Raise `UserInputError` for invalid hyperparameters of ``group`` (defaults filled)."""
+        validate_common(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -153,17 +179,8 @@ def restore_projection_dtype(state: dict) -> None:
             entry["projection"] = proj.to(torch.long)
 
 
-def validate_common(
-    *, lr: float, eps: float, weight_decay: float, delta: float, wd_ratio: float
-) -> None:
-    """Reject invalid hyperparameters shared by AdamP and SGDP."""
-    if not lr >= 0.0:
-        raise UserInputError(f"invalid learning rate: {lr}")
-    if not eps >= 0.0:
-        raise UserInputError(f"invalid eps: {eps}")
-    if not weight_decay >= 0.0:
-        raise UserInputError(f"invalid weight_decay: {weight_decay}")
-    if not delta >= 0.0:
-        raise UserInputError(f"invalid delta: {delta}")
-    if not wd_ratio >= 0.0:
-        raise UserInputError(f"invalid wd_ratio: {wd_ratio}")
+def validate_common(group: dict[str, Any]) -> None:
+    """Reject invalid hyperparameters shared by AdamP and SGDP (one parameter group)."""
+    for name in ("lr", "eps", "weight_decay", "delta", "wd_ratio"):
+        if not group[name] >= 0.0:
+            raise UserInputError(f"invalid {name}: {group[name]}")

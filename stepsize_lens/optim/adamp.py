@@ -74,9 +74,6 @@ class AdamP(B.ProjectedOptimizer):
         *,
         foreach: bool | None = None,
     ) -> None:
-        B.validate_common(lr=lr, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio)
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise UserInputError(f"invalid betas: {betas}")
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -88,6 +85,12 @@ class AdamP(B.ProjectedOptimizer):
             foreach=foreach,
         )
         super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        B.validate_common(group)
+        betas = group["betas"]
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise UserInputError(f"invalid betas: {betas}")
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         if len(state) == 0:

@@ -51,7 +51,7 @@ class SGDP(B.ProjectedOptimizer):
 
     Args:
         params: parameters or parameter groups.
-        lr: learning rate (required).
+        lr: learning rate (required: here, or in every parameter group).
         momentum, dampening, nesterov: as in SGD.
         weight_decay: decoupled weight decay λ (scaled by 1 / (1 - momentum)).
         eps: the eps of the cosine and of the projection.
@@ -77,15 +77,6 @@ class SGDP(B.ProjectedOptimizer):
         *,
         foreach: bool | None = None,
     ) -> None:
-        if lr is required:
-            raise UserInputError("SGDP needs a learning rate: SGDP(params, lr=...)")
-        B.validate_common(lr=lr, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio)
-        if not momentum >= 0.0:
-            raise UserInputError(f"invalid momentum: {momentum}")
-        if weight_decay > 0 and momentum >= 1.0:
-            raise UserInputError(
-                "SGDP scales weight decay by 1/(1 - momentum): momentum must be < 1"
-            )
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -98,6 +89,17 @@ class SGDP(B.ProjectedOptimizer):
             foreach=foreach,
         )
         super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        B.validate_common(group)
+        momentum = group["momentum"]
+        if not momentum >= 0.0:
+            raise UserInputError(f"invalid momentum: {momentum}")
+        if group["weight_decay"] > 0 and momentum >= 1.0:
+            raise UserInputError(
+                "SGDP scales weight decay by 1/(1 - momentum): momentum must be < 1 in every "
+                f"parameter group with weight decay (got momentum {momentum})"
+            )
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         if "momentum" in state:  # loaded from the reference package
