@@ -12,6 +12,7 @@ import adamp as reference
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim_cases import one_thread  # noqa: F401 (an autouse fixture)
 
 from stepsize_lens._rows import as_rows
 from stepsize_lens._schema import View

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from _optim_cases import (  # noqa: F401 (one_thread: an autouse fixture)
+    PATHS,
     SGDP_CONFIGS,
     channels_last_matches_reference,
+    make,
     matches_reference,
     one_thread,
     toy_steps,
@@ -25,16 +27,16 @@ def test_trajectory_matches_the_reference_package(config, kind):
     assert (1 if kind == "cnn" else 2) in views
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_channels_last_matches_the_reference_in_default_format(foreach):
-    channels_last_matches_reference("SGDP", foreach)
+@pytest.mark.parametrize("path", PATHS)
+def test_channels_last_matches_the_reference_in_default_format(path):
+    channels_last_matches_reference("SGDP", path)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_sgdp_grows_the_norm_by_exactly_the_projected_step(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_sgdp_grows_the_norm_by_exactly_the_projected_step(path):
     lr = 0.5
     for before, after, delta, state in toy_steps(
-        lambda p: SGDP(p, lr=lr, momentum=0.9, foreach=foreach)
+        lambda p: make("SGDP", p, path, lr=lr, momentum=0.9)
     ):
         assert int(state["projection"]) == 1
         # ||w'||^2 = ||w||^2 + lr^2 ||Π(p)||^2, Π(p) being the (projected) momentum buffer
@@ -89,9 +91,9 @@ def test_learning_rate_given_only_per_group_is_accepted_like_torch_and_the_refer
     base = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
     grads = [torch.randn(b.shape, generator=gen) for b in base]
     results = []
-    for make in (SGDP, reference.SGDP, torch.optim.SGD):
+    for factory in (SGDP, reference.SGDP, torch.optim.SGD):
         a, b = (nn.Parameter(x.clone()) for x in base)
-        opt = make([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}], momentum=0.9)
+        opt = factory([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}], momentum=0.9)
         assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
         for _ in range(3):
             a.grad, b.grad = grads[0].clone(), grads[1].clone()

@@ -98,8 +98,53 @@ class RowLayout:
         return torch.segment_reduce(per_row, "max", lengths=lengths, unsafe=True)
 
 
+class TensorRows:
+    """The `RowLayout` interface for the rows of one tensor, in a traced (compiled) row kernel.
+
+    Segment reductions over one tensor are plain reductions, and the thresholds come as the
+    caller's double-precision 0-dim tensors (compared in the statistics' dtype, as
+    `RowLayout.thresholds` rounds them), so that one compiled kernel serves every shape.
+    """
+
+    def __init__(self, channel_threshold: Tensor, layer_threshold: Tensor) -> None:
+        self.thr = (channel_threshold, layer_threshold)
+
+    def thresholds(self, delta: float, dtype: torch.dtype, device: torch.device) -> tuple:
+        return self.thr
+
+    def expand(self, per_tensor: Tensor) -> Tensor:
+        return per_tensor
+
+    def segment_sum(self, per_row: Tensor) -> Tensor:
+        return per_row.sum(0, keepdim=True)
+
+    def segment_max(self, per_row: Tensor) -> Tensor:
+        return per_row.amax(0, keepdim=True)
+
+
+def project_rows(
+    w: Tensor, g: Tensor, u: Tensor, thresholds: tuple[Tensor, Tensor], eps: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The test and the projection of one [rows, K] tensor, in a row kernel's terms.
+
+    ``w``, ``g``, ``u``: the weight, the raw gradient and the update direction as [rows, K] in
+    the statistics' dtype. Returns (view [1], c [rows]) with u_r - c_r w_r the projected update
+    (`choose_views`, `projection_coefs` on a `TensorRows` layout).
+    """
+    layout = TensorRows(*thresholds)
+    w_norm = (w * w).sum(1).sqrt()
+    g_norm = (g * g).sum(1).sqrt()
+    views = choose_views((w * g).sum(1), w_norm, g_norm, layout, 0.0, eps)
+    return views, projection_coefs((w * u).sum(1), w_norm, views, layout, eps)
+
+
 def choose_views(
-    w_dot_g: Tensor, w_norm: Tensor, g_norm: Tensor, layout: RowLayout, delta: float, eps: float
+    w_dot_g: Tensor,
+    w_norm: Tensor,
+    g_norm: Tensor,
+    layout: RowLayout | TensorRows,
+    delta: float,
+    eps: float,
 ) -> Tensor:
     """The `View` each tensor passes (NONE, CHANNEL or LAYER), from per-row statistics.
 
@@ -118,7 +163,7 @@ def choose_views(
 
 
 def projection_coefs(
-    w_dot_u: Tensor, w_norm: Tensor, views: Tensor, layout: RowLayout, eps: float
+    w_dot_u: Tensor, w_norm: Tensor, views: Tensor, layout: RowLayout | TensorRows, eps: float
 ) -> Tensor:
     """Per-row c such that u_r - c_r * w_r removes the radial part of the chosen view.
 
@@ -131,9 +176,9 @@ def projection_coefs(
     row_views = layout.expand(views)
     zero = torch.zeros((), dtype=w_dot_u.dtype, device=w_dot_u.device)
     return torch.where(
-        row_views == View.CHANNEL,
+        row_views == int(View.CHANNEL),
         chan,
-        torch.where(row_views == View.LAYER, layout.expand(layer), zero),
+        torch.where(row_views == int(View.LAYER), layout.expand(layer), zero),
     )
 
 
@@ -175,7 +220,7 @@ def project_(
     coefs = projection_coefs(stats[3], stats[1], views, layout, eps)
     shape = (n,) + (1,) * (w.ndim - 1)
     update.addcmul_(w, coefs.to(update.dtype).reshape(shape), value=-1)
-    return views[0], views[0] != View.NONE
+    return views[0], views[0] != int(View.NONE)
 
 
 def pick(cond: Tensor, if_false: float, if_true: float, dtype: torch.dtype) -> Tensor:
