@@ -9,9 +9,9 @@ tensors along one of three paths (`PATHS`, docs/design.md §4):
 - ``per-tensor``: the reference, one tensor at a time, any tensor;
 - ``multi-tensor``: per device and dtype, each tensor along its `_blocked.Partition` route;
 - ``fused``: like multi-tensor, but every projectable tensor with a rows view whose compiled
-  row kernel is ready (`_compiled.RowKernel`) runs it: one call that reads the tensor about
-  twice. Until a kernel is ready (it compiles in the background), and where none can be
-  compiled, those tensors take the multi-tensor route.
+  row kernel is ready (`_compiled.RowKernel`, CPU) runs it: one call that reads the tensor
+  about twice. Until a kernel is ready (it compiles in the background), and where none is
+  compiled (other devices, a missing compiler), those tensors take the multi-tensor route.
 
 Half-precision tensors (`HALF_DTYPES`) are computed in float32 and rounded once when written,
 as torch's fused kernels do: the compiled kernels load and store them directly, the other paths
@@ -44,15 +44,20 @@ GroupTensors = tuple[list[Tensor], list[Tensor], list[dict]]
 
 PER_TENSOR, MULTI_TENSOR, FUSED = "per-tensor", "multi-tensor", "fused"
 
-#: Which path runs where: the devices each path supports and what it needs there.
+#: Which path runs where (`choose_path` picks one per parameter group and step).
 PATHS: dict[str, str] = {
-    PER_TENSOR: "any device, any floating dtype, any layout (foreach=False)",
-    MULTI_TENSOR: "any device; plain tensors (foreach=None picks it when every parameter is a "
-    "torch.Tensor or nn.Parameter); tensors without a rows view use the per-tensor code",
-    FUSED: "compiled row kernels where torch.compile has a compiler: "
-    + ", ".join(f"{dev} ({need})" for dev, need in COMPILER_DEVICES.items())
-    + "; elsewhere, and until compiled, the multi-tensor path",
+    PER_TENSOR: "foreach=False: the reference, one tensor at a time; any device, dtype, layout",
+    MULTI_TENSOR: "foreach=True, or foreach=None when every parameter is a torch.Tensor or "
+    "nn.Parameter: any device; tensors without a rows view run the per-tensor code",
+    FUSED: "fused=True: compiled row kernels on "
+    + ", ".join(f"{dev} (needs {need})" for dev, need in COMPILER_DEVICES.items())
+    + ", for every tensor with a rows view once its kernel is ready; everything else, and "
+    "every tensor on other devices (CUDA), the multi-tensor path. Also what a step traced by "
+    "torch.compile runs",
 }
+
+#: Devices ``fused=True`` accepts (torch's fused optimizers' main ones).
+FUSED_DEVICES = ("cpu", "cuda")
 
 #: Types the multi-tensor and fused paths accept (subclasses such as DTensor go per tensor).
 PLAIN_TYPES = (Tensor, torch.nn.Parameter)
@@ -116,7 +121,8 @@ class ProjectedOptimizer(Optimizer):
         Waits up to ``timeout`` seconds (None: until each is compiled or has failed) for the
         background compilation. Steps never wait; call this before training when the first
         steps must already take the fused path (reproducible runs, benchmarks). True when
-        there is nothing to compile.
+        there is nothing to compile (no fused group; tensors on devices without compiled
+        kernels), False when a kernel failed to compile.
         """
         ready = True
         for group in self.param_groups:
@@ -181,10 +187,10 @@ def check_paths(name: str, foreach: bool | None, fused: bool | None) -> None:
 def check_fused_params(name: str, params: Sequence[Tensor]) -> None:
     """torch's rule for ``fused=True``: floating-point tensors on a supported device."""
     for p in params:
-        if p.device.type not in COMPILER_DEVICES or not torch.is_floating_point(p):
+        if p.device.type not in FUSED_DEVICES or not torch.is_floating_point(p):
             raise UserInputError(
                 f"{name}(fused=True) needs floating-point tensors on "
-                f"{' or '.join(COMPILER_DEVICES)}, got {p.dtype} on {p.device}"
+                f"{' or '.join(FUSED_DEVICES)}, got {p.dtype} on {p.device}"
             )
 
 

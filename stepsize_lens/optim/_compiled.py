@@ -3,9 +3,10 @@
 A *row kernel* is a plain torch function that runs a whole optimizer step on one tensor seen as
 [rows, K] (its `_rows.rows_view`, the gradient and the state tensors in the same order), with
 the hyperparameters in a small float64 tensor (Python floats would cost a conversion each and
-some would be specialised on). Compiled by inductor (C++ on CPU, triton on CUDA) it
-becomes two loops over the tensor: one that updates the optimizer's state and sums the row
-statistics of the test, and one that projects and writes the weight (docs/design.md §4).
+some would be specialised on). Compiled by inductor (C++ on CPU; only CPU kernels are compiled,
+`COMPILER_DEVICES`) it becomes two loops over the tensor: one that updates the optimizer's
+state and sums the row statistics of the test, and one that projects and writes the weight
+(docs/design.md §4).
 
 `RowKernel` compiles such a function with ``torch.compile(dynamic=True)`` in one background
 thread per process, for the exact (device, dtype, shape, variant) keys it is asked for, using
@@ -14,8 +15,8 @@ that are ready, through ``torch._dynamo.run``, which never compiles: an unexpect
 runs the plain function eagerly (same result, slower). So no step waits for the compiler;
 until a key is ready its tensors take the multi-tensor path. Inductor caches what it compiles
 on disk, so later processes are ready in a second or two. If compiling fails (no C++
-compiler, no triton, an unsupported platform), the kernel warns once and reports the keys as
-failed; those tensors keep the multi-tensor path.
+compiler, an unsupported platform), the kernel warns once and reports the keys as failed;
+those tensors keep the multi-tensor path.
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ from typing import Any
 
 import torch
 
-#: Devices with a compiler inductor can use, and what it needs there.
-COMPILER_DEVICES: dict[str, str] = {"cpu": "a C++ compiler", "cuda": "triton"}
+#: Devices whose row kernels are compiled, and what inductor needs there. CUDA (triton) is
+#: left out until it has been measured and tested on a GPU: there ``fused=True`` runs the
+#: multi-tensor path, which already computes the Adam direction with torch's fused kernel.
+COMPILER_DEVICES: dict[str, str] = {"cpu": "a C++ compiler"}
+
+#: Inductor options: compile in the background thread itself (a pool of compiler processes
+#: costs more to start than these small kernels take to compile).
+_OPTIONS = {"compile_threads": 1}
 
 #: Tensors with more elements are never compiled for (the examples would be as large): they
 #: keep the multi-tensor path.
@@ -55,19 +62,13 @@ class Key:
 
 
 def compiler_available(device: torch.device) -> bool:
-    """Whether inductor can compile for ``device`` here, as far as can be told without trying."""
+    """Whether row kernels are compiled for ``device`` here (a failed compile still falls back)."""
     if device.type not in COMPILER_DEVICES:
         return False
     try:
-        if not torch._dynamo.is_dynamo_supported():
-            return False
-        if device.type == "cuda":
-            from torch.utils._triton import has_triton
-
-            return bool(has_triton())
+        return bool(torch._dynamo.is_dynamo_supported())
     except Exception:  # an unusual build: let the background compile decide
-        return device.type == "cpu"
-    return True
+        return True
 
 
 class RowKernel:
@@ -125,11 +126,15 @@ class RowKernel:
         )
 
     def wait(self, keys: Iterable[Key], timeout: float | None) -> bool:
-        """Wait until every key is settled (or ``timeout`` seconds); True if all are ready."""
+        """Wait until every key is settled (or ``timeout`` seconds).
+
+        True if every key that can be compiled here is ready (so True for keys on devices
+        without compiled kernels, which always take the multi-tensor path).
+        """
         keys = list(keys)
         with self._lock:
             self._lock.wait_for(lambda: self.settled(keys), timeout=timeout)
-            return all(k in self._ready for k in keys)
+            return all(k in self._ready for k in keys if self.compilable(k))
 
     # --- calling -------------------------------------------------------------------------------
 
@@ -153,7 +158,7 @@ class RowKernel:
                 fn = types.FunctionType(
                     code, self.fn.__globals__, self.fn.__name__, self.fn.__defaults__
                 )
-                compiling = torch.compile(fn, dynamic=True, fullgraph=True)
+                compiling = torch.compile(fn, dynamic=True, fullgraph=True, options=_OPTIONS)
                 self._families[family] = (compiling, torch._dynamo.run(fn))
             return self._families[family]
 
@@ -167,7 +172,7 @@ class RowKernel:
             compiling = self._family(key.family)[0]
             with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64):
                 compiling(*args, **self.variant_kwargs(key))
-        except Exception as exc:  # no compiler, no triton, an inductor limitation, memory
+        except Exception as exc:  # no compiler, an inductor limitation, memory
             first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
             with self._lock:
                 self._failed[key.family] = f"{type(exc).__name__}: {first_line}"

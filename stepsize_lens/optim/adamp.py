@@ -65,13 +65,13 @@ class AdamP(B.ProjectedOptimizer):
               tensor): the multi-tensor path. It never synchronises with the device, works on
               cache-sized blocks of rows and, without nesterov, computes the Adam direction
               with torch's fused Adam kernel (CPU, CUDA).
-            - ``fused=True``: one compiled kernel per tensor (``torch.compile``; CPU with a
-              C++ compiler, CUDA with triton) that updates the moments and sums the test's row
+            - ``fused=True``: on CPU, one compiled kernel per tensor (``torch.compile``;
+              needs a C++ compiler) that updates the moments and sums the test's row
               statistics in one pass, then projects and writes the weight in a second;
               1-D tensors take torch's fused AdamW kernel. The kernels compile in a
               background thread from construction on (seconds; torch caches them on disk);
-              until they are ready, and where they cannot be compiled, the multi-tensor path
-              runs, so no step waits. `fused_ready(timeout=None)` waits for them.
+              until they are ready, where they cannot be compiled, and on CUDA, the
+              multi-tensor path runs, so no step waits. `fused_ready(timeout=None)` waits.
     """
 
     def __init__(

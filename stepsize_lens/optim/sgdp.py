@@ -67,12 +67,12 @@ class SGDP(B.ProjectedOptimizer):
             - ``foreach=True`` (and the default ``None`` when every parameter is a plain
               tensor): the multi-tensor path. It never synchronises with the device and works
               on cache-sized blocks of rows.
-            - ``fused=True``: one compiled kernel per tensor (``torch.compile``; CPU with a
-              C++ compiler, CUDA with triton) that updates the buffer and sums the test's row
+            - ``fused=True``: on CPU, one compiled kernel per tensor (``torch.compile``;
+              needs a C++ compiler) that updates the buffer and sums the test's row
               statistics in one pass, then projects and writes weight and buffer in a second.
               The kernels compile in a background thread from construction on (seconds;
-              torch caches them on disk); until they are ready, and where they cannot be
-              compiled, the multi-tensor path runs, so no step waits.
+              torch caches them on disk); until they are ready, where they cannot be
+              compiled, and on CUDA, the multi-tensor path runs, so no step waits.
               `fused_ready(timeout=None)` waits for them.
     """
 
