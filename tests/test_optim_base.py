@@ -190,6 +190,33 @@ def test_odd_layouts_and_float64_use_the_fallback_correctly(opt_name):
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+def test_long_rows_cut_into_pieces_on_the_fused_path(opt_name):
+    """Rows longer than the kernels' piece limit: 2 and 3 pieces, and a row with no split."""
+    kwargs, _ = config(opt_name, "nesterov")
+    gen = torch.Generator().manual_seed(9)
+    shapes = [(3, 2, 48, 48), (4, 9000), (2, 4099 * 2)]
+    base = [torch.randn(s, generator=gen) for s in shapes]
+
+    def tangential(w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        rows, n = w.reshape(w.shape[0], -1), noise.reshape(w.shape[0], -1)
+        return n - rows * (rows * n).sum(1, keepdim=True) / rows.square().sum(1, keepdim=True)
+
+    noise = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    runs = []
+    for path in ("per-tensor", "fused"):
+        params = [nn.Parameter(b.clone()) for b in base]
+        opt = make(opt_name, params, path, **kwargs)
+        for step in noise:
+            for p, n in zip(params, step):
+                p.grad = tangential(p.detach(), n).reshape(p.shape)
+            opt.step()
+        assert [int(opt.state[p]["projection"]) for p in params] == [1, 1, 1]
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
 def test_channels_last_weights_with_contiguous_gradients(opt_name):
     """Rows of w, g and the update must be compared element for element whatever the layouts."""
     kwargs, _ = config(opt_name, "nesterov")

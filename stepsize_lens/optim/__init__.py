@@ -1,5 +1,5 @@
 """AdamP and SGDP (Heo et al., ICLR 2021): momentum optimizers that project out the radial
-part of updates to scale-invariant weights, with a per-tensor and a multi-tensor path."""
+part of updates to scale-invariant weights, with per-tensor, multi-tensor and fused paths."""
 
 from stepsize_lens.optim.adamp import AdamP
 from stepsize_lens.optim.sgdp import SGDP

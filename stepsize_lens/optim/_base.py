@@ -35,7 +35,7 @@ from stepsize_lens._rows import row_order, rows_view
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim._compiled import COMPILER_DEVICES, Key, RowKernel
-from stepsize_lens.optim._projection import projectable
+from stepsize_lens.optim._projection import projectable, row_pieces
 
 H = TypeVar("H")
 
@@ -308,7 +308,8 @@ class Kernels(Generic[H]):
     ) -> bool:
         """Run the compiled row kernel on tensor ``i`` if it is ready; False if not run."""
         w = route.rows[i]
-        key = Key(p.device, p.dtype, w.shape[0], w.shape[1], self.rows.variant(hyper))
+        rows, cols = w.shape
+        key = row_key(p.device, p.dtype, rows, cols, self.rows.variant(hyper))
         compiling = torch.compiler.is_compiling()
         if not compiling and not self.rows.kernel.ready(key):
             self.rows.kernel.request([key])  # e.g. a parameter cast after construction
@@ -319,28 +320,36 @@ class Kernels(Generic[H]):
             route.grad_rows(i, p, g),
             *(route.state_rows(i, p, state, k) for k in self.state_keys),
         )
-        floats = self.rows.floats(hyper, state, p.numel(), w.shape[0])
+        floats = self.rows.floats(hyper, state, p.numel(), rows)
         row_hyper = torch.tensor(floats, dtype=torch.float64, device=p.device)
         if compiling:
-            unit = torch.ones(w.shape[0], device=p.device, dtype=sdt)
-            self.rows.kernel.traced(key, *tensors, state["projection"], unit, row_hyper)
+            unit = torch.ones(key.unit_shape, device=p.device, dtype=sdt)
+            pieces = (t.view(key.piece_shape) for t in tensors)
+            self.rows.kernel.traced(key, *pieces, state["projection"], unit, row_hyper)
         else:
             # detached: no autograd flag and no view base for the compiled kernel's guards to
             # follow (the [rows, K] views of 4-D tensors would make every shape a new kernel)
-            unit = unit_rows(w.shape[0], p.device, sdt)
-            detached = (t.detach() for t in tensors)
-            self.rows.kernel(key, *detached, state["projection"], unit, row_hyper)
+            unit = unit_rows(key.unit_shape, p.device, sdt)
+            pieces = (t.detach().view(key.piece_shape) for t in tensors)
+            self.rows.kernel(key, *pieces, state["projection"], unit, row_hyper)
         return True
 
 
-_UNITS: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+def row_key(
+    device: torch.device, dtype: torch.dtype, rows: int, cols: int, variant: Hashable
+) -> Key:
+    """The row-kernel key of a [rows, cols] tensor (its rows cut as `row_pieces` says)."""
+    return Key(device, dtype, rows, cols, variant, row_pieces(cols))
 
 
-def unit_rows(rows: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A cached vector of ``rows`` ones, the row kernels' loop-shape hint (see `_compiled`)."""
-    key = (rows, device, dtype)
+_UNITS: dict[tuple[tuple[int, int], torch.device, torch.dtype], Tensor] = {}
+
+
+def unit_rows(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Cached ones of ``shape`` ([rows, pieces]), the row kernels' shape hint (`_adamp_rows`)."""
+    key = (shape, device, dtype)
     if key not in _UNITS:
-        _UNITS[key] = torch.ones(rows, device=device, dtype=dtype)
+        _UNITS[key] = torch.ones(shape, device=device, dtype=dtype)
     return _UNITS[key]
 
 
@@ -408,7 +417,7 @@ def kernel_keys(params: Sequence[Tensor], variant: Hashable) -> list[Key]:
             continue
         rows = rows_view(p, row_order(p))
         if rows is not None:
-            keys.append(Key(p.device, p.dtype, rows.shape[0], rows.shape[1], variant))
+            keys.append(row_key(p.device, p.dtype, rows.shape[0], rows.shape[1], variant))
     return keys
 
 

@@ -47,13 +47,26 @@ MAX_EXAMPLE_NUMEL = 1 << 25
 
 @dataclass(frozen=True)
 class Key:
-    """What a compiled kernel is specialised on: where, what dtype, which shape, which variant."""
+    """What a compiled kernel is specialised on: where, what dtype, which shape, which variant.
+
+    ``rows`` and ``cols``: the tensor as [rows, K]; a row kernel sees it as ``piece_shape``
+    (each row in ``pieces`` consecutive pieces) with ones of ``unit_shape``.
+    """
 
     device: torch.device
     dtype: torch.dtype
     rows: int
     cols: int
     variant: Hashable = None
+    pieces: int = 1
+
+    @property
+    def piece_shape(self) -> tuple[int, int]:
+        return (self.rows * self.pieces, self.cols // self.pieces)
+
+    @property
+    def unit_shape(self) -> tuple[int, int]:
+        return (self.rows, self.pieces)
 
     @property
     def family(self) -> tuple[str, torch.dtype, Hashable]:

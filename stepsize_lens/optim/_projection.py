@@ -122,20 +122,43 @@ class TensorRows:
         return per_row.amax(0, keepdim=True)
 
 
-def project_rows(
-    w: Tensor, g: Tensor, u: Tensor, thresholds: tuple[Tensor, Tensor], eps: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The test and the projection of one [rows, K] tensor, in a row kernel's terms.
+#: Inductor sums float32 rows longer than this with a slower cascade helper, so row kernels
+#: see long rows as several pieces (`row_pieces`). A speed detail: any split is exact enough.
+PIECE_LIMIT = 4096
 
-    ``w``, ``g``, ``u``: the weight, the raw gradient and the update direction as [rows, K] in
-    the statistics' dtype. Returns (view [1], c [rows]) with u_r - c_r w_r the projected update
-    (`choose_views`, `projection_coefs` on a `TensorRows` layout).
+
+def row_pieces(cols: int, limit: int = PIECE_LIMIT) -> int:
+    """The fewest equal pieces of at most ``limit`` elements a row of ``cols`` splits into,
+    looking no further than 8 times the fewest possible; 1 when the row is short enough or no
+    such split exists (the kernel then sums whole rows, correctly but more slowly)."""
+    if cols <= limit:
+        return 1
+    fewest = -(-cols // limit)
+    for pieces in range(fewest, 8 * fewest + 1):
+        if cols % pieces == 0:
+            return pieces
+    return 1
+
+
+def project_rows(
+    w: Tensor, g: Tensor, u: Tensor, rows: int, thresholds: tuple[Tensor, Tensor], eps: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The test and the projection of one tensor, in a row kernel's terms.
+
+    ``w``, ``g``, ``u``: the weight, the raw gradient and the update direction in the
+    statistics' dtype, as [rows * pieces, K / pieces] (each row of the [rows, K] tensor in
+    consecutive pieces, `row_pieces`). Returns (view [1], c [rows]) with u_r - c_r w_r the
+    projected update (`choose_views`, `projection_coefs` on a `TensorRows` layout).
     """
+
+    def per_row(x: Tensor) -> Tensor:
+        return x.sum(1).view(rows, -1).sum(1)
+
     layout = TensorRows(*thresholds)
-    w_norm = (w * w).sum(1).sqrt()
-    g_norm = (g * g).sum(1).sqrt()
-    views = choose_views((w * g).sum(1), w_norm, g_norm, layout, 0.0, eps)
-    return views, projection_coefs((w * u).sum(1), w_norm, views, layout, eps)
+    w_norm = per_row(w * w).sqrt()
+    g_norm = per_row(g * g).sqrt()
+    views = choose_views(per_row(w * g), w_norm, g_norm, layout, 0.0, eps)
+    return views, projection_coefs(per_row(w * u), w_norm, views, layout, eps)
 
 
 def choose_views(

@@ -343,16 +343,17 @@ def _adamp_rows(
     *,
     nesterov: bool,
 ) -> None:
-    """The fused path's row kernel: one AdamP step of one tensor as [rows, K].
+    """The fused path's row kernel: one AdamP step of one tensor.
 
-    ``hyper`` (float64, `_Hyper.row_floats`): beta1, beta2, 1 / sqrt(1 - beta2^t), lr / (1 -
-    beta1^t), eps, the two decays and the two thresholds of the test. The view goes into
-    ``projection``. The class docstring's
-    algorithm in the statistics' dtype (``unit``'s: float32, or float64 for float64 tensors),
-    written so that inductor makes it two loops: moments, direction u and the four row sums
-    of the test; then w <- w (decay + step_size c_r) - step_size u. Multiplying u by ``unit``
-    (ones, one per row) keeps the first loop [rows, K]-shaped, which lets inductor fuse the
-    moment update into the row sums instead of a separate flat pass.
+    ``w``, ``g`` and the moments as [rows * pieces, K / pieces] (`P.row_pieces`); ``unit``:
+    ones of shape [rows, pieces]; ``hyper`` (float64, `_Hyper.row_floats`): beta1, beta2,
+    1 / sqrt(1 - beta2^t), lr / (1 - beta1^t), eps, the two decays and the two thresholds of
+    the test. The view goes into ``projection``. The class docstring's algorithm in the
+    statistics' dtype (``unit``'s: float32, or float64 for float64 tensors), written so that
+    inductor makes it two loops: moments, direction u and the four row sums of the test; then
+    w <- w (decay + step_size c_r) - step_size u. Multiplying u by ``unit`` (one per piece)
+    keeps the first loop [pieces, K / pieces]-shaped, which lets inductor fuse the moment
+    update into the row sums instead of a separate flat pass.
     """
     beta1, beta2, inv_sqrt_bc2, step_size, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(
         0
@@ -362,10 +363,11 @@ def _adamp_rows(
     m = exp_avg.to(sdt) * beta1 + g_ * (1 - beta1)
     v = exp_avg_sq.to(sdt) * beta2 + g_ * g_ * (1 - beta2)
     numer = m * beta1 + g_ * (1 - beta1) if nesterov else m
-    u = numer / (v.sqrt() * inv_sqrt_bc2 + eps) * unit[:, None]
-    views, coefs = P.project_rows(w_, g_, u, (thr_c, thr_l), eps)
+    u = numer / (v.sqrt() * inv_sqrt_bc2 + eps) * unit.reshape(-1)[:, None]
+    views, coefs = P.project_rows(w_, g_, u, unit.shape[0], (thr_c, thr_l), eps)
     decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
-    w.copy_(w_ * (decay_rows + step_size * coefs)[:, None] - step_size * u)
+    scale = (decay_rows + step_size * coefs)[:, None].expand(unit.shape).reshape(-1)
+    w.copy_(w_ * scale[:, None] - step_size * u)
     exp_avg.copy_(m)
     exp_avg_sq.copy_(v)
     projection.copy_(views[0])
@@ -373,13 +375,14 @@ def _adamp_rows(
 
 def _example(key: Key) -> tuple[Tensor, ...]:
     """Arguments of one `_adamp_rows` call for ``key`` (fresh tensors; any values will do)."""
-    shape, kw = (key.rows, key.cols), dict(device=key.device, dtype=key.dtype)
-    unit = torch.ones(key.rows, device=key.device, dtype=P.stats_dtype(key.dtype))
+    kw = dict(device=key.device, dtype=key.dtype)
+    tensors = (torch.zeros(key.piece_shape, **kw) for _ in range(4))  # type: ignore[arg-type]
+    unit = torch.ones(key.unit_shape, device=key.device, dtype=P.stats_dtype(key.dtype))
+    projection = torch.zeros((), dtype=torch.long, device=key.device)
     hyper = torch.tensor(
         [0.9, 0.999, 0.5, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01], dtype=torch.float64, device=key.device
     )
-    projection = torch.zeros((), dtype=torch.long, device=key.device)
-    return (*(torch.zeros(shape, **kw) for _ in range(4)), projection, unit, hyper)  # type: ignore[arg-type]
+    return (*tensors, projection, unit, hyper)
 
 
 _ROW_KERNEL = RowKernel("AdamP", _adamp_rows, _example, lambda key: {"nesterov": key.variant})

@@ -284,22 +284,22 @@ def _sgdp_rows(
     *,
     nesterov: bool,
 ) -> None:
-    """The fused path's row kernel: one SGDP step of one tensor as [rows, K].
+    """The fused path's row kernel: one SGDP step of one tensor.
 
-    ``hyper`` (float64, `_Hyper.row_floats`): momentum, dampening, lr, eps, the two decays and
-    the two thresholds of the test; the view goes into ``projection``. The class docstring's
-    algorithm in the statistics' dtype (``unit``'s), written so that inductor makes it two
-    loops: buffer, direction d and the four row sums of the test; then d <- d - c_r w, the
-    buffer and w <- w decay - lr d.
-    ``unit``: see `adamp._adamp_rows`.
+    Shapes and ``unit`` as in `adamp._adamp_rows`; ``hyper`` (float64, `_Hyper.row_floats`):
+    momentum, dampening, lr, eps, the two decays and the two thresholds of the test; the view
+    goes into ``projection``. The class docstring's algorithm in the statistics' dtype,
+    written so that inductor makes it two loops: buffer, direction d and the four row sums of
+    the test; then d <- d - c_r w, the buffer and w <- w decay - lr d.
     """
     momentum, dampening, lr, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(0)
     sdt = unit.dtype
     w_, g_ = w.to(sdt), g.to(sdt)
     buf = momentum_buffer.to(sdt) * momentum + g_ * (1 - dampening)
-    d = (g_ + momentum * buf if nesterov else buf) * unit[:, None]
-    views, coefs = P.project_rows(w_, g_, d, (thr_c, thr_l), eps)
-    projected = d - coefs[:, None] * w_
+    d = (g_ + momentum * buf if nesterov else buf) * unit.reshape(-1)[:, None]
+    views, coefs = P.project_rows(w_, g_, d, unit.shape[0], (thr_c, thr_l), eps)
+    pieces = unit.shape
+    projected = d - coefs[:, None].expand(pieces).reshape(-1)[:, None] * w_
     decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
     w.copy_(w_ * decay_rows - lr * projected)
     momentum_buffer.copy_(buf if nesterov else projected)
@@ -308,13 +308,14 @@ def _sgdp_rows(
 
 def _example(key: Key) -> tuple[Tensor, ...]:
     """Arguments of one `_sgdp_rows` call for ``key`` (fresh tensors; any values will do)."""
-    shape, kw = (key.rows, key.cols), dict(device=key.device, dtype=key.dtype)
-    unit = torch.ones(key.rows, device=key.device, dtype=P.stats_dtype(key.dtype))
+    kw = dict(device=key.device, dtype=key.dtype)
+    tensors = (torch.zeros(key.piece_shape, **kw) for _ in range(3))  # type: ignore[arg-type]
+    unit = torch.ones(key.unit_shape, device=key.device, dtype=P.stats_dtype(key.dtype))
+    projection = torch.zeros((), dtype=torch.long, device=key.device)
     hyper = torch.tensor(
         [0.9, 0.1, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01], dtype=torch.float64, device=key.device
     )
-    projection = torch.zeros((), dtype=torch.long, device=key.device)
-    return (*(torch.zeros(shape, **kw) for _ in range(3)), projection, unit, hyper)  # type: ignore[arg-type]
+    return (*tensors, projection, unit, hyper)
 
 
 _ROW_KERNEL = RowKernel("SGDP", _sgdp_rows, _example, lambda key: {"nesterov": key.variant})
