@@ -218,10 +218,9 @@ class RowStep(Generic[H]):
     """How an optimizer calls its compiled row kernel on one tensor.
 
     ``kernel(key, w, g, *state tensors, projection, unit, hyper)`` runs the step of one
-    tensor as [rows, K] views and writes its view into ``projection``; ``floats(hyper, state,
-    numel, rows)``
-    gives the per-tensor values of its float64 ``hyper`` tensor; ``variant(hyper)`` what else
-    a compiled kernel is specialised on.
+    tensor (as ``key.piece_shape`` views, ``unit`` of ones in ``key.unit_shape``) and writes
+    its view into ``projection``; ``floats(hyper, state, numel, rows)`` gives the values of
+    its float64 ``hyper`` tensor; ``variant(hyper)`` what else a kernel is specialised on.
     """
 
     kernel: RowKernel
@@ -266,35 +265,20 @@ class Kernels(Generic[H]):
             if path == FUSED:
                 ran = [self._fused(route, i, ps[i], gs[i], sts[i], hyper) for i in blocked]
                 blocked = [i for i, done in zip(blocked, ran) if not done]
-            if route.fallback:
-                ids = route.fallback
-                in_float32(
-                    self.reference,
-                    [ps[i] for i in ids],
-                    [gs[i] for i in ids],
-                    [sts[i] for i in ids],
-                    hyper,
-                    self.state_keys,
-                )
-            if route.plain:
-                ids = route.plain
-                in_float32(
-                    self.plain,
-                    [ps[i] for i in ids],
-                    [gs[i] for i in ids],
-                    [sts[i] for i in ids],
-                    hyper,
-                    self.state_keys,
-                )
-            if blocked:
-                in_float32(
-                    self._blocked_step,
-                    [ps[i] for i in blocked],
-                    [gs[i] for i in blocked],
-                    [sts[i] for i in blocked],
-                    hyper,
-                    self.state_keys,
-                )
+            for ids, step in (
+                (route.fallback, self.reference),
+                (route.plain, self.plain),
+                (blocked, self._blocked_step),
+            ):
+                if ids:
+                    in_float32(
+                        step,
+                        [ps[i] for i in ids],
+                        [gs[i] for i in ids],
+                        [sts[i] for i in ids],
+                        hyper,
+                        self.state_keys,
+                    )
 
     def _blocked_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[dict], hyper: H
