@@ -208,23 +208,23 @@ class RowKernel:
 
 
 class _Worker:
-    """One daemon thread per process that compiles queued (kernel, key) jobs in order."""
+    """One daemon thread per process that compiles queued (kernel, key) jobs in order.
+
+    Inductor sizes its loops for ``torch.get_num_threads()``, a process-wide setting the
+    thread reads as the training loop left it.
+    """
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[tuple[RowKernel, Key]] = queue.SimpleQueue()
-        self.threads = torch.get_num_threads()
         self.thread = threading.Thread(target=self._run, name="stepsize_lens-compile", daemon=True)
         self.thread.start()
 
     def submit(self, kernel: RowKernel, key: Key) -> None:
-        self.threads = torch.get_num_threads()  # inductor sizes its loops for this many
         self.jobs.put((kernel, key))
 
     def _run(self) -> None:
         while True:
             kernel, key = self.jobs.get()
-            if torch.get_num_threads() != self.threads:
-                torch.set_num_threads(self.threads)
             kernel._compile(key)
 
 
