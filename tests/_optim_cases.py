@@ -138,8 +138,25 @@ OURS = {"AdamP": AdamP, "SGDP": SGDP}
 REFERENCE = {"AdamP": reference.AdamP, "SGDP": reference.SGDP}
 
 
+#: The three paths of `stepsize_lens.optim._base.PATHS`, as constructor flags.
+PATH_FLAGS = {
+    "per-tensor": {"foreach": False},
+    "multi-tensor": {"foreach": True},
+    "fused": {"fused": True},
+}
+PATHS = list(PATH_FLAGS)
+
+
 def config(opt_name: str, name: str) -> tuple[dict, list | None]:
     return CONFIGS[opt_name][name]
+
+
+def make(opt_name: str, params, path: str, **kwargs) -> torch.optim.Optimizer:
+    """Our optimizer on ``path``; on the fused path, once its compiled kernels are ready."""
+    opt = OURS[opt_name](params, **PATH_FLAGS[path], **kwargs)
+    if path == "fused":
+        assert opt.fused_ready(timeout=None), "the fused kernels did not compile"
+    return opt
 
 
 def matches_reference(opt_name: str, config_name: str, kind: str) -> set[int]:
@@ -152,23 +169,23 @@ def matches_reference(opt_name: str, config_name: str, kind: str) -> set[int]:
     expected = model(kind)
     train(expected, REFERENCE[opt_name](groups(expected, specs), **kwargs), x, y, STEPS)
     views: set[int] = set()
-    for foreach in (False, True):
+    for path in PATHS:
         net = model(kind)
-        opt = OURS[opt_name](groups(net, specs), foreach=foreach, **kwargs)
+        opt = make(opt_name, groups(net, specs), path, **kwargs)
         train(net, opt, x, y, STEPS)
         assert_close_params(net, expected)
         views |= {int(state["projection"]) for state in opt.state.values()}
     return views
 
 
-def channels_last_matches_reference(opt_name: str, foreach: bool) -> None:
+def channels_last_matches_reference(opt_name: str, path: str) -> None:
     kwargs, _ = config(opt_name, "nesterov")
     x, y = data("cnn")
     expected = model("cnn")
     train(expected, REFERENCE[opt_name](expected.parameters(), **kwargs), x, y, STEPS)
     net = model("cnn").to(memory_format=torch.channels_last)
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
-    opt = OURS[opt_name](net.parameters(), foreach=foreach, **kwargs)
+    opt = make(opt_name, net.parameters(), path, **kwargs)
     train(net, opt, x.to(memory_format=torch.channels_last), y, STEPS)
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert_close_params(net, expected, rtol=1e-5)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from _optim_cases import (  # noqa: F401 (one_thread: an autouse fixture)
     ADAMP_CONFIGS,
+    PATHS,
     channels_last_matches_reference,
     data,
+    make,
     matches_reference,
     model,
     one_thread,
@@ -28,14 +30,14 @@ def test_trajectory_matches_the_reference_package(config, kind):
     assert (1 if kind == "cnn" else 2) in views
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_channels_last_matches_the_reference_in_default_format(foreach):
-    channels_last_matches_reference("AdamP", foreach)
+@pytest.mark.parametrize("path", PATHS)
+def test_channels_last_matches_the_reference_in_default_format(path):
+    channels_last_matches_reference("AdamP", path)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_adamp_steps_are_tangential_on_the_toy(foreach):
-    for before, after, delta, state in toy_steps(lambda p: AdamP(p, lr=0.05, foreach=foreach)):
+@pytest.mark.parametrize("path", PATHS)
+def test_adamp_steps_are_tangential_on_the_toy(path):
+    for before, after, delta, state in toy_steps(lambda p: make("AdamP", p, path, lr=0.05)):
         assert int(state["projection"]) == 1
         torch.testing.assert_close(after - before, delta.square().sum(), rtol=1e-6, atol=0)
 

@@ -3,7 +3,9 @@ state dicts, closures, gradient checks and the exports."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import threading
 
 import adamp as reference
 import pytest
@@ -12,6 +14,8 @@ import torch.nn.functional as F
 from _optim_cases import (  # noqa: F401 (one_thread: an autouse fixture)
     CASES,
     OURS,
+    PATH_FLAGS,
+    PATHS,
     REFERENCE,
     RTOL,
     STEPS,
@@ -19,6 +23,7 @@ from _optim_cases import (  # noqa: F401 (one_thread: an autouse fixture)
     config,
     data,
     groups,
+    make,
     model,
     one_thread,
     train,
@@ -27,12 +32,18 @@ from torch import nn
 
 import stepsize_lens
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.optim import SGDP, AdamP, _blocked
+from stepsize_lens.optim import SGDP, AdamP, _blocked, _compiled
+from stepsize_lens.optim import adamp as adamp_module
+from stepsize_lens.optim import sgdp as sgdp_module
 
 
-@pytest.mark.parametrize("block_numel", [None, 100], ids=["default_blocks", "tiny_blocks"])
+@pytest.mark.parametrize(
+    "path,block_numel",
+    [("multi-tensor", None), ("multi-tensor", 100), ("fused", None)],
+    ids=["multi_tensor", "multi_tensor_tiny_blocks", "fused"],
+)
 @pytest.mark.parametrize("opt_name,config_name", CASES)
-def test_reference_and_multi_tensor_paths_agree(opt_name, config_name, block_numel, monkeypatch):
+def test_reference_and_other_paths_agree(opt_name, config_name, path, block_numel, monkeypatch):
     """Both paths see the same gradients (those of the per-tensor run) at every step.
 
     Tiny blocks cut every tensor into many pieces and put several tensors in one block.
@@ -44,23 +55,23 @@ def test_reference_and_multi_tensor_paths_agree(opt_name, config_name, block_num
     kwargs, specs = config(opt_name, config_name)
     x, y = data("cnn")
     net, twin = model("cnn"), model("cnn")
-    single = OURS[opt_name](groups(net, specs), foreach=False, **kwargs)
-    multi = OURS[opt_name](groups(twin, specs), foreach=True, **kwargs)
+    single = make(opt_name, groups(net, specs), "per-tensor", **kwargs)
+    other = make(opt_name, groups(twin, specs), path, **kwargs)
     for _ in range(STEPS):
         single.zero_grad()
         F.cross_entropy(net(x), y).backward()
         for p, q in zip(net.parameters(), twin.parameters()):
             q.grad = p.grad.clone()
         single.step()
-        multi.step()
+        other.step()
         for p, q in zip(net.parameters(), twin.parameters()):
-            assert torch.equal(single.state[p]["projection"], multi.state[q]["projection"])
+            assert torch.equal(single.state[p]["projection"], other.state[q]["projection"])
     assert_close_params(twin, net)
     for p, q in zip(net.parameters(), twin.parameters()):
         for key, value in single.state[p].items():
             if key != "projection" and isinstance(value, torch.Tensor):
                 scale = float(value.norm())
-                assert float((multi.state[q][key] - value).norm()) <= RTOL * scale, key
+                assert float((other.state[q][key] - value).norm()) <= RTOL * scale, key
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
@@ -76,22 +87,26 @@ def test_default_foreach_is_the_multi_tensor_path(opt_name):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
-@pytest.mark.parametrize("foreach", [False, True])
-def test_state_dict_round_trip_mid_training_continues_identically(opt_name, foreach):
-    kwargs, specs = config(opt_name, "groups")
-    x, y = data("cnn")
-    net = model("cnn")
-    opt = OURS[opt_name](groups(net, specs), foreach=foreach, **kwargs)
-    train(net, opt, x, y, 10)
-
+def _saved(net: nn.Module, opt: torch.optim.Optimizer) -> dict:
     buffer = io.BytesIO()
     torch.save({"model": net.state_dict(), "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+@pytest.mark.parametrize("path", PATHS)
+def test_state_dict_round_trip_mid_training_continues_identically(opt_name, path):
+    kwargs, specs = config(opt_name, "groups")
+    x, y = data("cnn")
+    net = model("cnn")
+    opt = make(opt_name, groups(net, specs), path, **kwargs)
+    train(net, opt, x, y, 10)
+
+    saved = _saved(net, opt)
     resumed = model("cnn")
     resumed.load_state_dict(saved["model"])
-    opt2 = OURS[opt_name](groups(resumed, specs), foreach=foreach, **kwargs)
+    opt2 = make(opt_name, groups(resumed, specs), path, **kwargs)
     opt2.load_state_dict(saved["opt"])
     for state in opt2.state.values():
         assert state["projection"].dtype == torch.long and state["projection"].dim() == 0
@@ -100,6 +115,35 @@ def test_state_dict_round_trip_mid_training_continues_identically(opt_name, fore
     train(resumed, opt2, x, y, 10)
     for a, b in zip(net.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+@pytest.mark.parametrize(
+    "saved_on,loaded_on",
+    [(a, b) for a in PATHS for b in PATHS if a != b],
+    ids=lambda p: p.replace("-", "_"),
+)
+def test_state_saved_on_one_path_continues_on_another(opt_name, saved_on, loaded_on):
+    """Same state layout on every path: a checkpoint moves between them (issue 15)."""
+    kwargs, specs = config(opt_name, "groups")
+    x, y = data("cnn")
+    net = model("cnn")
+    opt = make(opt_name, groups(net, specs), saved_on, **kwargs)
+    train(net, opt, x, y, 10)
+    saved = _saved(net, opt)
+    train(net, opt, x, y, 10)  # the uninterrupted run, on the first path
+
+    resumed = model("cnn")
+    resumed.load_state_dict(saved["model"])
+    opt2 = make(opt_name, groups(resumed, specs), loaded_on, **kwargs)
+    opt2.load_state_dict(saved["opt"])
+    for group in opt2.param_groups:  # the loading optimizer keeps its own path
+        assert all(group[k] == v for k, v in PATH_FLAGS[loaded_on].items())
+    assert {k: type(v) for k, v in opt2.state[resumed[0].weight].items()} == {
+        k: type(v) for k, v in opt.state[net[0].weight].items()
+    }
+    train(resumed, opt2, x, y, 10)
+    assert_close_params(resumed, net)
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
@@ -132,16 +176,44 @@ def test_odd_layouts_and_float64_use_the_fallback_correctly(opt_name):
     ]
     grads = [torch.randn(b.shape, generator=gen, dtype=b.dtype) for b in base]
     results = []
-    for foreach in (False, True):
+    for path in PATHS:
         params = [nn.Parameter(b.clone()) for b in base]
-        opt = OURS[opt_name](params, foreach=foreach, **kwargs)
+        opt = make(opt_name, params, path, **kwargs)
         for _ in range(3):
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             opt.step()
         results.append(params)
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+def test_long_rows_cut_into_pieces_on_the_fused_path(opt_name):
+    """Rows longer than the kernels' piece limit: 2 and 3 pieces, and a row with no split."""
+    kwargs, _ = config(opt_name, "nesterov")
+    gen = torch.Generator().manual_seed(9)
+    shapes = [(3, 2, 48, 48), (4, 9000), (2, 4099 * 2)]
+    base = [torch.randn(s, generator=gen) for s in shapes]
+
+    def tangential(w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        rows, n = w.reshape(w.shape[0], -1), noise.reshape(w.shape[0], -1)
+        return n - rows * (rows * n).sum(1, keepdim=True) / rows.square().sum(1, keepdim=True)
+
+    noise = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    runs = []
+    for path in ("per-tensor", "fused"):
+        params = [nn.Parameter(b.clone()) for b in base]
+        opt = make(opt_name, params, path, **kwargs)
+        for step in noise:
+            for p, n in zip(params, step):
+                p.grad = tangential(p.detach(), n).reshape(p.shape)
+            opt.step()
+        assert [int(opt.state[p]["projection"]) for p in params] == [1, 1, 1]
+        runs.append(params)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
@@ -159,20 +231,21 @@ def test_channels_last_weights_with_contiguous_gradients(opt_name):
         ).reshape(p.shape)
 
     results = []
-    for fmt, foreach in [
-        (torch.contiguous_format, False),
-        (torch.channels_last, False),
-        (torch.channels_last, True),
+    for fmt, path in [
+        (torch.contiguous_format, "per-tensor"),
+        (torch.channels_last, "per-tensor"),
+        (torch.channels_last, "multi-tensor"),
+        (torch.channels_last, "fused"),
     ]:
         p = nn.Parameter(w0.clone().to(memory_format=fmt))
-        opt = OURS[opt_name]([p], foreach=foreach, **kwargs)
+        opt = make(opt_name, [p], path, **kwargs)
         for g in noise:
             p.grad = tangential(p, g).contiguous()  # whatever the parameter's layout
             opt.step()
         assert int(opt.state[p]["projection"]) == 1
         results.append(p.detach())
-    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(results[2], results[0], rtol=1e-6, atol=1e-7)
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
@@ -182,13 +255,12 @@ def test_bfloat16_parameters_follow_the_reference(opt_name):
     base = [torch.randn(8, 5, generator=gen), torch.randn(8, generator=gen)]
     grads = [[torch.randn(b.shape, generator=gen) for b in base] for _ in range(5)]
     runs = []
-    for make in (
-        REFERENCE[opt_name],
-        lambda p, **kw: OURS[opt_name](p, foreach=False, **kw),
-        lambda p, **kw: OURS[opt_name](p, foreach=True, **kw),
-    ):
+    for path in ["reference", *PATHS]:
         params = [nn.Parameter(b.to(torch.bfloat16)) for b in base]
-        opt = make(params, **kwargs)
+        if path == "reference":
+            opt = REFERENCE[opt_name](params, **kwargs)
+        else:
+            opt = make(opt_name, params, path, **kwargs)
         for step in grads:
             for p, g in zip(params, step):
                 p.grad = g.to(torch.bfloat16)
@@ -197,6 +269,43 @@ def test_bfloat16_parameters_follow_the_reference(opt_name):
     for ours in runs[1:]:
         for a, b in zip(ours, runs[0]):
             torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def _half_run(opt_name: str, dtype: torch.dtype, path: str, steps: int = 30) -> list:
+    """A conv, a linear and a bias weight in ``dtype`` after ``steps`` steps; returns them as
+    float32. The conv weight's gradient is tangential to its rows (the channel view passes)."""
+    kwargs, _ = config(opt_name, "nesterov")
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(16, 3, 3, 3), (10, 16), (16,)]
+    params = [nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in shapes]
+    noise = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
+    opt = make(opt_name, params, path, **kwargs)
+    for step in noise:
+        w = params[0].detach().float().reshape(16, -1)
+        g = step[0].reshape(16, -1)
+        g = g - w * (w * g).sum(1, keepdim=True) / w.square().sum(1, keepdim=True)
+        grads = [g.reshape(shapes[0]), *step[1:]]
+        for p, grad in zip(params, grads):
+            p.grad = grad.to(dtype)
+        opt.step()
+    assert int(opt.state[params[0]]["projection"]) == 1
+    return [p.detach().float() for p in params]
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_paths_agree_and_compute_in_float32(opt_name, dtype):
+    """Issue 15: every path computes half-precision tensors in float32 and rounds once per
+    write, as torch's fused kernels do (the per-tensor path used to reach NaN on float16:
+    eps = 1e-8 underflows to 0 in float16 and 0/0 follows)."""
+    runs = {path: _half_run(opt_name, dtype, path) for path in PATHS}
+    exact = _half_run(opt_name, torch.float32, "per-tensor")
+    eps = torch.finfo(dtype).eps  # |a - b| <= k eps (1 + |b|): a few roundings apart
+    for path, weights in runs.items():
+        for a, b, c in zip(weights, exact, runs["per-tensor"]):
+            assert torch.isfinite(a).all(), path
+            torch.testing.assert_close(a, b, rtol=8 * eps, atol=8 * eps)
+            torch.testing.assert_close(a, c, rtol=2 * eps, atol=2 * eps)
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
@@ -218,10 +327,10 @@ def test_multi_tensor_path_never_reads_tensor_values_on_the_host(opt_name, monke
 
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
-@pytest.mark.parametrize("foreach", [False, True])
-def test_nan_and_zero_gradients_never_crash(opt_name, foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_and_zero_gradients_never_crash(opt_name, path):
     nan_p, zero_p = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4, 3))
-    opt = OURS[opt_name]([nan_p, zero_p], lr=0.1, foreach=foreach)
+    opt = make(opt_name, [nan_p, zero_p], path, lr=0.1)
     nan_p.grad = torch.full((4, 3), float("nan"))
     zero_p.grad = torch.zeros(4, 3)
     before = zero_p.detach().clone()
@@ -277,6 +386,104 @@ def test_defaults_match_the_reference_and_top_level_exports():
     assert stepsize_lens.AdamP is AdamP and stepsize_lens.SGDP is SGDP
     p = [nn.Parameter(torch.randn(2, 2))]
     ours, ref = AdamP(p).defaults, reference.AdamP(p).defaults
-    assert {k: ours[k] for k in ref} == ref and ours["foreach"] is None
+    assert {k: ours[k] for k in ref} == ref and ours["foreach"] is ours["fused"] is None
     ours, ref = SGDP(p, lr=0.1).defaults, reference.SGDP(p, lr=0.1).defaults
-    assert {k: ours[k] for k in ref} == ref and ours["foreach"] is None
+    assert {k: ours[k] for k in ref} == ref and ours["foreach"] is ours["fused"] is None
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+def test_fused_and_foreach_follow_torchs_rules(opt_name):
+    p = nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(UserInputError, match="cannot be `True` together"):
+        OURS[opt_name]([p], lr=0.1, foreach=True, fused=True)
+    with pytest.raises(UserInputError, match="floating-point"):
+        OURS[opt_name]([torch.zeros(3, 3, dtype=torch.long)], lr=0.1, fused=True)
+    opt = OURS[opt_name]([p], lr=0.1, fused=False)
+    with pytest.raises(UserInputError, match="floating-point"):
+        opt.add_param_group({"params": [torch.zeros(2, dtype=torch.long)], "fused": True})
+    assert len(opt.param_groups) == 1
+
+
+MODULES = {"AdamP": adamp_module, "SGDP": sgdp_module}
+
+
+def _swap_kernel(monkeypatch, opt_name: str, fn=None) -> _compiled.RowKernel:
+    """Give ``opt_name`` a fresh row kernel (of ``fn``, default its own): nothing compiled."""
+    module = MODULES[opt_name]
+    real = module._ROW_KERNEL
+    kernel = _compiled.RowKernel(real.name, fn or real.fn, real.example, real.variant_kwargs)
+    monkeypatch.setattr(module, "_ROW_KERNEL", kernel)
+    rows = dataclasses.replace(module._KERNELS.rows, kernel=kernel)
+    monkeypatch.setattr(module, "_KERNELS", dataclasses.replace(module._KERNELS, rows=rows))
+    return kernel
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+def test_fused_steps_never_wait_for_the_compiler(opt_name, monkeypatch):
+    """While the kernels compile, steps take the multi-tensor path (same numbers, bit for bit)
+    and the compiled kernels take over once ready."""
+    kernel = _swap_kernel(monkeypatch, opt_name)
+    release, compiled = threading.Event(), []
+    real_compile = kernel._compile
+
+    def slow_compile(key):  # the background thread blocks until the test lets it go
+        release.wait(timeout=120)
+        compiled.append(key)
+        real_compile(key)
+
+    monkeypatch.setattr(kernel, "_compile", slow_compile)
+    kwargs, _ = config(opt_name, "nesterov")
+    x, y = data("cnn")
+    net, twin = model("cnn"), model("cnn")
+    fused = OURS[opt_name](net.parameters(), fused=True, **kwargs)
+    multi = OURS[opt_name](twin.parameters(), foreach=True, **kwargs)
+    assert not fused.fused_ready()
+    for _ in range(3):
+        for n, o in ((net, fused), (twin, multi)):
+            o.zero_grad()
+            F.cross_entropy(n(x), y).backward()
+            o.step()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    release.set()
+    assert fused.fused_ready(timeout=120) and compiled
+
+
+def test_a_kernel_that_cannot_compile_warns_and_falls_back(monkeypatch):
+    def broken(w, g, buf, projection, unit, hyper, *, nesterov):
+        raise RuntimeError("no compiler here")
+
+    _swap_kernel(monkeypatch, "SGDP", broken)
+    p, q = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4, 3))
+    with pytest.warns(RuntimeWarning, match="fused SGDP kernel is unavailable"):
+        opt = SGDP([p], lr=0.1, momentum=0.9, fused=True)
+        assert not opt.fused_ready(timeout=120)
+    ref = SGDP([q], lr=0.1, momentum=0.9, foreach=True)
+    with torch.no_grad():
+        q.copy_(p)
+    for _ in range(2):
+        p.grad, q.grad = torch.ones(4, 3), torch.ones(4, 3)
+        opt.step()
+        ref.step()
+    assert torch.equal(p, q)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+def test_torch_compile_of_the_step_matches_the_eager_step(opt_name):
+    """Issue 15: ``torch.compile(optimizer.step)`` on CPU, as for torch's optimizers."""
+    kwargs, _ = config(opt_name, "nesterov")
+    x, y = data("cnn")
+    net, twin = model("cnn"), model("cnn")
+    eager = make(opt_name, net.parameters(), "per-tensor", **kwargs)
+    opt = OURS[opt_name](twin.parameters(), **kwargs)
+    compiled_step = torch.compile(opt.step)
+    for _ in range(6):
+        for n, o, step in ((net, eager, eager.step), (twin, opt, compiled_step)):
+            o.zero_grad()
+            F.cross_entropy(n(x), y).backward()
+            step()
+    assert_close_params(twin, net)
+    assert [int(s["projection"]) for s in opt.state.values()] == [
+        int(s["projection"]) for s in eager.state.values()
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from _optim_cases import one_thread  # noqa: F401 (an autouse fixture)
 
 from stepsize_lens.optim import _blocked
 

@@ -12,6 +12,7 @@ import adamp as reference
 import pytest
 import torch
 import torch.nn.functional as F
+from _optim_cases import one_thread  # noqa: F401 (an autouse fixture)
 
 from stepsize_lens._rows import as_rows
 from stepsize_lens._schema import View
@@ -157,3 +158,13 @@ def test_view_codes_are_the_schema_views():
     wg, nw, ng, _ = _batched_stats(ws, gs, gs)
     views = P.choose_views(wg, nw, ng, P.RowLayout.of([w.shape for w in ws]), 0.1, 1e-8)
     assert [View(v) for v in views.tolist()] == [View.CHANNEL, View.LAYER, View.NONE, View.CHANNEL]
+
+
+def test_long_rows_are_cut_into_equal_pieces_a_kernel_sums_quickly():
+    assert [P.row_pieces(k) for k in (1, 27, 4096)] == [1, 1, 1]
+    assert P.row_pieces(4608) == 2 and P.row_pieces(9000) == 3
+    # no divisor within 8x the fewest pieces: whole rows
+    assert P.row_pieces(4099 * 2) == 1 and P.row_pieces(12289) == 1
+    for cols in (4608, 9000, 4097 * 5):
+        pieces = P.row_pieces(cols)
+        assert cols % pieces == 0 and (pieces == 1 or cols // pieces <= P.PIECE_LIMIT)

@@ -98,8 +98,76 @@ class RowLayout:
         return torch.segment_reduce(per_row, "max", lengths=lengths, unsafe=True)
 
 
+class TensorRows:
+    """The `RowLayout` interface for the rows of one tensor, in a traced (compiled) row kernel.
+
+    Segment reductions over one tensor are plain reductions, and the thresholds come as the
+    caller's double-precision 0-dim tensors (compared in the statistics' dtype, as
+    `RowLayout.thresholds` rounds them), so that one compiled kernel serves every shape.
+    """
+
+    def __init__(self, channel_threshold: Tensor, layer_threshold: Tensor) -> None:
+        self.thr = (channel_threshold, layer_threshold)
+
+    def thresholds(self, delta: float, dtype: torch.dtype, device: torch.device) -> tuple:
+        return self.thr
+
+    def expand(self, per_tensor: Tensor) -> Tensor:
+        return per_tensor
+
+    def segment_sum(self, per_row: Tensor) -> Tensor:
+        return per_row.sum(0, keepdim=True)
+
+    def segment_max(self, per_row: Tensor) -> Tensor:
+        return per_row.amax(0, keepdim=True)
+
+
+#: Inductor sums float32 rows longer than this with a slower cascade helper, so row kernels
+#: see long rows as several pieces (`row_pieces`). A speed detail: any split is exact enough.
+PIECE_LIMIT = 4096
+
+
+def row_pieces(cols: int, limit: int = PIECE_LIMIT) -> int:
+    """The fewest equal pieces of at most ``limit`` elements a row of ``cols`` splits into,
+    looking no further than 8 times the fewest possible; 1 when the row is short enough or no
+    such split exists (the kernel then sums whole rows, correctly but more slowly)."""
+    if cols <= limit:
+        return 1
+    fewest = -(-cols // limit)
+    for pieces in range(fewest, 8 * fewest + 1):
+        if cols % pieces == 0:
+            return pieces
+    return 1
+
+
+def project_rows(
+    w: Tensor, g: Tensor, u: Tensor, rows: int, thresholds: tuple[Tensor, Tensor], eps: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The test and the projection of one tensor, in a row kernel's terms.
+
+    ``w``, ``g``, ``u``: the weight, the raw gradient and the update direction in the
+    statistics' dtype, as [rows * pieces, K / pieces] (each row of the [rows, K] tensor in
+    consecutive pieces, `row_pieces`). Returns (view [1], c [rows]) with u_r - c_r w_r the
+    projected update (`choose_views`, `projection_coefs` on a `TensorRows` layout).
+    """
+
+    def per_row(x: Tensor) -> Tensor:
+        return x.sum(1).view(rows, -1).sum(1)
+
+    layout = TensorRows(*thresholds)
+    w_norm = per_row(w * w).sqrt()
+    g_norm = per_row(g * g).sqrt()
+    views = choose_views(per_row(w * g), w_norm, g_norm, layout, 0.0, eps)
+    return views, projection_coefs(per_row(w * u), w_norm, views, layout, eps)
+
+
 def choose_views(
-    w_dot_g: Tensor, w_norm: Tensor, g_norm: Tensor, layout: RowLayout, delta: float, eps: float
+    w_dot_g: Tensor,
+    w_norm: Tensor,
+    g_norm: Tensor,
+    layout: RowLayout | TensorRows,
+    delta: float,
+    eps: float,
 ) -> Tensor:
     """The `View` each tensor passes (NONE, CHANNEL or LAYER), from per-row statistics.
 
@@ -118,7 +186,7 @@ def choose_views(
 
 
 def projection_coefs(
-    w_dot_u: Tensor, w_norm: Tensor, views: Tensor, layout: RowLayout, eps: float
+    w_dot_u: Tensor, w_norm: Tensor, views: Tensor, layout: RowLayout | TensorRows, eps: float
 ) -> Tensor:
     """Per-row c such that u_r - c_r * w_r removes the radial part of the chosen view.
 
@@ -131,9 +199,9 @@ def projection_coefs(
     row_views = layout.expand(views)
     zero = torch.zeros((), dtype=w_dot_u.dtype, device=w_dot_u.device)
     return torch.where(
-        row_views == View.CHANNEL,
+        row_views == int(View.CHANNEL),
         chan,
-        torch.where(row_views == View.LAYER, layout.expand(layer), zero),
+        torch.where(row_views == int(View.LAYER), layout.expand(layer), zero),
     )
 
 
@@ -175,7 +243,7 @@ def project_(
     coefs = projection_coefs(stats[3], stats[1], views, layout, eps)
     shape = (n,) + (1,) * (w.ndim - 1)
     update.addcmul_(w, coefs.to(update.dtype).reshape(shape), value=-1)
-    return views[0], views[0] != View.NONE
+    return views[0], views[0] != int(View.NONE)
 
 
 def pick(cond: Tensor, if_false: float, if_true: float, dtype: torch.dtype) -> Tensor:

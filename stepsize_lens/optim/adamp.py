@@ -21,6 +21,8 @@ from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
+from stepsize_lens.optim._compiled import Key, RowKernel
+from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 __all__ = ["AdamP", "adamp"]
 
@@ -54,11 +56,22 @@ class AdamP(B.ProjectedOptimizer):
         delta: threshold δ of the cosine test.
         wd_ratio: factor on the weight decay of projected tensors.
         nesterov: use the Nesterov form of the first moment in the update.
-        foreach: True for the multi-tensor path, False for the per-tensor reference path,
-            None (default) for the multi-tensor path whenever all parameters are plain tensors.
-            Both give the same result up to float rounding; the multi-tensor path never
-            synchronises with the device, works on cache-sized blocks of rows and, on CPU and
-            CUDA without nesterov, computes the Adam direction with torch's fused Adam kernel.
+        foreach, fused: the path, with torch's conventions (``_base.PATHS``). All paths give
+            the same result up to float rounding, and float16/bfloat16 parameters are
+            computed in float32 on every path.
+
+            - ``foreach=False``: the per-tensor reference path above.
+            - ``foreach=True`` (and the default ``None`` when every parameter is a plain
+              tensor): the multi-tensor path. It never synchronises with the device, works on
+              cache-sized blocks of rows and, without nesterov, computes the Adam direction
+              with torch's fused Adam kernel (CPU, CUDA).
+            - ``fused=True``: on CPU, one compiled kernel per tensor (``torch.compile``;
+              needs a C++ compiler) that updates the moments and sums the test's row
+              statistics in one pass, then projects and writes the weight in a second;
+              1-D tensors take torch's fused AdamW kernel. The kernels compile in a
+              background thread from construction on (seconds; torch caches them on disk);
+              until they are ready, where they cannot be compiled, and on CUDA, the
+              multi-tensor path runs, so no step waits. `fused_ready(timeout=None)` waits.
     """
 
     def __init__(
@@ -73,10 +86,9 @@ class AdamP(B.ProjectedOptimizer):
         nesterov: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        B.validate_common(lr=lr, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio)
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise UserInputError(f"invalid betas: {betas}")
+        B.check_paths("AdamP", foreach, fused)
         defaults = dict(
             lr=lr,
             betas=betas,
@@ -86,8 +98,22 @@ class AdamP(B.ProjectedOptimizer):
             wd_ratio=wd_ratio,
             nesterov=nesterov,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        B.validate_common(group)
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise UserInputError(f"invalid betas: {betas!r} (two numbers are needed)")
+        for name, beta in zip(("betas[0]", "betas[1]"), betas):
+            B.check_number(name, beta)
+            if not beta < 1.0:
+                raise UserInputError(f"invalid betas: {tuple(betas)}")
+
+    def _kernel_keys(self, group: dict[str, Any]) -> tuple[RowKernel, list[Key]]:
+        return _ROW_KERNEL, B.kernel_keys(group["params"], bool(group["nesterov"]))
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         if len(state) == 0:
@@ -99,7 +125,7 @@ class AdamP(B.ProjectedOptimizer):
             state["projection"] = B.new_projection_state(p)
         state["step"] += 1
 
-    def _update(self, group: dict[str, Any], tensors: B.GroupTensors, foreach: bool) -> None:
+    def _update(self, group: dict[str, Any], tensors: B.GroupTensors, path: str) -> None:
         adamp(
             *tensors,
             lr=group["lr"],
@@ -110,7 +136,7 @@ class AdamP(B.ProjectedOptimizer):
             delta=group["delta"],
             wd_ratio=group["wd_ratio"],
             nesterov=group["nesterov"],
-            foreach=foreach,
+            path=path,
         )
 
 
@@ -131,20 +157,35 @@ class _Hyper:
         """Weight-decay multipliers (no view, a view): 1 - η λ and 1 - η λ wd_ratio."""
         return 1 - self.lr * self.weight_decay, 1 - self.lr * self.weight_decay * self.wd_ratio
 
+    def row_floats(self, state: dict, numel: int, rows: int) -> tuple[float, ...]:
+        """``hyper`` of `_adamp_rows` for one tensor, computed in double like the reference."""
+        step = state["step"]
+        return (
+            self.beta1,
+            self.beta2,
+            1 / math.sqrt(1 - self.beta2**step),
+            self.lr / (1 - self.beta1**step),
+            self.eps,
+            *self.decays(),
+            channel_threshold(numel, rows, self.delta),
+            layer_threshold(numel, self.delta),
+        )
+
 
 def adamp(
     params: list[Tensor],
     grads: list[Tensor],
     states: list[dict],
     *,
-    foreach: bool,
+    path: str = B.MULTI_TENSOR,
     **hyper: Any,
 ) -> None:
     """Functional AdamP step over parameters whose states already count this step.
 
-    ``hyper``: lr, beta1, beta2, eps, weight_decay, delta, wd_ratio, nesterov.
+    ``path``: one of `_base.PATHS`. ``hyper``: lr, beta1, beta2, eps, weight_decay, delta,
+    wd_ratio, nesterov.
     """
-    _KERNELS(params, grads, states, _Hyper(**hyper), foreach=foreach)
+    _KERNELS(params, grads, states, _Hyper(**hyper), path=path)
 
 
 def _single_tensor_adamp(
@@ -281,7 +322,7 @@ def _blocked_adamp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     )
     scale = coefs.neg_()
     if h.weight_decay > 0:
-        scale += part.layout.expand(P.pick(views != View.NONE, *h.decays(), scale.dtype))
+        scale += part.layout.expand(P.pick(views != int(View.NONE), *h.decays(), scale.dtype))
     else:
         scale += 1
     scales, w = part.blocks.split(scale[:, None]), part.w
@@ -291,11 +332,72 @@ def _blocked_adamp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     return views
 
 
-#: Multi-tensor path, per device and dtype: a plain multi-tensor AdamW step for tensors that
-#: are never projected, `_blocked_adamp` for the others, the reference path for odd layouts.
+def _adamp_rows(
+    w: Tensor,
+    g: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    projection: Tensor,
+    unit: Tensor,
+    hyper: Tensor,
+    *,
+    nesterov: bool,
+) -> None:
+    """The fused path's row kernel: one AdamP step of one tensor.
+
+    ``w``, ``g`` and the moments as [rows * pieces, K / pieces] (`P.row_pieces`); ``unit``:
+    ones of shape [rows, pieces]; ``hyper`` (float64, `_Hyper.row_floats`): beta1, beta2,
+    1 / sqrt(1 - beta2^t), lr / (1 - beta1^t), eps, the two decays and the two thresholds of
+    the test. The view goes into ``projection``. The class docstring's algorithm in the
+    statistics' dtype (``unit``'s: float32, or float64 for float64 tensors), written so that
+    inductor makes it two loops: moments, direction u and the four row sums of the test; then
+    w <- w (decay + step_size c_r) - step_size u. Multiplying u by ``unit`` (one per piece)
+    keeps the first loop [pieces, K / pieces]-shaped, which lets inductor fuse the moment
+    update into the row sums instead of a separate flat pass.
+    """
+    beta1, beta2, inv_sqrt_bc2, step_size, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(
+        0
+    )
+    sdt = unit.dtype
+    w_, g_ = w.to(sdt), g.to(sdt)
+    m = exp_avg.to(sdt) * beta1 + g_ * (1 - beta1)
+    v = exp_avg_sq.to(sdt) * beta2 + g_ * g_ * (1 - beta2)
+    numer = m * beta1 + g_ * (1 - beta1) if nesterov else m
+    u = numer / (v.sqrt() * inv_sqrt_bc2 + eps) * unit.reshape(-1)[:, None]
+    views, coefs = P.project_rows(w_, g_, u, unit.shape[0], (thr_c, thr_l), eps)
+    decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
+    scale = (decay_rows + step_size * coefs)[:, None].expand(unit.shape).reshape(-1)
+    w.copy_(w_ * scale[:, None] - step_size * u)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    projection.copy_(views[0])
+
+
+def _example(key: Key) -> tuple[Tensor, ...]:
+    """Arguments of one `_adamp_rows` call for ``key`` (fresh tensors; any values will do)."""
+    kw = dict(device=key.device, dtype=key.dtype)
+    tensors = (torch.zeros(key.piece_shape, **kw) for _ in range(4))  # type: ignore[arg-type]
+    unit = torch.ones(key.unit_shape, device=key.device, dtype=P.stats_dtype(key.dtype))
+    projection = torch.zeros((), dtype=torch.long, device=key.device)
+    hyper = torch.tensor(
+        [0.9, 0.999, 0.5, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01], dtype=torch.float64, device=key.device
+    )
+    return (*tensors, projection, unit, hyper)
+
+
+_ROW_KERNEL = RowKernel("AdamP", _adamp_rows, _example, lambda key: {"nesterov": key.variant})
+
+#: Per device and dtype: a plain multi-tensor AdamW step for tensors that are never projected,
+#: `_blocked_adamp` (multi-tensor) or `_adamp_rows` (fused) for the others, the reference path
+#: for odd layouts.
 _KERNELS = B.Kernels(
     reference=_single_tensor_adamp,
     plain=_plain_adamw,
     blocked=_blocked_adamp,
     state_keys=("exp_avg", "exp_avg_sq"),
+    rows=B.RowStep(
+        kernel=_ROW_KERNEL,
+        floats=lambda h, state, numel, rows: h.row_floats(state, numel, rows),
+        variant=lambda h: bool(h.nesterov),
+    ),
 )

@@ -21,6 +21,8 @@ from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
+from stepsize_lens.optim._compiled import Key, RowKernel
+from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 __all__ = ["SGDP", "sgdp"]
 
@@ -51,16 +53,27 @@ class SGDP(B.ProjectedOptimizer):
 
     Args:
         params: parameters or parameter groups.
-        lr: learning rate (required).
+        lr: learning rate (required: here, or in every parameter group).
         momentum, dampening, nesterov: as in SGD.
         weight_decay: decoupled weight decay λ (scaled by 1 / (1 - momentum)).
         eps: the eps of the cosine and of the projection.
         delta: threshold δ of the cosine test.
         wd_ratio: factor on the weight decay of projected tensors.
-        foreach: True for the multi-tensor path, False for the per-tensor reference path,
-            None (default) for the multi-tensor path whenever all parameters are plain tensors.
-            Both give the same result up to float rounding; the multi-tensor path never
-            synchronises with the device.
+        foreach, fused: the path, with torch's conventions (``_base.PATHS``). All paths give
+            the same result up to float rounding, and float16/bfloat16 parameters are
+            computed in float32 on every path.
+
+            - ``foreach=False``: the per-tensor reference path above.
+            - ``foreach=True`` (and the default ``None`` when every parameter is a plain
+              tensor): the multi-tensor path. It never synchronises with the device and works
+              on cache-sized blocks of rows.
+            - ``fused=True``: on CPU, one compiled kernel per tensor (``torch.compile``;
+              needs a C++ compiler) that updates the buffer and sums the test's row
+              statistics in one pass, then projects and writes weight and buffer in a second.
+              The kernels compile in a background thread from construction on (seconds;
+              torch caches them on disk); until they are ready, where they cannot be
+              compiled, and on CUDA, the multi-tensor path runs, so no step waits.
+              `fused_ready(timeout=None)` waits for them.
     """
 
     def __init__(
@@ -76,16 +89,9 @@ class SGDP(B.ProjectedOptimizer):
         wd_ratio: float = 0.1,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        if lr is required:
-            raise UserInputError("SGDP needs a learning rate: SGDP(params, lr=...)")
-        B.validate_common(lr=lr, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio)
-        if not momentum >= 0.0:
-            raise UserInputError(f"invalid momentum: {momentum}")
-        if weight_decay > 0 and momentum >= 1.0:
-            raise UserInputError(
-                "SGDP scales weight decay by 1/(1 - momentum): momentum must be < 1"
-            )
+        B.check_paths("SGDP", foreach, fused)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -96,8 +102,23 @@ class SGDP(B.ProjectedOptimizer):
             delta=delta,
             wd_ratio=wd_ratio,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        B.validate_common(group)
+        momentum = group["momentum"]
+        if not momentum >= 0.0:
+            raise UserInputError(f"invalid momentum: {momentum}")
+        if group["weight_decay"] > 0 and momentum >= 1.0:
+            raise UserInputError(
+                "SGDP scales weight decay by 1/(1 - momentum): momentum must be < 1 in every "
+                f"parameter group with weight decay (got momentum {momentum})"
+            )
+
+    def _kernel_keys(self, group: dict[str, Any]) -> tuple[RowKernel, list[Key]]:
+        return _ROW_KERNEL, B.kernel_keys(group["params"], bool(group["nesterov"]))
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         if "momentum" in state:  # loaded from the reference package
@@ -107,7 +128,7 @@ class SGDP(B.ProjectedOptimizer):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["projection"] = B.new_projection_state(p)
 
-    def _update(self, group: dict[str, Any], tensors: B.GroupTensors, foreach: bool) -> None:
+    def _update(self, group: dict[str, Any], tensors: B.GroupTensors, path: str) -> None:
         sgdp(
             *tensors,
             lr=group["lr"],
@@ -118,7 +139,7 @@ class SGDP(B.ProjectedOptimizer):
             eps=group["eps"],
             delta=group["delta"],
             wd_ratio=group["wd_ratio"],
-            foreach=foreach,
+            path=path,
         )
 
 
@@ -138,10 +159,25 @@ class _Hyper:
     def decays(self) -> tuple[float, float]:
         """Weight-decay multipliers (no view, a view), written as the reference computes them.
 
-        Needs momentum < 1 (the constructor enforces it when weight_decay > 0).
+        Both 1 without weight decay (the reference skips the multiplication); with weight
+        decay, needs momentum < 1 (every group is checked for it).
         """
         lr, wd, mu = self.lr, self.weight_decay, self.momentum
+        if not wd > 0:
+            return 1.0, 1.0
         return 1 - lr * wd * 1 / (1 - mu), 1 - lr * wd * self.wd_ratio / (1 - mu)
+
+    def row_floats(self, state: dict, numel: int, rows: int) -> tuple[float, ...]:
+        """``hyper`` of `_sgdp_rows` for one tensor."""
+        return (
+            self.momentum,
+            self.dampening,
+            self.lr,
+            self.eps,
+            *self.decays(),
+            channel_threshold(numel, rows, self.delta),
+            layer_threshold(numel, self.delta),
+        )
 
 
 def sgdp(
@@ -149,14 +185,15 @@ def sgdp(
     grads: list[Tensor],
     states: list[dict],
     *,
-    foreach: bool,
+    path: str = B.MULTI_TENSOR,
     **hyper: Any,
 ) -> None:
     """Functional SGDP step.
 
-    ``hyper``: lr, momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio.
+    ``path``: one of `_base.PATHS`. ``hyper``: lr, momentum, dampening, weight_decay,
+    nesterov, eps, delta, wd_ratio.
     """
-    _KERNELS(params, grads, states, _Hyper(**hyper), foreach=foreach)
+    _KERNELS(params, grads, states, _Hyper(**hyper), path=path)
 
 
 def _single_tensor_sgdp(
@@ -226,7 +263,7 @@ def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     neg_coefs = part.blocks.split(coefs.neg_()[:, None])
     decay = None
     if h.weight_decay > 0:
-        per_tensor = P.pick(views != View.NONE, *h.decays(), coefs.dtype)
+        per_tensor = P.pick(views != int(View.NONE), *h.decays(), coefs.dtype)
         decay = part.blocks.split(part.layout.expand(per_tensor)[:, None])
     w = part.w
     for a, b in reversed(part.blocks.blocks):  # the last blocks of pass 1 are still in cache
@@ -237,11 +274,63 @@ def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     return views
 
 
-#: Multi-tensor path, per device and dtype: a plain multi-tensor momentum step for tensors
-#: that are never projected, `_blocked_sgdp` for the others, the reference path for odd layouts.
+def _sgdp_rows(
+    w: Tensor,
+    g: Tensor,
+    momentum_buffer: Tensor,
+    projection: Tensor,
+    unit: Tensor,
+    hyper: Tensor,
+    *,
+    nesterov: bool,
+) -> None:
+    """The fused path's row kernel: one SGDP step of one tensor.
+
+    Shapes and ``unit`` as in `adamp._adamp_rows`; ``hyper`` (float64, `_Hyper.row_floats`):
+    momentum, dampening, lr, eps, the two decays and the two thresholds of the test; the view
+    goes into ``projection``. The class docstring's algorithm in the statistics' dtype,
+    written so that inductor makes it two loops: buffer, direction d and the four row sums of
+    the test; then d <- d - c_r w, the buffer and w <- w decay - lr d.
+    """
+    momentum, dampening, lr, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(0)
+    sdt = unit.dtype
+    w_, g_ = w.to(sdt), g.to(sdt)
+    buf = momentum_buffer.to(sdt) * momentum + g_ * (1 - dampening)
+    d = (g_ + momentum * buf if nesterov else buf) * unit.reshape(-1)[:, None]
+    views, coefs = P.project_rows(w_, g_, d, unit.shape[0], (thr_c, thr_l), eps)
+    pieces = unit.shape
+    projected = d - coefs[:, None].expand(pieces).reshape(-1)[:, None] * w_
+    decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
+    w.copy_(w_ * decay_rows - lr * projected)
+    momentum_buffer.copy_(buf if nesterov else projected)
+    projection.copy_(views[0])
+
+
+def _example(key: Key) -> tuple[Tensor, ...]:
+    """Arguments of one `_sgdp_rows` call for ``key`` (fresh tensors; any values will do)."""
+    kw = dict(device=key.device, dtype=key.dtype)
+    tensors = (torch.zeros(key.piece_shape, **kw) for _ in range(3))  # type: ignore[arg-type]
+    unit = torch.ones(key.unit_shape, device=key.device, dtype=P.stats_dtype(key.dtype))
+    projection = torch.zeros((), dtype=torch.long, device=key.device)
+    hyper = torch.tensor(
+        [0.9, 0.1, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01], dtype=torch.float64, device=key.device
+    )
+    return (*tensors, projection, unit, hyper)
+
+
+_ROW_KERNEL = RowKernel("SGDP", _sgdp_rows, _example, lambda key: {"nesterov": key.variant})
+
+#: Per device and dtype: a plain multi-tensor momentum step for tensors that are never
+#: projected, `_blocked_sgdp` (multi-tensor) or `_sgdp_rows` (fused) for the others, the
+#: reference path for odd layouts.
 _KERNELS = B.Kernels(
     reference=_single_tensor_sgdp,
     plain=_plain_sgd,
     blocked=_blocked_sgdp,
     state_keys=("momentum_buffer",),
+    rows=B.RowStep(
+        kernel=_ROW_KERNEL,
+        floats=lambda h, state, numel, rows: h.row_floats(state, numel, rows),
+        variant=lambda h: bool(h.nesterov),
+    ),
 )
