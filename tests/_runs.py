@@ -6,6 +6,7 @@ the paper's test views) is derived consistently:
 
 - update_norm = ‖w‖·tan(angle) (a purely tangential step), cos_update = 0, norm_growth = ‖Δ‖²,
   relative_update = ‖Δ‖/‖w‖, effective_lr = η/‖w‖², grad_norm = ``grad_scale``/‖w‖;
+- channel_angular_update_cv = 0.05 (rows turning at nearly one rate) for tensors with ndim >= 2;
 - a tensor's class sets its cosines: channel → channel_cos_grad_max = cos_grad = 0, layer →
   channel max 0.5 and cos_grad 0, none → both 0.5 (so `classify_tensors` recovers the class);
   1-D tensors are never tested.
@@ -106,6 +107,7 @@ def crafted_run(
             "channel_cos_grad_max": np.where(multi, chan_cos, np.nan) * np.ones_like(w),
             "channel_weight_norm": np.where(multi, w, np.nan),
             "channel_angular_update": np.where(multi, angle, np.nan),
+            "channel_angular_update_cv": np.where(multi, 0.05, np.nan) * np.ones_like(w),
         }
     derived.update({k: np.asarray(v, dtype=np.float64) for k, v in (overrides or {}).items()})
     test = np.array([CODES[t.cls] if len(t.shape) >= 2 else View.UNTESTED for t in tensors])

@@ -54,7 +54,7 @@ def _iterate(
     return x
 
 
-def _marchenko_pastur_singular_values(rows: int, cols: int) -> np.ndarray:
+def marchenko_pastur_singular_values(rows: int, cols: int) -> np.ndarray:
     """min(rows, cols) quantiles of the singular values of a rows × cols matrix of unit
     Gaussian entries (Marchenko–Pastur, ratio y = min/max ≤ 1)."""
     small, large = min(rows, cols), max(rows, cols)
@@ -83,13 +83,31 @@ def update_stats(
     (module docstring), in float64."""
     if min(rows, cols) <= EXACT_LIMIT:
         rng = np.random.default_rng(0)
-        nu = gamma = 0.0
-        for _ in range(DRAWS):
-            sigma = np.linalg.svd(rng.standard_normal((rows, cols)), compute_uv=False)
-            out = _iterate(sigma, coefficients, steps, eps)
-            nu += float((out**2).sum()) / DRAWS
-            gamma += float((out * sigma).sum()) / (rows * cols * DRAWS)
-        return nu, gamma
-    sigma = _marchenko_pastur_singular_values(rows, cols)
+        draws = [
+            stats_of_singular_values(
+                np.linalg.svd(rng.standard_normal((rows, cols)), compute_uv=False),
+                rows,
+                cols,
+                coefficients,
+                steps,
+                eps,
+            )
+            for _ in range(DRAWS)
+        ]
+        return float(np.mean([d[0] for d in draws])), float(np.mean([d[1] for d in draws]))
+    return stats_of_singular_values(
+        marchenko_pastur_singular_values(rows, cols), rows, cols, coefficients, steps, eps
+    )
+
+
+def stats_of_singular_values(
+    sigma: np.ndarray,
+    rows: int,
+    cols: int,
+    coefficients: tuple[float, float, float] = COEFFICIENTS,
+    steps: int = STEPS,
+    eps: float = EPS,
+) -> tuple[float, float]:
+    """(ν, γ) for one matrix with singular values ``sigma`` (unit entry variance)."""
     out = _iterate(sigma, coefficients, steps, eps)
     return float((out**2).sum()), float((out * sigma).sum()) / (rows * cols)
