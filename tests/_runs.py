@@ -181,6 +181,29 @@ def healthy_run(**kwargs) -> Run:
     return crafted_run(**base)
 
 
+STEADY_STEPS = 15  # steps between records of `steady_run`: 200 records span 3000 steps
+
+
+def steady_grad_scale(norm: float = 1.5, lr: float = 0.1, wd: float = 5e-4, momentum: float = 0.9):
+    """The scale-free gradient g̃ whose SGD-momentum equilibrium norm is ``norm``:
+    ‖w‖⁴ = ηg̃²/(2λ(1−μ)) (docs/design.md §5.3), so g̃² = 2λ(1−μ)‖w‖⁴/η."""
+    return float(np.sqrt(2 * wd * (1 - momentum) * norm**4 / lr))
+
+
+def steady_run(**kwargs) -> Run:
+    """`healthy_run` long enough to be at equilibrium: 200 records every `STEADY_STEPS` steps
+    (3000 steps, six relaxation times 1/(4ηλ/(1−μ)) = 500), norms at the SGD-momentum
+    equilibrium norm 1.5 of its scale-free gradient, angles at the equilibrium angle."""
+    records = kwargs.get("records", 200)
+    base = dict(
+        steps=STEADY_STEPS * np.arange(1, records + 1),
+        grad_scale=steady_grad_scale(),
+        label="steady",
+    )
+    base.update(kwargs)
+    return healthy_run(**base)
+
+
 def bn_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     """Conv + BN, conv + BN, linear + BN1d (all scale-invariant) and a linear classifier."""
     torch.manual_seed(seed)

@@ -24,7 +24,7 @@ FAMILIES = {
     "adamw": (1e-3, "beta1", {"beta2": 0.999}, 64),
     "adamc": (1e-3, "beta1", {"beta2": 0.999}, 64),
     "lion": (1e-4, "beta1", {"beta2": 0.99}, 64),
-    "muon": (0.02, "momentum", {"nesterov": True}, (16, 32)),
+    "muon": (0.02, "momentum", {"nesterov": True}, (8, 16)),
     "sgdp": (0.1, "momentum", {"wd_ratio": 0.1}, 64),
     "adamp": (1e-3, "beta1", {"beta2": 0.999, "wd_ratio": 0.1}, 64),
 }
