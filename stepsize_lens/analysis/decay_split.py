@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stepsize_lens.analysis.frames import (
+    default_window,
     reduce_values,
     set_name,
     starts_at_zero,
@@ -118,11 +119,9 @@ def decay_split(
     Columns: set, tensors, power (k), angle_early, angle_late, total (Δθ early/late), lr_part,
     norm_part ((‖w‖_late/‖w‖_early)^k), gradient_part (the rest), norm_growth. A set's series
     is the mean over its tensors, leaving out tensors that start at zero unless all do;
-    ``window`` defaults to `summary.default_window` of the non-skipped records.
+    ``window`` defaults to `frames.default_window` of the non-skipped records.
     """
     import pandas as pd
-
-    from stepsize_lens.analysis.summary import default_window
 
     cls = tensor_classes(run, classes)
     keep = ~run.skipped.astype(bool)
@@ -161,8 +160,6 @@ def split_series(
     shrank the step): ``total`` Δθ/Δθ_early, ``lr`` η/η_early, ``norm`` (‖w‖_early/‖w‖)^k,
     ``gradient`` total/(lr·norm). Long form: step, set, part, value."""
     import pandas as pd
-
-    from stepsize_lens.analysis.summary import default_window
 
     cls = tensor_classes(run, classes)
     keep = ~run.skipped.astype(bool)

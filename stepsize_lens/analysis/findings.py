@@ -44,18 +44,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stepsize_lens._jsonable import jsonable
 from stepsize_lens.analysis import theory_findings as T
-from stepsize_lens.analysis.decay_split import norm_power
-from stepsize_lens.analysis.finding import MAX_LISTED, Finding, listed
+from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, Thresholds, listed
 from stepsize_lens.analysis.frames import is_invariant, tensor_classes, tensor_group_field
-from stepsize_lens.analysis.summary import default_window, nonfinite_gradient, nonfinite_mask
-from stepsize_lens.analysis.theory.families import FAMILY_TABLE, Family, family_entry
+from stepsize_lens.analysis.summary import nonfinite_gradient, nonfinite_mask
+from stepsize_lens.analysis.theory.families import FAMILY_TABLE, family_entry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,28 +84,6 @@ TYPICAL_WEIGHT_DECAY: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """When findings fire (see the module docstring)."""
-
-    decay_fraction: float = 0.1
-    norm_decay_ratio: float = 1.5
-    blowup_ratio: float = 10.0
-    blowup_critical_ratio: float = 100.0
-    equilibrium_tolerance: float = 0.25
-    equilibrium_time_tolerance: float = 0.1
-    equilibrium_window: float = 0.2
-    overshoot_ratio: float = 3.0
-    warmup_target: float = 2.0
-    lr_decayed: float = 0.5
-    gradient_rise_ratio: float = 1.3
-    gradient_norm_share: float = 0.5
-    rotation_cv: float = 0.5
-    projection_always_share: float = 0.99
-    wd_mismatch_ratio: float = 10.0
-    min_records: int = 10
-
-
 def rank(findings: list[Finding]) -> list[Finding]:
     """Most severe first, then by score (descending), then by kind order."""
     return sorted(
@@ -120,56 +96,17 @@ def rank(findings: list[Finding]) -> list[Finding]:
     )
 
 
-@dataclass
-class Context:
-    """What every check reads: the run, its classes and thresholds, and what several checks
-    share (the forecast, computed once on first use; ``cache`` for other shared results)."""
-
-    run: Run
-    classes: pd.Series
-    thresholds: Thresholds
-    keep: np.ndarray  # non-skipped records
-    names: list[str]
-    invariant: np.ndarray  # [T] bool
-    family: Family
-    wd_last: np.ndarray  # [T] weight decay at the last record (NaN -> 0)
-    groups: np.ndarray  # [T] param group
-    predictions: pd.DataFrame | None  # theory.equilibrium_predictions, if the caller has it
-    forecasted: Any = None  # theory.Forecast, if the caller has it
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def power(self) -> int:
-        """k in Δθ ∝ η/‖w‖^k for this run's optimizer (`decay_split.norm_power`)."""
-        return norm_power(self.run, self.family.name)
-
-    @property
-    def window(self) -> int:
-        return default_window(int(self.keep.sum()))
-
-    @property
-    def forecast(self) -> Any:
-        """`theory.forecast` of the run with these classes (computed on first use)."""
-        if self.forecasted is None:
-            from stepsize_lens.analysis.theory import forecast
-
-            self.forecasted = forecast(self.run, self.classes, self.family.name)
-        return self.forecasted
-
-
 def find(
     run: Run,
     classes: pd.Series | Mapping[str, str] | None = None,
     delta: float | None = None,
     thresholds: Thresholds | None = None,
-    predictions: pd.DataFrame | None = None,
     forecasted: Any = None,
 ) -> list[Finding]:
     """All findings for a run, ranked (`rank`).
 
-    ``predictions``: `theory.equilibrium_predictions`, ``forecasted``: `theory.forecast` of this
-    run with these classes, when the caller already has them (a report computes them once for
-    the findings and the figures).
+    ``forecasted``: `theory.forecast` of this run with these classes, when the caller already
+    has it (a report computes it once for the findings, its theory section and the figures).
     """
     from stepsize_lens.analysis.theory import optimizer_family
 
@@ -188,7 +125,6 @@ def find(
         family=family_entry(optimizer_family(run)),
         wd_last=wd_last,
         groups=groups,
-        predictions=predictions,
         forecasted=forecasted,
     )
     findings: list[Finding] = []

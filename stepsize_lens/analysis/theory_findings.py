@@ -1,24 +1,21 @@
 """The findings that hold a run against the theory (docs/design.md §5.11): why the effective step
 fell, whether and when equilibrium comes, the weight-decay timescale, the early overshoot and
 warmup, the late gradient-norm rise, and rotation balance. Each check takes the findings'
-context (`findings.Context`) and returns a list of `Finding`; `findings.find` runs them.
+context (`finding.Context`) and returns a list of `Finding`; `findings.find` runs them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from stepsize_lens._jsonable import jsonable
 from stepsize_lens.analysis.decay_split import split_values
-from stepsize_lens.analysis.finding import MAX_LISTED, Finding, listed
+from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, listed
 from stepsize_lens.analysis.frames import rolling_mean, starts_at_zero, tensor_group_field
 from stepsize_lens.analysis.theory.formulas import steps_to_within, warmup_steps
-
-if TYPE_CHECKING:
-    from stepsize_lens.analysis.findings import Context
 
 
 def _nanmedian(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -112,12 +109,12 @@ def premature_decay(ctx: Context) -> list[Finding]:
     evidence["momentum"] = jsonable(np.nanmax(momentum)) if np.isfinite(momentum).any() else None
     evidence["beta1"] = jsonable(np.nanmax(beta1)) if np.isfinite(beta1).any() else None
     norm_part = evidence["median_norm_growth_part"]
-    rest = evidence["median_scale_free_part"]
+    total = evidence["median_total_fall"]
     measure = evidence["measure"]
     rest_text = (
-        f"; the other {rest:.3g}x of its {evidence['median_total_fall']:.3g}x fall is the "
-        "scale-free gradient (and the lr), which this does not change"
-        if rest is not None and evidence["median_total_fall"] is not None
+        f"; the other {total / norm_part:.3g}x of its {total:.3g}x fall (medians) is the "
+        "scale-free gradient and the lr, which this does not change"
+        if total is not None
         else ""
     )
     if ctx.family.projects:
