@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.decay_split import norm_power
 from stepsize_lens.analysis.frames import default_window
+from stepsize_lens.analysis.split import norm_power
 from stepsize_lens.analysis.theory.families import Family
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Context:
 
     @property
     def power(self) -> int:
-        """k in Δθ ∝ η/‖w‖^k for this run's optimizer (`decay_split.norm_power`)."""
+        """k in Δθ ∝ η/‖w‖^k for this run's optimizer (`split.norm_power`)."""
         return norm_power(self.run, self.family.name)
 
     @property

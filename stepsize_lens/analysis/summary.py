@@ -213,7 +213,7 @@ def summarize(
     """
     import pandas as pd
 
-    from stepsize_lens.analysis.decay_split import norm_power, split_values
+    from stepsize_lens.analysis.split import norm_power, split_values
     from stepsize_lens.invariance import recorded_test_views
 
     keys = [by] if isinstance(by, str) else list(by)

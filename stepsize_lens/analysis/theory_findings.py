@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from stepsize_lens._jsonable import jsonable
-from stepsize_lens.analysis.decay_split import split_values
 from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, listed
 from stepsize_lens.analysis.frames import rolling_mean, starts_at_zero, tensor_group_field
+from stepsize_lens.analysis.split import split_values
 from stepsize_lens.analysis.theory.formulas import steps_to_within, warmup_steps
 
 

@@ -125,13 +125,13 @@ def decay_split(
     """Why the effective step fell, per invariance class (``by="class"``, up to ``max_sets``
     panels) or for the scale-invariant tensors together (``"invariant"``; all tensors when none
     is): the angular update relative to its early level and the three factors it is the
-    product of (`analysis.decay_split.split_series`): the norm-growth part (‖w‖_early/‖w‖)^k,
+    product of (`analysis.split.split_series`): the norm-growth part (‖w‖_early/‖w‖)^k,
     the premature decay the paper is about (k = 2 for SGD-like updates, 1 for adaptive ones),
     the lr part η/η_early, and the scale-free gradient's part, the rest. Log scale; below 1 a
     factor shrank the step."""
     from stepsize_lens.analysis import tensor_classes
-    from stepsize_lens.analysis.decay_split import norm_power, split_series
     from stepsize_lens.analysis.frames import is_invariant
+    from stepsize_lens.analysis.split import norm_power, split_series
 
     if by not in ("class", "invariant"):
         raise ValueError(f"by must be 'class' or 'invariant', not {by!r}")
