@@ -392,3 +392,79 @@ def test_the_simulations_muon_is_torch_muon_up_to_bfloat16() -> None:
 def test_dynamics_reject_unknown_outputs() -> None:
     with pytest.raises(ValueError, match="output"):
         Dynamics("cubic", 0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 10)
+
+
+def _trajectory(family: str, lr: np.ndarray, wd: float, initial_sq: float, **hyper):
+    """The recurrence of ``family`` on one 64-element tensor (g̃² = 63) under the lr ``lr``."""
+    numel = 64
+    h = Hyper(lr=lr[:, None], weight_decay=wd, numel=numel, **hyper).arrays()
+    entry = family_entry(family)
+    coupled, decoupled = entry.decay(h)
+    dyn = entry.dynamics(Hyper(lr=lr[0], weight_decay=wd, numel=numel, **hyper).arrays())
+    steps = np.arange(1, lr.size + 1)
+    sq = np.full((lr.size, 1), numel - 1.0)
+    return integrate(steps, dyn, h.lr, coupled, decoupled, sq, np.array([initial_sq]))
+
+
+CASES = {  # family: (lr, weight decay, hyperparameters)
+    "sgd": (0.1, 2e-3, {"momentum": 0.9}),
+    "adamw": (1e-2, 0.05, {"beta1": 0.9, "beta2": 0.9}),
+}
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_steps_to_within_matches_the_recurrence(family: str) -> None:
+    """`formulas.steps_to_within` (the rate equation) against the step at which the per-step
+    recurrence's angle comes within 10% of equilibrium, from a norm 1.5x below and above the
+    equilibrium one (how `equilibrium_steps` uses it: beyond a run's end). Far below, the
+    discrete steps grow the norm faster than the rate equation (the η⁴ term of a large angle),
+    and Adam with β2 = 0.999 slower (its second moment remembers the larger gradients of the
+    smaller norms for ~1000 steps)."""
+    lr, wd, hyper = CASES[family]
+    g = math.sqrt(63.0)
+    eq = family_entry(family).equilibrium_of(
+        Hyper(lr, wd, numel=64, scale_free_grad_norm=g, **hyper)
+    )
+    eq_angle, eq_sq, rate = (float(x) for x in eq)
+    fc_eq = equilibrium(
+        family_entry(family).dynamics(Hyper(lr, wd, numel=64, **hyper).arrays()),
+        lr,
+        *family_entry(family).decay(Hyper(lr, wd, numel=64, **hyper).arrays()),
+        63.0,
+    )
+    for start in (eq_sq / 2.25, 2.25 * eq_sq):
+        trajectory = _trajectory(family, np.full(int(12 / rate), lr), wd, start, **hyper)
+        ratio = trajectory.angle[:, 0] / eq_angle
+        outside = np.flatnonzero(np.abs(ratio - 1.0) > 0.1)
+        first = int(outside[-1]) + 1  # within from here on (past the buffers' first steps)
+        predicted = formulas.steps_to_within(start, eq_sq, rate, fc_eq.order, fc_eq.exponent, 0.1)
+        assert first == pytest.approx(predicted, rel=0.15, abs=20), (start / eq_sq, first)
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_the_suggested_warmup_keeps_the_angle_within_the_target(family: str) -> None:
+    """`formulas.warmup_steps` for a norm far below equilibrium (the rate equation's overshoot
+    10x without warmup): with that linear warmup the recurrence's angle stays within about 2x
+    the peak-lr equilibrium; without warmup it goes well above."""
+    lr, wd, hyper = CASES[family]
+    g = math.sqrt(63.0)
+    entry = family_entry(family)
+    eq_angle, eq_sq, rate = (
+        float(x)
+        for x in entry.equilibrium_of(Hyper(lr, wd, numel=64, scale_free_grad_norm=g, **hyper))
+    )
+    order = 2.0 if family == "sgd" else 1.0  # X = ‖w‖⁴ or ‖w‖²
+    x0 = 0.01  # overshoot 1/sqrt(x0) = 10 without warmup
+    start = eq_sq * x0 ** (1.0 / order)
+    warmup = formulas.warmup_steps(x0, rate, target=2.0)
+    assert 0 < warmup < 10.0 / rate
+
+    def peak_ratio(length: float, skip: int = 20) -> float:
+        steps = np.arange(1, int(12 / rate))
+        schedule = lr * np.minimum(1.0, steps / length)
+        angle = _trajectory(family, schedule, wd, start, **hyper).angle[:, 0]
+        return float(np.max(angle[skip:]) / eq_angle)  # after the buffers' first steps
+
+    assert peak_ratio(warmup) < 2.0 * 1.15
+    assert peak_ratio(1.0, skip=1) > 4.0  # no warmup
+    assert formulas.warmup_steps(1.0, rate) == 0.0  # at equilibrium: none needed
