@@ -116,6 +116,9 @@ def write_synthetic_run(path: Path, records: int, tensors: int, seed: int = 0) -
         ),
         "channel_weight_norm": weight / np.sqrt(rows),
         "channel_angular_update": angle,
+        "channel_angular_update_cv": np.where(
+            np.array([p["ndim"] for p in params]) > 1, 0.2 * noise, np.nan
+        ),
     }
     metrics = torch.from_numpy(np.stack([columns[m] for m in METRICS], axis=1).astype(np.float32))
     tested = np.array([p["ndim"] > 1 for p in params])
@@ -175,7 +178,7 @@ def main() -> None:
             find(run)
         with Timer() as timings["report data (summaries incl. per tensor, findings, decays)"]:
             report_data(run)
-        full = "full report --format html (load, analysis, 6 figures png+pdf, page)"
+        full = "full report --format html (load, analysis, 7 figures png+pdf, page)"
         with Timer() as timings[full]:
             result = report(
                 path, out=Path(tmp) / "report", format="html", console=Console(file=io.StringIO())

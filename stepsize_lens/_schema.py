@@ -29,6 +29,7 @@ CHANNEL_METRICS: tuple[str, ...] = (
     "channel_cos_grad_max",
     "channel_weight_norm",
     "channel_angular_update",
+    "channel_angular_update_cv",
 )
 METRICS: tuple[str, ...] = LAYER_METRICS + CHANNEL_METRICS
 

@@ -6,6 +6,7 @@ the paper's test views) is derived consistently:
 
 - update_norm = ‖w‖·tan(angle) (a purely tangential step), cos_update = 0, norm_growth = ‖Δ‖²,
   relative_update = ‖Δ‖/‖w‖, effective_lr = η/‖w‖², grad_norm = ``grad_scale``/‖w‖;
+- channel_angular_update_cv = 0.05 (rows turning at nearly one rate) for tensors with ndim >= 2;
 - a tensor's class sets its cosines: channel → channel_cos_grad_max = cos_grad = 0, layer →
   channel max 0.5 and cos_grad 0, none → both 0.5 (so `classify_tensors` recovers the class);
   1-D tensors are never tested.
@@ -106,6 +107,7 @@ def crafted_run(
             "channel_cos_grad_max": np.where(multi, chan_cos, np.nan) * np.ones_like(w),
             "channel_weight_norm": np.where(multi, w, np.nan),
             "channel_angular_update": np.where(multi, angle, np.nan),
+            "channel_angular_update_cv": np.where(multi, 0.05, np.nan) * np.ones_like(w),
         }
     derived.update({k: np.asarray(v, dtype=np.float64) for k, v in (overrides or {}).items()})
     test = np.array([CODES[t.cls] if len(t.shape) >= 2 else View.UNTESTED for t in tensors])
@@ -177,6 +179,29 @@ def healthy_run(**kwargs) -> Run:
     )
     base.update(kwargs)
     return crafted_run(**base)
+
+
+STEADY_STEPS = 15  # steps between records of `steady_run`: 200 records span 3000 steps
+
+
+def steady_grad_scale(norm: float = 1.5, lr: float = 0.1, wd: float = 5e-4, momentum: float = 0.9):
+    """The scale-free gradient g̃ whose SGD-momentum equilibrium norm is ``norm``:
+    ‖w‖⁴ = ηg̃²/(2λ(1−μ)) (docs/design.md §5.3), so g̃² = 2λ(1−μ)‖w‖⁴/η."""
+    return float(np.sqrt(2 * wd * (1 - momentum) * norm**4 / lr))
+
+
+def steady_run(**kwargs) -> Run:
+    """`healthy_run` long enough to be at equilibrium: 200 records every `STEADY_STEPS` steps
+    (3000 steps, six relaxation times 1/(4ηλ/(1−μ)) = 500), norms at the SGD-momentum
+    equilibrium norm 1.5 of its scale-free gradient, angles at the equilibrium angle."""
+    records = kwargs.get("records", 200)
+    base = dict(
+        steps=STEADY_STEPS * np.arange(1, records + 1),
+        grad_scale=steady_grad_scale(),
+        label="steady",
+    )
+    base.update(kwargs)
+    return healthy_run(**base)
 
 
 def bn_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:

@@ -61,21 +61,21 @@ def _col(x, ndim: int) -> np.ndarray:
 
 
 def sgd_step(w, g, state, lr, wd, momentum=0.0, dampening=0.0, nesterov=False):
-    """torch.optim.SGD: coupled L2, buffer = d_p at the first step."""
-    lr, wd = _col(lr, w.ndim), _col(wd, w.ndim)
+    """torch.optim.SGD: coupled L2, buffer = d_p at the first step (with momentum 0 the buffer
+    is d_p itself, which is SGD's step without dampening)."""
+    lr, wd, momentum = _col(lr, w.ndim), _col(wd, w.ndim), _col(momentum, w.ndim)
     d_p = g + wd * w
-    if momentum:
-        if "buf" not in state:
-            state["buf"] = d_p.copy()
-        else:
-            state["buf"] = momentum * state["buf"] + (1 - dampening) * d_p
-        d_p = d_p + momentum * state["buf"] if nesterov else state["buf"]
-    return w - lr * d_p
+    if "buf" not in state:
+        state["buf"] = d_p.copy()
+    else:
+        state["buf"] = momentum * state["buf"] + (1 - dampening) * d_p
+    return w - lr * (d_p + momentum * state["buf"] if nesterov else state["buf"])
 
 
 def adam_step(w, g, state, lr, wd, beta1=0.9, beta2=0.999, eps=1e-8, decoupled=True):
     """torch.optim.AdamW (decoupled) or torch.optim.Adam (coupled L2, ``decoupled=False``)."""
     lr, wd = _col(lr, w.ndim), _col(wd, w.ndim)
+    beta1, beta2 = _col(beta1, w.ndim), _col(beta2, w.ndim)
     t = state["t"] = state.get("t", 0) + 1
     if decoupled:
         w = w * (1 - lr * wd)
@@ -96,6 +96,7 @@ def adamc_step(w, g, state, lr, wd, max_lr, **kwargs):
 def lion_step(w, g, state, lr, wd, beta1=0.9, beta2=0.99):
     """lion_pytorch.Lion / timm's Lion: decoupled decay, sign of the interpolated moment."""
     lr, wd = _col(lr, w.ndim), _col(wd, w.ndim)
+    beta1, beta2 = _col(beta1, w.ndim), _col(beta2, w.ndim)
     m = state.get("m", np.zeros_like(w))
     w = w * (1 - lr * wd) - lr * np.sign(beta1 * m + (1 - beta1) * g)
     state["m"] = beta2 * m + (1 - beta2) * g
@@ -111,7 +112,7 @@ def sgdp_step(
     w, g, state, lr, wd, momentum=0.0, dampening=0.0, nesterov=False, wd_ratio=0.1, eps=1e-8
 ):
     """stepsize_lens.SGDP on a tensor it projects (channel view; a replica is one row)."""
-    lr, wd = _col(lr, w.ndim), _col(wd, w.ndim)
+    lr, wd, momentum = _col(lr, w.ndim), _col(wd, w.ndim), _col(momentum, w.ndim)
     axes = tuple(range(1, w.ndim))
     buf = state["buf"] = momentum * state.get("buf", 0.0) + (1 - dampening) * g
     if nesterov:
@@ -125,6 +126,7 @@ def sgdp_step(
 def adamp_step(w, g, state, lr, wd, beta1=0.9, beta2=0.999, eps=1e-8, wd_ratio=0.1, nesterov=False):
     """stepsize_lens.AdamP on a tensor it projects (channel view; a replica is one row)."""
     lr, wd = _col(lr, w.ndim), _col(wd, w.ndim)
+    beta1, beta2 = _col(beta1, w.ndim), _col(beta2, w.ndim)
     axes = tuple(range(1, w.ndim))
     t = state["t"] = state.get("t", 0) + 1
     state["m"] = beta1 * state.get("m", 0.0) + (1 - beta1) * g
@@ -156,7 +158,7 @@ def newton_schulz_coefficients() -> tuple[float, float, float]:
 
 def muon_step(w, g, state, lr, wd, momentum=0.95, nesterov=True, adjust_lr_fn=None):
     """torch.optim.Muon on a batch of matrices [replicas, rows, cols]."""
-    lr, wd = _col(lr, w.ndim), _col(wd, w.ndim)
+    lr, wd, momentum = _col(lr, w.ndim), _col(wd, w.ndim), _col(momentum, w.ndim)
     buf = state["buf"] = momentum * state.get("buf", 0.0) + (1 - momentum) * g
     update = (1 - momentum) * g + momentum * buf if nesterov else buf
     scale = NS.adjusted_scale(w.shape[-2], w.shape[-1], adjust_lr_fn)
@@ -187,7 +189,8 @@ def simulate(
 ) -> Sphere:
     """Run ``family`` (a key of `STEPS`) for ``lr.shape[0]`` steps on ``lr.shape[1]`` replicas
     (each with its lr column and its weight decay ``wd``), from random directions with norm
-    ``initial_norm``. ``dim``: the length of a row, or (rows, cols) of a matrix (Muon)."""
+    ``initial_norm``. ``dim``: the length of a row, or (rows, cols) of a matrix (Muon).
+    ``hyper``: the optimizer's settings, each a number or one value per replica."""
     lr = np.asarray(lr, dtype=np.float64)
     steps, replicas = lr.shape
     shape = (replicas, *((dim,) if isinstance(dim, int) else dim))

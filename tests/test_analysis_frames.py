@@ -168,7 +168,7 @@ def test_reduce_leaves_zero_initialised_tensors_out_of_set_means():
     assert wide["weight_norm"].tolist() == [2.0, 2.0]
     alone = frames.reduce(run, by="tensor", metrics=["weight_norm"], form="wide", classes=classes)
     assert alone.loc[alone["tensor"] == "bias", "weight_norm"].tolist() == [0.0, 0.5]
-    assert len(METRICS) == 12
+    assert len(METRICS) == 13
 
 
 def _writer_with_zero_start():

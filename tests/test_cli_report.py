@@ -21,7 +21,15 @@ from stepsize_lens.cli import app
 
 ROOT = Path(__file__).parents[1]
 RUNNER = CliRunner()
-FIGURES = ("paper_panel", "norm_growth", "effective_step", "theory", "cos_threshold", "heatmap")
+FIGURES = (
+    "paper_panel",
+    "norm_growth",
+    "effective_step",
+    "decay_split",
+    "theory",
+    "cos_threshold",
+    "heatmap",
+)
 
 
 def invoke(*args: str):

@@ -61,6 +61,7 @@ ALL_FIGURES = {
     "paper_panel": lambda run: plots.paper_panel(run),
     "cos_threshold": lambda run: plots.cos_threshold(run),
     "theory_overlay": lambda run: plots.theory_overlay(run),
+    "decay_split": lambda run: plots.decay_split(run),
     "step_heatmap": lambda run: plots.step_heatmap(run),
     "metric_facets": lambda run: plots.metric_facets(run),
 }
@@ -175,29 +176,59 @@ def test_theory_overlay_draws_the_adamw_equilibrium_band(runs):
     expected = np.sqrt(2 * lr * wd * (1 - beta1) / (1 + beta1))
     np.testing.assert_allclose(eq[0].get_ydata(), expected, rtol=1e-6)
     assert any(isinstance(c, PolyCollection) for c in angle_ax.collections)  # the ±25% band
+    labels = _legend_texts(fig)
+    assert "channel: measured" in labels and "channel: predicted" in labels
 
 
-def test_theory_overlay_reuses_given_predictions(runs):
-    from stepsize_lens.analysis import equilibrium_predictions
+def test_theory_overlay_draws_the_recurrence_of_predict(runs):
+    from stepsize_lens.analysis import predict
+
+    run = runs["sgd_momentum"]
+    fig = plots.theory_overlay(run)
+    (line,) = [line for line in fig.axes[0].get_lines() if line.get_label() == "channel: predicted"]
+    frame = predict(run)
+    rows = frame[(frame["set"] == "channel") & (frame["metric"] == "weight_norm")]
+    np.testing.assert_allclose(line.get_ydata(), rows["predicted"].to_numpy())
+    # no weight decay: no equilibrium to draw, the recurrence alone
+    assert not [label for label in _legend_texts(fig) if "equilibrium" in label]
+
+
+def test_theory_overlay_reuses_a_given_forecast(runs):
+    from stepsize_lens.analysis import forecast
 
     run = runs["adamw"]
     own = plots.theory_overlay(run)
-    shared = plots.theory_overlay(run, predictions=equilibrium_predictions(run))
+    shared = plots.theory_overlay(run, forecasted=forecast(run))
     for mine, theirs in zip(own.axes, shared.axes, strict=True):
         assert [line.get_label() for line in mine.get_lines()] == [
             line.get_label() for line in theirs.get_lines()
         ]
         for a, b in zip(mine.get_lines(), theirs.get_lines(), strict=True):
             np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
-    with pytest.raises(ValueError, match="one per record and tensor"):
-        plots.theory_overlay(run, predictions=equilibrium_predictions(runs["sgd"]).iloc[:-1])
 
 
-def test_theory_overlay_without_weight_decay_shows_the_no_decay_laws(runs):
-    fig = plots.theory_overlay(runs["sgd_momentum"])
-    labels = _legend_texts(fig)
-    assert "channel: no-decay law" in labels
-    assert any("t^(-1/2)" in label for label in labels)
+def test_theory_overlay_says_when_there_is_no_theory(runs):
+    run = crafted_run(records=20, optimizer="Shampoo")
+    fig = plots.theory_overlay(run)
+    texts = [t.get_text() for t in fig.findobj(Text)]
+    assert any("no derived prediction for Shampoo" in t for t in texts)
+
+
+def test_decay_split_draws_three_factors_whose_product_is_the_fall(runs):
+    fig = plots.decay_split(runs["sgd_momentum"])
+    ax = fig.axes[0]
+    lines = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    total = lines["Δθ / Δθ early"]
+    assert "η/‖w‖²" in fig._suptitle.get_text()
+    product = (
+        lines["norm growth: (‖w‖ early/‖w‖)^k"]
+        * lines["lr: η/η early"]
+        * lines["scale-free gradient (the rest)"]
+    )
+    np.testing.assert_allclose(product, total, rtol=1e-4)
+    assert "η/‖w‖ " in plots.decay_split(runs["adamw"])._suptitle.get_text()
+    with pytest.raises(ValueError, match="by"):
+        plots.decay_split(runs["adamw"], by="group")
 
 
 def test_heatmap_has_one_row_per_tensor_and_bins_records(lr_drop):
@@ -285,7 +316,8 @@ def test_plots_never_touch_pyplot_or_the_backend(tmp_path):
         "from stepsize_lens import plots\n"
         "run = crafted_run(records=30)\n"
         "for draw in (plots.paper_panel, plots.effective_step, plots.theory_overlay,\n"
-        "             plots.cos_threshold, plots.step_heatmap, plots.norm_growth):\n"
+        "             plots.cos_threshold, plots.step_heatmap, plots.norm_growth,\n"
+        "             plots.decay_split):\n"
         "    draw(run).savefig(sys.argv[1])\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
     )

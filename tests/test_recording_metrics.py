@@ -61,12 +61,19 @@ def reference_metrics(
                 angles.append(a)
         out["channel_cos_grad_max"] = max(coss) if coss else math.nan
         out["channel_weight_norm"] = sum(norms) / len(norms)
-        out["channel_angular_update"] = sum(angles) / len(angles) if angles else math.nan
+        mean = sum(angles) / len(angles) if angles else math.nan
+        out["channel_angular_update"] = mean
+        if angles and mean > 0:
+            spread = math.sqrt(sum((a - mean) ** 2 for a in angles) / len(angles))
+            out["channel_angular_update_cv"] = spread / mean
+        else:
+            out["channel_angular_update_cv"] = math.nan
     else:
         out.update(
             channel_cos_grad_max=math.nan,
             channel_weight_norm=math.nan,
             channel_angular_update=math.nan,
+            channel_angular_update_cv=math.nan,
         )
     return out
 
@@ -148,6 +155,7 @@ TOLERANCE_FLOOR = {  # absolute floors for float32 inputs, in units of the metri
     "cos_grad": 1e-6,
     "cos_update": 1e-6,
     "channel_cos_grad_max": 1e-6,
+    "channel_angular_update_cv": 1e-6,  # a spread of nearly equal angles, relative to their mean
 }
 
 
@@ -237,6 +245,51 @@ def test_zero_norm_row_is_left_out_of_channel_mean():
     )
     values = dict(zip(METRICS, block[:, 0].tolist()))
     assert values["channel_angular_update"] == pytest.approx(math.pi / 2)
+    assert values["channel_angular_update_cv"] == pytest.approx(0.0)  # one defined row
     assert values["channel_weight_norm"] == pytest.approx(0.5)
     assert values["channel_cos_grad_max"] == pytest.approx(0.0)
     assert values["weight_norm"] == pytest.approx(1.0)
+
+
+def test_channel_angular_update_cv_is_the_spread_of_the_row_angles():
+    """Three rows turned by 0.1, 0.2 and 0.3 rad (and an all-zero row left out): the
+    coefficient of variation std/mean of (0.1, 0.2, 0.3) in float64; NaN when no row turned
+    (mean 0) and for a 1-D tensor."""
+    angles = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    w = torch.zeros(4, 2, dtype=torch.float64)
+    w[:3, 0] = 1.0
+    after = w.clone()
+    after[:3] = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    d = after - w
+    g = torch.zeros_like(w)
+    stacked = torch.stack([w, g, d], dim=1)
+    perp2 = (d - w * (w * d).sum(1, keepdim=True)).square().sum(1)
+    block = metrics.all_metrics(
+        metrics.row_grams(stacked),
+        perp2,
+        torch.zeros(4, dtype=torch.long),
+        torch.tensor([True]),
+        torch.tensor([1.0]),
+        torch.tensor([True]),
+    )
+    values = dict(zip(METRICS, block[:, 0].tolist()))
+    expected = float(angles.std(unbiased=False) / angles.mean())
+    assert values["channel_angular_update_cv"] == pytest.approx(expected, rel=1e-12)
+    still = metrics.all_metrics(
+        metrics.row_grams(torch.stack([w, g, torch.zeros_like(w)], dim=1)),
+        torch.zeros(4, dtype=torch.float64),
+        torch.zeros(4, dtype=torch.long),
+        torch.tensor([True]),
+        torch.tensor([1.0]),
+        torch.tensor([True]),
+    )
+    assert math.isnan(dict(zip(METRICS, still[:, 0].tolist()))["channel_angular_update_cv"])
+    one_d = metrics.all_metrics(
+        metrics.row_grams(stacked[:1]),
+        perp2[:1],
+        torch.zeros(1, dtype=torch.long),
+        torch.tensor([False]),
+        torch.tensor([1.0]),
+        torch.tensor([True]),
+    )
+    assert math.isnan(dict(zip(METRICS, one_d[:, 0].tolist()))["channel_angular_update_cv"])

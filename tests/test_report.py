@@ -24,6 +24,7 @@ from stepsize_lens.run import save_run_dict
 # the keys the module docstring documents
 REPORT_KEYS = {
     "schema",
+    "theory",
     "by",
     "run",
     "summary",
@@ -74,6 +75,9 @@ SUMMARY_KEYS = {
     *initial_final("weight_norm", "ratio"),
     *initial_final("angular_update", "decay"),
     *initial_final("effective_lr", "decay"),
+    "lr_part",
+    "norm_part",
+    "gradient_part",
     "early_angular_update",
     "constant_lr_from",
     "constant_lr_until",
@@ -93,10 +97,14 @@ DECAY_KEYS = {
     "numel",
     *initial_final("weight_norm", "ratio"),
     *initial_final("angular_update", "decay"),
+    "norm_part",
+    "lr_part",
+    "gradient_part",
     "half_step",
     "tenth_step",
     "exponent",
 }
+THEORY_KEYS = {"family", "optimizer", "derived", "note", "window", "sets"}
 COMPARISON_KEYS = {
     "run",
     "key",
@@ -111,6 +119,7 @@ REPORT_FIGURES = {
     "paper_panel",
     "norm_growth",
     "effective_step",
+    "decay_split",
     "theory",
     "cos_threshold",
     "heatmap",
@@ -144,6 +153,7 @@ def test_report_data_has_the_documented_keys_and_is_strict_json(report_runs):
     assert {row["by"] for row in data["summary"]} == {"class", "group"}
     assert all(set(f) == FINDING_KEYS for f in data["findings"])
     assert all(set(row) == DECAY_KEYS for row in data["strongest_decay"])
+    assert set(data["theory"]) == THEORY_KEYS
     json.dumps(data, allow_nan=False)  # undefined numbers became null
 
 
@@ -214,25 +224,57 @@ def test_tensors_that_start_at_zero_have_no_norm_ratio(report_runs):
         assert none[column] == pytest.approx(np.mean([rows[n][column] for n in others]))
 
 
-def test_report_computes_the_equilibrium_predictions_once(report_runs, tmp_path, monkeypatch):
+def test_report_computes_the_forecast_once(report_runs, tmp_path, monkeypatch):
+    """The recurrence along the schedule is integrated once, for the findings, the theory
+    section and the theory figure."""
     from stepsize_lens import analysis
     from stepsize_lens.analysis import theory
 
     calls = []
-    original = theory.equilibrium_predictions
+    original = theory.forecast
 
     def counting(*args, **kwargs):
         calls.append(args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(theory, "equilibrium_predictions", counting)
-    monkeypatch.setattr(analysis, "equilibrium_predictions", counting)
-    run = stepsize_lens.load(report_runs["sgdp"])  # weight decay: the findings need them too
+    monkeypatch.setattr(theory, "forecast", counting)
+    monkeypatch.setattr(analysis, "forecast", counting)
+    run = stepsize_lens.load(report_runs["sgdp"])  # weight decay: the findings need it too
     result = report(run, out=tmp_path, format="json", formats=("png",), console=quiet())
     assert len(calls) == 1 and "theory" in result.figures
     monkeypatch.undo()
-    assert "equilibrium_missed" in [f["kind"] for f in result.data["findings"]]
+    assert "equilibrium_time" in [f["kind"] for f in result.data["findings"]]
     assert result.data["findings"] == report_data(run)["findings"]
+
+
+def test_the_theory_section_holds_predicted_against_measured(report_runs):
+    data = report_data(stepsize_lens.load(report_runs["adamw"]))
+    theory = data["theory"]
+    assert theory["family"] == "adamw" and theory["derived"] is True
+    (channel,) = [s for s in theory["sets"] if s["set"] == "channel"]
+    for key in ("angle", "norm"):
+        assert channel[f"{key}_measured"] > 0 and channel[f"{key}_predicted"] > 0
+        assert channel[f"{key}_equilibrium"] > 0
+    lr, wd, beta1 = 1e-3, 0.05, 0.9
+    assert channel["angle_equilibrium"] == pytest.approx(
+        np.sqrt(2 * lr * wd * (1 - beta1) / (1 + beta1))
+    )
+    from stepsize_lens.report.document import report_document
+
+    (table,) = [b for b in report_document(data).blocks if b.title.startswith("Theory")]
+    assert table.rows and table.rows[0][0] == "channel"
+
+
+def test_an_optimizer_without_theory_is_said_so_not_guessed():
+    from _runs import crafted_run
+
+    from stepsize_lens.report.document import report_document
+
+    data = report_data(crafted_run(records=30, optimizer="Shampoo"))
+    assert data["theory"]["derived"] is False and data["theory"]["sets"] == []
+    assert "no derived prediction for Shampoo" in data["theory"]["note"]
+    (table,) = [b for b in report_document(data).blocks if b.title.startswith("Theory")]
+    assert not table.rows and "rather than a guess" in table.note
 
 
 def test_delta_changes_the_classes(report_runs):

@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,149 @@ def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, monkeypa
 
 def test_load_is_exported():
     assert stepsize_lens.load is load and stepsize_lens.RunFileError is RunFileError
+
+
+# The version-1 layout, written by hand: twelve metrics, no channel_angular_update_cv.
+V1_METRICS = (
+    "weight_norm",
+    "grad_norm",
+    "update_norm",
+    "relative_update",
+    "angular_update",
+    "effective_lr",
+    "cos_grad",
+    "cos_update",
+    "norm_growth",
+    "channel_cos_grad_max",
+    "channel_weight_norm",
+    "channel_angular_update",
+)
+V1_GROUP_FIELDS = (
+    "lr",
+    "weight_decay",
+    "momentum",
+    "dampening",
+    "beta1",
+    "beta2",
+    "eps",
+    "wd_ratio",
+    "delta",
+    "nesterov",
+)
+
+
+def version_1_run(records: int = 40) -> dict:
+    """A version-1 run of an SGD-momentum BatchNorm conv (channel-invariant, norm growing) and
+    its 1-D BatchNorm gain, as stepsize_lens 0.x wrote it."""
+    steps = torch.arange(1, records + 1, dtype=torch.int64)
+    t = steps.double()
+    norm = torch.stack([1.0 + 0.01 * t, torch.ones(records, dtype=torch.float64)], dim=1)
+    angle = torch.stack([0.02 / (1.0 + 0.01 * t) ** 2, 0.01 * torch.ones(records)], dim=1)
+    update = norm * torch.tan(angle)
+    cos_grad = torch.tensor([[0.0, 0.3]]).expand(records, 2)
+    metrics = {
+        "weight_norm": norm,
+        "grad_norm": 1.0 / norm,
+        "update_norm": update,
+        "relative_update": update / norm,
+        "angular_update": angle,
+        "effective_lr": 0.1 / norm**2,
+        "cos_grad": cos_grad,
+        "cos_update": torch.zeros(records, 2),
+        "norm_growth": update**2,
+        "channel_cos_grad_max": torch.tensor([[0.0, math.nan]]).expand(records, 2),
+        "channel_weight_norm": torch.stack([norm[:, 0], torch.full((records,), math.nan)], 1),
+        "channel_angular_update": torch.stack([angle[:, 0], torch.full((records,), math.nan)], 1),
+    }
+    groups = {
+        name: torch.full((records, 1), math.nan, dtype=torch.float64) for name in V1_GROUP_FIELDS
+    }
+    groups.update(
+        lr=torch.full((records, 1), 0.1, dtype=torch.float64),
+        weight_decay=torch.full((records, 1), 5e-4, dtype=torch.float64),
+        momentum=torch.full((records, 1), 0.9, dtype=torch.float64),
+        dampening=torch.zeros((records, 1), dtype=torch.float64),
+        nesterov=torch.zeros((records, 1), dtype=torch.float64),
+    )
+    return {
+        "format": "stepsize_lens/run",
+        "version": 1,
+        "meta": {
+            "label": "old sgd",
+            "created": "2025-01-01T00:00:00+00:00",
+            "optimizer": {"class": "SGD", "module": "torch.optim.sgd", "defaults": {"lr": 0.1}},
+            "schedule": "every(1)",
+            "delta": 0.1,
+            "metrics": list(V1_METRICS),
+            "closed": True,
+        },
+        "params": {
+            "name": ["conv.weight", "bn.weight"],
+            "group": [0, 0],
+            "index": [0, 1],
+            "shape": [[8, 3, 3, 3], [8]],
+            "numel": [216, 8],
+            "ndim": [4, 1],
+            "rows": [8, 1],
+            "module_type": ["Conv2d", "BatchNorm2d"],
+            "dtype": ["float32", "float32"],
+            "aliases": [[], []],
+        },
+        "records": {
+            "step": steps,
+            "time": t,
+            "skipped": torch.zeros(records, dtype=torch.bool),
+        },
+        "metrics": {name: metrics[name].float().contiguous() for name in V1_METRICS},
+        "views": {
+            "test_view": torch.tensor([[1, -1]], dtype=torch.int8).expand(records, 2).contiguous(),
+            "applied_view": torch.full((records, 2), -1, dtype=torch.int8),
+        },
+        "groups": groups,
+        "scalars": {},
+        "events": [],
+    }
+
+
+def test_a_version_1_file_loads_and_reports(tmp_path):
+    from stepsize_lens.report import report_data
+    from stepsize_lens.report.document import report_document
+    from stepsize_lens.report.text import markdown_document
+
+    torch.save(version_1_run(), tmp_path / "v1.pt")
+    run = load(tmp_path / "v1.pt")
+    assert run.format_version == 1 and VERSION == 2
+    assert run.metric_names == METRICS  # the metric added in version 2 reads as NaN
+    assert (
+        run.metric("channel_angular_update_cv") != run.metric("channel_angular_update_cv")
+    ).all()
+    data = report_data(run)
+    assert data["run"]["label"] == "old sgd" and data["findings"]
+    kinds = {f["kind"] for f in data["findings"]}
+    assert "rotation_balance" not in kinds  # nothing to say without the metric
+    assert "## Findings" in markdown_document(report_document(data))
+
+
+def test_a_version_2_file_lacking_its_metric_is_malformed(tmp_path):
+    data = version_1_run()
+    data["version"] = 2
+    torch.save(data, tmp_path / "bad.pt")
+    _expect_error(tmp_path / "bad.pt", "channel_angular_update_cv")
+
+
+def test_saving_an_older_run_writes_the_current_version(tmp_path):
+    torch.save(version_1_run(), tmp_path / "v1.pt")
+    old = load(tmp_path / "v1.pt")
+    old.save(tmp_path / "v2.pt")
+    assert old.format_version == 1 and "upgraded_from" not in old.meta  # unchanged
+    raw = torch.load(tmp_path / "v2.pt", weights_only=True)
+    assert raw["version"] == VERSION and raw["meta"]["upgraded_from"] == 1
+    assert set(raw["metrics"]) == set(METRICS)
+    new = load(tmp_path / "v2.pt")
+    assert new.format_version == VERSION
+    for name in V1_METRICS:
+        np.testing.assert_array_equal(new.metric(name), old.metric(name))
+    current = _writer()
+    current.save(tmp_path / "current.pt")
+    load(tmp_path / "current.pt").save(tmp_path / "again.pt")
+    assert "upgraded_from" not in torch.load(tmp_path / "again.pt", weights_only=True)["meta"]

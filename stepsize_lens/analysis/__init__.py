@@ -33,8 +33,13 @@ detail)::
     equilibrium_check(run, window=0.2, by="tensor"|"class"|"invariant"); decay_exponents(run);
     sqrt_law(run)  (c·t^(−1/2) overlay fitted per tensor)
 
-    # findings.py
-    find(run, classes=None, delta=None, thresholds=Thresholds()) -> list[Finding]  (ranked)
+    # split.py: why the effective step fell
+    decay_split(run, by="class") -> per set: total fall = lr part x norm part x gradient part
+    split_series(run, by="class") -> the same along the run, for figures
+
+    # findings.py (theory checks in theory_findings.py)
+    find(run, classes=None, delta=None, thresholds=Thresholds(), forecasted=None)
+        -> list[Finding]  (ranked)
 
     # compare.py
     compare(runs, metrics, by="class", on="step", reference=0, alpha=None)   -> DataFrame
@@ -62,6 +67,7 @@ from stepsize_lens.analysis.frames import (
     tensor_classes,
     tensor_frame,
 )
+from stepsize_lens.analysis.split import decay_split, split_series
 from stepsize_lens.analysis.summary import (
     DecayCrossings,
     Overview,
@@ -103,6 +109,7 @@ __all__ = [
     "decay_crossings",
     "decay_exponent",
     "decay_exponents",
+    "decay_split",
     "ema",
     "ema_values",
     "epochs",
@@ -129,6 +136,7 @@ __all__ = [
     "rolling_mean",
     "run_labels",
     "set_mean",
+    "split_series",
     "sqrt_law",
     "stack",
     "summarize",

@@ -34,6 +34,11 @@ BY: tuple[str, ...] = ("tensor", "group", "class", "invariant", "all")
 REDUCERS: tuple[str, ...] = ("mean", "weighted", "median")
 
 
+def default_window(num_records: int) -> int:
+    """Records averaged for 'initial', 'final' and 'early' levels: max(1, min(50, n // 20))."""
+    return max(1, min(50, num_records // 20))
+
+
 def tensor_classes(
     run: Run, classes: pd.Series | Mapping[str, str] | None = None, delta: float | None = None
 ) -> pd.Series:

@@ -14,6 +14,10 @@ series reduced over its tensors (`frames.reduce_values`, default the mean):
   a set's weight norm, angular update and η/‖w‖² series (and so of every column built from them)
   unless every tensor of the set starts at zero; ``tensors``, ``numel``, the shares and the
   counts include them.
+- the fall of the angular update split into its three factors (`decay_split`): ``lr_part`` =
+  η_initial/η_final, ``norm_part`` = (‖w‖_final/‖w‖_initial)^k (k = 2 for SGD-like updates:
+  η/‖w‖²; k = 1 for adaptive ones: η/‖w‖; means over the same windows), ``gradient_part`` =
+  angular_update_decay / (lr_part·norm_part), the scale-free gradient's share;
 - ``half_step`` / ``tenth_step``: the first step at which the angular update, smoothed by a
   trailing mean over ``window`` records, fell to 1/2 and 1/10 of its *early level* while the lr
   was unchanged. The early level is the mean over the first ``window`` records of the first
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stepsize_lens.analysis.frames import (
+    default_window,
     reduce_values,
     starts_at_zero,
     tensor_classes,
@@ -51,11 +56,6 @@ if TYPE_CHECKING:
     from stepsize_lens.run import Run
 
 LR_RTOL = 1e-2
-
-
-def default_window(num_records: int) -> int:
-    """Records averaged for 'initial', 'final' and 'early' levels: max(1, min(50, n // 20))."""
-    return max(1, min(50, num_records // 20))
 
 
 def alive_mask(run: Run) -> np.ndarray:
@@ -207,14 +207,17 @@ def summarize(
 
     ``by``: one of tensor / group / class / all, or several (rows concatenated). Columns: by,
     key, tensors, numel, weight_norm_initial/final/ratio, angular_update_initial/final/decay,
-    effective_lr_initial/final/decay, early_angular_update, constant_lr_from/until (steps),
+    effective_lr_initial/final/decay, lr_part, norm_part, gradient_part, early_angular_update,
+    constant_lr_from/until (steps),
     half_step, tenth_step, test_pass_share, projected_share, nonfinite, skipped.
     """
     import pandas as pd
 
+    from stepsize_lens.analysis.split import norm_power, split_values
     from stepsize_lens.invariance import recorded_test_views
 
     keys = [by] if isinstance(by, str) else list(by)
+    power = norm_power(run)
     cls = tensor_classes(run, classes, delta)
     keep = ~run.skipped.astype(bool)
     steps = run.steps[keep]
@@ -241,6 +244,8 @@ def summarize(
             w0, w1 = _first_finite(w), _last_finite(w)
             a0, a1 = _head_mean(a, win), _head_mean(a, win, tail=True)
             e0, e1 = _head_mean(e, win), _head_mean(e, win, tail=True)
+            eta = reduce_values(lr[:, measured], reducer, numel[measured])
+            split = split_values(a[:, None], w[:, None], eta[:, None], power, win)
             with np.errstate(invalid="ignore", divide="ignore"):
                 rows.append(
                     {
@@ -257,6 +262,9 @@ def summarize(
                         "effective_lr_initial": e0,
                         "effective_lr_final": e1,
                         "effective_lr_decay": _ratio(e0, e1),
+                        "lr_part": float(split["lr_part"][0]),
+                        "norm_part": float(split["norm_part"][0]),
+                        "gradient_part": float(split["gradient_part"][0]),
                         "early_angular_update": crossings.early,
                         "constant_lr_from": crossings.segment[0] if crossings.segment else None,
                         "constant_lr_until": crossings.segment[1] if crossings.segment else None,

@@ -7,7 +7,10 @@ colour-blind-safe style (Okabe–Ito colours, viridis for heat maps) sized for a
     effective_step(runs, by="class")  angular update and η/‖w‖² (log scale), lr changes marked
     paper_panel(runs)                 ‖w‖, effective step, loss and accuracy (when logged)
     cos_threshold(run, delta=None)    |cos(w, g)| per tensor against the test's δ/sqrt(dim)
-    theory_overlay(run)               measured ‖w‖ and angular update against analysis.theory
+    theory_overlay(run, by="class")   measured ‖w‖ and angular update against the recurrence that
+                                      follows the schedule (analysis.predict) and equilibrium
+    decay_split(run, by="class")      why the effective step fell: norm growth, lr, scale-free
+                                      gradient (analysis.decay_split)
     step_heatmap(run)                 tensor × step heat map of the effective step
     metric_facets(runs, by="class")   small multiples (seaborn): a row per metric, a column per
                                       set of tensors, a colour per run
@@ -31,12 +34,13 @@ from stepsize_lens.plots.cosines import cos_threshold
 from stepsize_lens.plots.curves import effective_step, norm_growth, paper_panel
 from stepsize_lens.plots.facets import metric_facets
 from stepsize_lens.plots.heatmap import step_heatmap
-from stepsize_lens.plots.theory import theory_overlay
+from stepsize_lens.plots.theory import decay_split, theory_overlay
 
 __all__ = [
     "CLASS_COLORS",
     "OKABE_ITO",
     "cos_threshold",
+    "decay_split",
     "effective_step",
     "lr_changes",
     "metric_facets",

@@ -1,4 +1,5 @@
-"""Measured norms and angular updates against the theory of `analysis.theory`."""
+"""Measured norms and angular updates against the theory of `analysis.theory`, and the fall of
+the effective step split into its causes (`analysis.decay_split`)."""
 
 from __future__ import annotations
 
@@ -7,93 +8,98 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens._schema import INVARIANT_CLASSES
-from stepsize_lens.analysis.frames import reduce_values, rolling_mean, set_mean
 from stepsize_lens.plots import _series as S
-from stepsize_lens.plots._style import CLASS_COLORS, figure, legend, quiet_nan, style
+from stepsize_lens.plots._style import CLASS_COLORS, OKABE_ITO, figure, legend, style
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from stepsize_lens.analysis.theory import Forecast
     from stepsize_lens.run import Run
+
+
+def _set_colors(keys: list[str]) -> dict[str, str]:
+    return {k: CLASS_COLORS.get(k, OKABE_ITO[i % len(OKABE_ITO)]) for i, k in enumerate(keys)}
+
+
+def _empty(axes: Any, text: str) -> None:
+    for ax in axes:
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
 
 
 def theory_overlay(
     run: Run,
     classes: pd.Series | Mapping[str, str] | None = None,
+    by: str = "class",
     tolerance: float = 0.25,
     smooth: int | str | None = "auto",
-    predictions: pd.DataFrame | None = None,
+    forecasted: Forecast | None = None,
 ) -> Figure:
-    """Measured against predicted, per invariance class (channel, layer), means over the class.
+    """Measured against predicted, per set of scale-invariant tensors (``by``: class, group,
+    tensor or invariant; means over the set).
 
-    Left: ‖w‖ with the predicted equilibrium norm (`analysis.equilibrium_predictions`); without
-    weight decay, for the SGD family, the no-decay law (‖w0‖⁴ + 2κη²g̃²t)^(1/4) with each
-    tensor's median measured g̃ = ‖w‖‖g‖. Right: the angular update with the equilibrium value
-    (e.g. sqrt(2ηλ/(1+α)) for SGD) as a band of ±``tolerance``; without weight decay a t^(−1/2)
-    guide through the mid-run value. ``predictions``: `analysis.equilibrium_predictions` of
-    this run with these classes, if already computed (a report shares it with its findings).
+    Left: ‖w‖; right: the angular update (log scale). Solid: measured; dashed: the recurrence
+    of `analysis.predict`, which follows the recorded lr and weight decay step by step from the
+    first record's norm; dotted, with a ±``tolerance`` band on the angle: the constant-lr
+    equilibrium at each record's hyperparameters (absent without weight decay). An optimizer
+    without a derived prediction gets a note instead of lines. ``forecasted``:
+    `analysis.theory.forecast` of this run with these classes, if already computed.
     """
     from stepsize_lens.analysis import optimizer_family, tensor_classes
-    from stepsize_lens.analysis.theory import predictions_for
+    from stepsize_lens.analysis.theory import forecast, predict
 
     cls = tensor_classes(run, classes)
+    fc = forecasted if forecasted is not None else forecast(run, cls)
+    frame = predict(
+        run, by=by, classes=cls, metrics=("angular_update", "weight_norm"), forecasted=fc
+    )
     family = optimizer_family(run)
-    pred = predictions_for(run, predictions, cls, family)
-    keep = ~run.skipped.astype(bool)
-    steps = run.steps[keep].astype(np.float64)
-    shape = (run.num_records, run.num_tensors)
-    angle_pred = pred["predicted_angle"].to_numpy(dtype=np.float64).reshape(shape)[keep]
-    norm_pred = pred["predicted_norm"].to_numpy(dtype=np.float64).reshape(shape)[keep]
-    names = np.asarray(cls, dtype=object)
-    window = S.window_for(int(keep.sum()), smooth)
     with style():
         fig, axes = figure(2)
-        drawn = False
-        for cname in INVARIANT_CLASSES:
-            mask = names == cname
-            if not mask.any():
-                continue
-            drawn = True
-            color = CLASS_COLORS[cname]
-            _, norm = set_mean(run, "weight_norm", mask)
-            _, angle = set_mean(run, "angular_update", mask)
-            S.draw(axes[0], steps, norm, None, color, "-", f"{cname}: measured")
-            S.draw(axes[1], steps, S.positive(angle), window, color, "-", f"{cname}: measured")
-            theory_norm = reduce_values(norm_pred[:, mask], "mean")
-            theory_angle = reduce_values(angle_pred[:, mask], "mean")
-            if np.isfinite(theory_angle).any():
-                label = f"{cname}: equilibrium"
-                S.draw(axes[0], steps, rolling_mean(theory_norm, window), None, color, "--", label)
-                low, high = theory_angle * (1 - tolerance), theory_angle * (1 + tolerance)
-                idx = S.thin(steps.size)
-                axes[1].fill_between(steps[idx], low[idx], high[idx], color=color, alpha=0.15, lw=0)
-                axes[1].plot(
-                    steps[idx],
-                    theory_angle[idx],
-                    color=color,
-                    ls="--",
-                    lw=1.0,
-                    label=f"{label} ±{tolerance:.0%}",
-                )
-            else:
-                _no_decay_guides(axes, run, keep, steps, mask, angle, color, cname, family)
-        if not drawn:
-            for ax in axes:
-                ax.text(
-                    0.5,
-                    0.5,
-                    "no scale-invariant tensors",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                )
-        axes[0].set_title("Norm: measured vs theory")
+        if frame.empty:
+            _empty(axes, fc.reason or "nothing to predict")
+        sets = list(dict.fromkeys(frame["set"]))
+        colors = _set_colors(sets)
+        window = S.window_for(len(fc.steps), smooth)
+        for name in sets:
+            rows = frame[frame["set"] == name]
+            for ax, metric in zip(axes, ("weight_norm", "angular_update")):
+                part = rows[rows["metric"] == metric]
+                x = part["step"].to_numpy(dtype=np.float64)
+                measured = part["measured"].to_numpy(dtype=np.float64)
+                predicted = part["predicted"].to_numpy(dtype=np.float64)
+                eq = part["equilibrium"].to_numpy(dtype=np.float64)
+                log = metric == "angular_update"
+                if log:
+                    measured, predicted, eq = (
+                        S.positive(measured),
+                        S.positive(predicted),
+                        S.positive(eq),
+                    )
+                color = colors[name]
+                S.draw(ax, x, measured, window if log else None, color, "-", f"{name}: measured")
+                S.draw(ax, x, predicted, None, color, "--", f"{name}: predicted")
+                if np.isfinite(eq).any():
+                    idx = S.thin(x.size)
+                    ax.plot(
+                        x[idx], eq[idx], color=color, ls=":", lw=1.0, label=f"{name}: equilibrium"
+                    )
+                    if log:
+                        ax.fill_between(
+                            x[idx],
+                            eq[idx] * (1 - tolerance),
+                            eq[idx] * (1 + tolerance),
+                            color=color,
+                            alpha=0.12,
+                            lw=0,
+                        )
+        axes[0].set_title("Norm: measured, recurrence, equilibrium")
         axes[0].set_ylabel("mean ‖w‖")
-        axes[1].set_title("Angular update: measured vs equilibrium")
+        axes[1].set_title(f"Angular update (equilibrium ±{tolerance:.0%})")
         axes[1].set_ylabel("radians per step")
-        axes[1].set_yscale("log")
+        if not frame.empty:
+            axes[1].set_yscale("log")
         for ax in axes:
             ax.set_xlabel("step")
             legend(ax)
@@ -101,52 +107,64 @@ def theory_overlay(
     return fig
 
 
-def _no_decay_guides(
-    axes: Any,
-    run: Run,
-    keep: np.ndarray,
-    steps: np.ndarray,
-    mask: np.ndarray,
-    angle: np.ndarray,
-    color: str,
-    cname: str,
-    family: str,
-) -> None:
-    """Without weight decay: the SGD-family norm law and a t^(-1/2) guide for the angle."""
-    from stepsize_lens.analysis.theory import family_entry, no_decay_norm
+PARTS = (
+    ("total", "Δθ / Δθ early", "#000000", "-"),
+    ("norm", "norm growth: (‖w‖ early/‖w‖)^k", OKABE_ITO[3], "--"),
+    ("lr", "lr: η/η early", OKABE_ITO[0], ":"),
+    ("gradient", "scale-free gradient (the rest)", OKABE_ITO[2], "-."),
+)
 
-    lr_field = run.group_field("lr")[keep]
-    entry = family_entry(family)
-    if entry.base == "sgd" and steps.size > 1 and lr_field.size:
-        weight = run.metric("weight_norm")[keep][:, mask].astype(np.float64)
-        grad = run.metric("grad_norm")[keep][:, mask].astype(np.float64)
-        momentum_field = run.group_field("momentum")[keep]
-        with quiet_nan():
-            g_tilde = np.nanmedian(weight * grad, axis=0)
-            lr = float(np.nanmax(lr_field[0]))
-            momentum = (
-                float(np.nan_to_num(np.nanmax(momentum_field[0]), nan=0.0))
-                if momentum_field.size
-                else 0.0
-            )
-            t = (steps - steps[0])[:, None]
-            law = no_decay_norm(
-                t, weight[0][None, :], lr, g_tilde[None, :], momentum, projected=entry.projects
-            )
-            idx = S.thin(steps.size)
-            axes[0].plot(
-                steps[idx],
-                np.nanmean(law, axis=1)[idx],
-                color=color,
-                ls="--",
-                lw=1.0,
-                label=f"{cname}: no-decay law",
-            )
-    ok = np.flatnonzero(np.isfinite(angle) & (angle > 0) & (steps > 0))
-    if ok.size >= 2:
-        mid = ok[ok.size // 2]
-        idx = S.thin(steps.size)
-        guide = angle[mid] * np.sqrt(steps[mid] / np.maximum(steps[idx], 1.0))
-        axes[1].plot(
-            steps[idx], guide, color=color, ls=":", lw=1.0, label=f"{cname}: ∝ t^(-1/2) (no decay)"
+
+def decay_split(
+    run: Run,
+    by: str = "class",
+    classes: pd.Series | Mapping[str, str] | None = None,
+    smooth: int | str | None = "auto",
+    max_sets: int = 3,
+) -> Figure:
+    """Why the effective step fell, per invariance class (``by="class"``, up to ``max_sets``
+    panels) or for the scale-invariant tensors together (``"invariant"``; all tensors when none
+    is): the angular update relative to its early level and the three factors it is the
+    product of (`analysis.split.split_series`): the norm-growth part (‖w‖_early/‖w‖)^k,
+    the premature decay the paper is about (k = 2 for SGD-like updates, 1 for adaptive ones),
+    the lr part η/η_early, and the scale-free gradient's part, the rest. Log scale; below 1 a
+    factor shrank the step."""
+    from stepsize_lens.analysis import tensor_classes
+    from stepsize_lens.analysis.frames import is_invariant
+    from stepsize_lens.analysis.split import norm_power, split_series
+
+    if by not in ("class", "invariant"):
+        raise ValueError(f"by must be 'class' or 'invariant', not {by!r}")
+    cls = tensor_classes(run, classes)
+    scoped = by if is_invariant(cls).any() else "all"
+    frame = split_series(run, by=scoped, classes=cls)
+    if scoped == "class":
+        frame = frame[frame["set"].isin(["channel", "layer"])]
+    sets = list(dict.fromkeys(frame["set"]))[:max_sets] or ["(no records)"]
+    power = norm_power(run)
+    keep = ~run.skipped.astype(bool)
+    window = S.window_for(int(keep.sum()), smooth)
+    with style():
+        fig, axes = figure(len(sets))
+        axes = np.atleast_1d(axes)
+        for ax, name in zip(axes, sets):
+            rows = frame[frame["set"] == name]
+            for part, label, color, ls in PARTS:
+                values = rows[rows["part"] == part]
+                y = S.positive(values["value"].to_numpy(dtype=np.float64))
+                smoothing = window if part in ("total", "gradient") else None
+                S.draw(ax, values["step"].to_numpy(), y, smoothing, color, ls, label)
+            ax.axhline(1.0, color="0.6", lw=0.6)
+            ax.set_title(f"{name}: the fall of the effective step, split")
+            ax.set_xlabel("step")
+            if len(rows):
+                ax.set_yscale("log")
+            legend(ax)
+        axes[0].set_ylabel("fraction of the early step left")
+        measure = "η/‖w‖²" if power == 2 else "η/‖w‖"
+        fig.suptitle(
+            f"Norm-growth part measured as {measure} (k = {power}); {run.label}",
+            fontsize=8,
+            color="0.3",
         )
+    return fig

@@ -24,6 +24,7 @@ and, for tensors with ndim >= 2, from the per-row matrices:
     channel_cos_grad_max     max_r |cos(w_r, g_r)|
     channel_weight_norm      mean_r ‖w_r‖
     channel_angular_update   mean_r angle(w_r, w'_r)
+    channel_angular_update_cv  std_r / mean_r of those angles (population std, two passes)
 
 A ratio with a zero denominator is NaN (never an exception, never inf); rows whose ratio is
 undefined are left out of the per-channel max and mean. Computing from Gram matrices means the
@@ -123,6 +124,20 @@ def _segment_nanmax(values: torch.Tensor, segment: torch.Tensor, num: int) -> to
     return torch.where(torch.isneginf(out), torch.full_like(out, float("nan")), out)
 
 
+def _segment_cv(values: torch.Tensor, mean: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """std/mean per segment of ``values`` (NaNs left out) given each segment's ``mean``: the
+    population std from the squared deviations about the mean (a second pass, no
+    cancellation); NaN where the mean is 0 or undefined."""
+    finite = ~torch.isnan(values)
+    num = mean.shape[0]
+    dev = torch.where(finite, values - mean[segment], torch.zeros_like(values))
+    total = torch.zeros(num, dtype=values.dtype, device=values.device)
+    count = torch.zeros(num, dtype=values.dtype, device=values.device)
+    total.index_add_(0, segment, dev * dev)
+    count.index_add_(0, segment, finite.to(values.dtype))
+    return safe_div(safe_div(total, count).sqrt(), mean)
+
+
 def channel_metrics(
     grams: torch.Tensor,
     perp2: torch.Tensor,
@@ -140,6 +155,8 @@ def channel_metrics(
     wg, wd = grams[:, W, G], grams[:, W, D]
     cos_rows = safe_div(wg.abs(), ww.sqrt() * gg.sqrt())
     nan = torch.full((num,), float("nan"), dtype=grams.dtype, device=grams.device)
+    angles = _angle(ww, wd, perp2)
+    mean_angle = _segment_nanmean(angles, row_tensor, num)
     out = {
         "channel_cos_grad_max": torch.where(
             multi_row & has_grad, _segment_nanmax(cos_rows, row_tensor, num), nan
@@ -147,8 +164,9 @@ def channel_metrics(
         "channel_weight_norm": torch.where(
             multi_row, _segment_nanmean(ww.sqrt(), row_tensor, num), nan
         ),
-        "channel_angular_update": torch.where(
-            multi_row, _segment_nanmean(_angle(ww, wd, perp2), row_tensor, num), nan
+        "channel_angular_update": torch.where(multi_row, mean_angle, nan),
+        "channel_angular_update_cv": torch.where(
+            multi_row, _segment_cv(angles, mean_angle, row_tensor), nan
         ),
     }
     assert tuple(out) == CHANNEL_METRICS

@@ -24,23 +24,32 @@ JSON of ``report`` (``schema`` = ``"stepsize_lens.report/1"``); undefined number
   last}}.
 - ``summary``: one row per set of tensors (`analysis.summarize`): by (group / class / tensor),
   key, tensors, numel, weight_norm_initial / _final / _ratio, angular_update_initial / _final /
-  _decay (initial/final), effective_lr_initial / _final / _decay, early_angular_update,
+  _decay (initial/final), effective_lr_initial / _final / _decay, lr_part, norm_part,
+  gradient_part (angular_update_decay split into the lr's, the norm growth's and the
+  scale-free gradient's factors, `analysis.decay_split`), early_angular_update,
   constant_lr_from, constant_lr_until, half_step, tenth_step, test_pass_share,
   projected_share, nonfinite, skipped. A ratio whose denominator is 0 is null (a tensor that
   starts at zero has no weight_norm_ratio); tensors that start at zero are left out of a set's
   norm and step columns unless every tensor of the set does.
 - ``findings``: ranked, most severe first (`analysis.find`): kind, severity (critical /
   warning / info), title, evidence {...}, tensors [...], suggestion, score.
+- ``theory``: family, optimizer (class), derived (whether the theory predicts this optimizer:
+  when not, nothing is guessed and ``note`` says why), note, window (the last fraction of the
+  steps averaged), sets: per invariance class set, tensors, angle_measured / _predicted /
+  _equilibrium and norm_measured / _predicted / _equilibrium (predicted: the per-step
+  recurrence along the recorded schedule, `analysis.predict`; equilibrium: the constant-lr
+  fixed point at the recorded lr and weight decay, null without weight decay), window_start.
 - ``strongest_decay_scope``: "scale-invariant" (or "all" when no tensor is).
 - ``strongest_decay``: up to 10 tensors by angular_update_decay: tensor, class, group, shape,
   numel, weight_norm_initial / _final / _ratio, angular_update_initial / _final / _decay,
-  half_step, tenth_step, exponent (fitted k in Δθ ∝ step^k over the second half).
-- ``figures``: {name: [paths]} for paper_panel, norm_growth, effective_step, theory,
-  cos_threshold, heatmap ({} without figures).
+  norm_part, lr_part, gradient_part, half_step, tenth_step, exponent (fitted k in Δθ ∝ step^k
+  over the second half).
+- ``figures``: {name: [paths]} for paper_panel, norm_growth, effective_step, decay_split,
+  theory, cos_threshold, heatmap ({} without figures).
 
 JSON of ``compare`` (``schema`` = ``"stepsize_lens.compare/1"``): ``by``; ``reference`` (label);
 ``shared_classes`` (true when every run is split by the reference run's classes);
-``runs``: one object per run with run, summary, findings, strongest_decay_scope,
+``runs``: one object per run with run, summary, findings, theory, strongest_decay_scope,
 strongest_decay as above; ``comparison``: rows of run, key (the set), metric (weight_norm /
 angular_update / effective_lr), x (last step shared with the reference), value,
 reference_value, final_ratio (value/reference there), mean_ratio (geometric mean over shared
@@ -145,7 +154,7 @@ def report(
     console: Any = None,
 ) -> ReportResult:
     """Analyse one run and emit the report in ``format`` (see the module docstring)."""
-    from stepsize_lens.analysis import equilibrium_predictions, tensor_classes
+    from stepsize_lens.analysis import forecast, tensor_classes
     from stepsize_lens.report.document import report_document
     from stepsize_lens.report.figures import draw_and_save, progress, report_figures
 
@@ -158,14 +167,14 @@ def report(
     folder = Path(out) if out is not None else default_out([run.path])
     with progress(status, 1, "analysing (summaries, findings)") as advance:
         classes = tensor_classes(run, None, delta)
-        # computed once for the findings and the theory figure (without figures, the findings
-        # compute it only if they need it)
-        predictions = equilibrium_predictions(run, classes) if figures else None
-        data = report_data(run, delta, by, classes, predictions)
+        # the recurrence along the schedule, computed once for the findings, the theory
+        # section and the theory figure
+        forecasted = forecast(run, classes)
+        data = report_data(run, delta, by, classes, forecasted)
         advance("done")
     saved: dict[str, list[Path]] = {}
     if figures:
-        drawers = report_figures(run, by, classes, delta, predictions)
+        drawers = report_figures(run, by, classes, delta, forecasted)
         with progress(status, len(drawers), f"drawing {drawers[0][0]}") as advance:
             saved = draw_and_save(drawers, folder, formats, advance)
         data["figures"] = {name: [str(p) for p in paths] for name, paths in saved.items()}

@@ -154,6 +154,9 @@ def strongest_decay(run: Run, classes: pd.Series, delta: float | None) -> tuple[
         "angular_update_initial",
         "angular_update_final",
         "angular_update_decay",
+        "norm_part",
+        "lr_part",
+        "gradient_part",
         "half_step",
         "tenth_step",
         "exponent",
@@ -162,23 +165,65 @@ def strongest_decay(run: Run, classes: pd.Series, delta: float | None) -> tuple[
     return scope, _records(out)
 
 
+THEORY_WINDOW = 0.2  # the theory table averages the last fifth of the run's steps
+
+
+def theory_section(run: Run, classes: pd.Series, forecasted: Any) -> dict[str, Any]:
+    """The "theory" section: the optimizer family, whether the theory predicts it (and why
+    not), and per invariance class the measured, predicted (the recurrence along the recorded
+    schedule, `analysis.predict`) and equilibrium angular update and norm, means over the last
+    `THEORY_WINDOW` of the steps."""
+    from stepsize_lens.analysis.theory import predict
+
+    fc = forecasted
+    optimizer = str((run.meta.get("optimizer") or {}).get("class") or "unknown")
+    out: dict[str, Any] = {
+        "family": fc.family.name,
+        "optimizer": optimizer,
+        "derived": not fc.empty,
+        "note": fc.reason or fc.family.note,
+        "window": THEORY_WINDOW,
+        "sets": [],
+    }
+    if fc.empty:
+        return jsonable(out)
+    frame = predict(run, by="class", classes=classes, forecasted=fc)
+    steps = fc.steps.astype(np.float64)
+    start = steps[-1] - THEORY_WINDOW * (steps[-1] - steps[0])
+    late = frame[frame["step"] >= start]
+    means = late.groupby(["set", "metric"], sort=False)[["measured", "predicted", "equilibrium"]]
+    table = means.mean()
+    counts = dict(
+        zip(*np.unique(np.asarray(classes, dtype=object)[fc.tensors], return_counts=True))
+    )
+    for name in dict.fromkeys(frame["set"]):
+        row: dict[str, Any] = {"set": name, "tensors": int(counts.get(name, 0))}
+        for metric, short in (("angular_update", "angle"), ("weight_norm", "norm")):
+            for column in ("measured", "predicted", "equilibrium"):
+                row[f"{short}_{column}"] = float(table.loc[(name, metric), column])
+        row["window_start"] = int(start)
+        out["sets"].append(row)
+    return jsonable(out)
+
+
 def report_data(
     run: Run,
     delta: float | None = None,
     by: str = "class",
     classes: pd.Series | Mapping[str, str] | None = None,
-    predictions: pd.DataFrame | None = None,
+    forecasted: Any = None,
 ) -> dict[str, Any]:
-    """Summary, findings and strongest decays of one run (see the schema in `report`).
+    """Summary, findings, theory and strongest decays of one run (see the schema in `report`).
 
-    ``predictions``: `analysis.equilibrium_predictions` of the run with these classes, if the
-    caller computed it already (`report` shares it between the findings and the theory figure).
+    ``forecasted``: `analysis.forecast` of the run with these classes, if the caller computed
+    it already (`report` shares it between the findings, the theory section and the figures).
     """
-    from stepsize_lens.analysis import find, summarize, tensor_classes
+    from stepsize_lens.analysis import find, forecast, summarize, tensor_classes
 
     if by not in BY_CHOICES:
         raise UserInputError(f"--by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
     cls = tensor_classes(run, classes, delta)
+    fc = forecasted if forecasted is not None else forecast(run, cls)
     sets = list(dict.fromkeys([by, "class", "group"]))
     summary = summarize(run, by=sets, classes=cls, delta=delta)
     scope, strongest = strongest_decay(run, cls, delta)
@@ -188,9 +233,9 @@ def report_data(
         "run": run_header(run, cls, delta),
         "summary": _records(summary),
         "findings": [
-            jsonable(f.to_dict())
-            for f in find(run, classes=cls, delta=delta, predictions=predictions)
+            jsonable(f.to_dict()) for f in find(run, classes=cls, delta=delta, forecasted=fc)
         ],
+        "theory": theory_section(run, cls, fc),
         "strongest_decay_scope": scope,
         "strongest_decay": strongest,
         "figures": {},

@@ -19,8 +19,10 @@ FIGURE_CAPTIONS = {
     "paper_panel": "Weight norm, effective step (angular update), loss and accuracy.",
     "norm_growth": "Weight-norm growth, mean over each set of tensors.",
     "effective_step": "Effective step: angular update and η/‖w‖² (log scale); lr changes marked.",
-    "theory": "Measured norm and angular update against the theory (equilibrium band or "
-    "no-decay law).",
+    "decay_split": "Why the effective step fell: its norm-growth, lr and scale-free-gradient "
+    "factors (their product is the angular update relative to its early level).",
+    "theory": "Measured norm and angular update against the recurrence that follows the "
+    "recorded schedule (dashed) and the constant-lr equilibrium (dotted, ±25% band).",
     "cos_threshold": "The paper's scale-invariance test: |cos(w, g)| per tensor against "
     "δ/sqrt(dim).",
     "heatmap": "Angular update per tensor and step (log colour scale).",
@@ -181,14 +183,19 @@ SUMMARY_COLUMNS = [
     "Δθ early",
     "Δθ late",
     "Δθ fell",
-    "η/‖w‖² fell",
+    "= ‖w‖ part",
+    "× lr part",
+    "× grad part",
     "½ at step",
     "⅒ at step",
     "test pass",
     "projected",
 ]
 SUMMARY_NOTE = (
-    "Δθ: angular update (rad/step), mean of the first / last records; fell: early/late; "
+    "Δθ: angular update (rad/step), mean of the first / last records; fell: early/late, the "
+    "product of three parts: ‖w‖ (norm growth, (‖w‖ late/early)^k: η/‖w‖² for SGD-like "
+    "updates, η/‖w‖ for adaptive ones; premature step-size decay), lr (the schedule) and grad "
+    "(the scale-free gradient, the rest); "
     "½ and ⅒ at step: when Δθ fell to that fraction of its early level at constant lr; "
     "test pass: share of records passing the paper's test; projected: AdamP/SGDP projections. "
     "Tensors that start at zero (biases) are left out of a set's ‖w‖, Δθ and η/‖w‖² unless all do; "
@@ -206,7 +213,9 @@ def summary_cells(row: dict[str, Any]) -> list[str]:
         num(row["angular_update_initial"]),
         num(row["angular_update_final"]),
         times(row["angular_update_decay"]),
-        times(row["effective_lr_decay"]),
+        times(row["norm_part"]),
+        times(row["lr_part"]),
+        times(row["gradient_part"]),
         step(row["half_step"]),
         step(row["tenth_step"]),
         share(row["test_pass_share"]),
@@ -230,6 +239,56 @@ def summary_tables(data: dict[str, Any]) -> list[Table]:
     return tables
 
 
+THEORY_COLUMNS = [
+    "tensors",
+    "Δθ measured",
+    "Δθ predicted",
+    "Δθ equilibrium",
+    "‖w‖ measured",
+    "‖w‖ predicted",
+    "‖w‖ equilibrium",
+]
+
+
+def theory_table(data: dict[str, Any]) -> Table | None:
+    """Measured against predicted per invariance class (the "theory" section), or a note that
+    the optimizer has no derived prediction."""
+    theory = data.get("theory")
+    if not theory:
+        return None
+    title = f"Theory: {theory['optimizer']} ({theory['family']} family)"
+    if not theory["derived"]:
+        note = (
+            f"{theory['note']}: no prediction is given rather than a guess (docs/design.md §5 "
+            "lists the families the theory covers)."
+        )
+        return Table(title, ["set", *THEORY_COLUMNS], [], note)
+    rows = [
+        [
+            r["set"],
+            num(r["tensors"]),
+            num(r["angle_measured"]),
+            num(r["angle_predicted"]),
+            num(r["angle_equilibrium"]),
+            num(r["norm_measured"]),
+            num(r["norm_predicted"]),
+            num(r["norm_equilibrium"]),
+        ]
+        for r in theory["sets"]
+    ]
+    note = (
+        f"Means over the last {theory['window']:.0%} of the steps. predicted: the per-step "
+        "recurrence of the optimizer on scale-invariant tensors with noise-dominated gradients, "
+        "driven by the recorded lr and weight decay (analysis.predict); equilibrium: its "
+        "constant-lr fixed point at the last records' hyperparameters (–: no weight decay). "
+        "Predicted far from measured means the gradients are not noise-dominated (they carry "
+        "signal), or the tensors are not scale-invariant."
+    )
+    if theory.get("note"):
+        note += f" Note: {theory['note']}."
+    return Table(title, ["set", *THEORY_COLUMNS], rows, note)
+
+
 def strongest_table(data: dict[str, Any]) -> Table:
     scope = data["strongest_decay_scope"]
     rows = [
@@ -241,6 +300,9 @@ def strongest_table(data: dict[str, Any]) -> Table:
             num(r["angular_update_initial"]),
             num(r["angular_update_final"]),
             times(r["angular_update_decay"]),
+            times(r["norm_part"]),
+            times(r["lr_part"]),
+            times(r["gradient_part"]),
             step(r["half_step"]),
             step(r["tenth_step"]),
             num(r["exponent"], 2),
@@ -248,8 +310,9 @@ def strongest_table(data: dict[str, Any]) -> Table:
         for r in data["strongest_decay"]
     ]
     columns = ["tensor", "class", "shape", "‖w‖ grew", "Δθ early", "Δθ late", "Δθ fell"]
-    columns += ["½ at step", "⅒ at step", "exponent"]
+    columns += ["= ‖w‖ part", "× lr part", "× grad part", "½ at step", "⅒ at step", "exponent"]
     note = (
+        "Δθ fell = its norm-growth, lr and scale-free-gradient parts (as in the summary); "
         "exponent: fitted k in Δθ ∝ step^k over the second half "
         "(−½: no equilibrium, 0: equilibrium)."
     )
@@ -272,6 +335,9 @@ def report_document(data: dict[str, Any], out: Path | None = None) -> Document:
     doc = Document(f"stepsize-lens report: {run['label']}")
     doc.blocks.append(Header("Run", header_items(run)))
     doc.blocks.append(Findings("Findings", data["findings"]))
+    theory = theory_table(data)
+    if theory is not None:
+        doc.blocks.append(theory)
     doc.blocks.extend(summary_tables(data))
     doc.blocks.append(strongest_table(data))
     figures = figures_block(data["figures"], out)

@@ -21,17 +21,18 @@ def report_figures(
     by: str,
     classes: pd.Series,
     delta: float | None,
-    predictions: pd.DataFrame | None = None,
+    forecasted: Any = None,
 ) -> list[tuple[str, Drawer]]:
-    """(name, drawer) for the figures of a one-run report, in page order. ``predictions``:
-    `analysis.equilibrium_predictions` for the theory figure, if already computed."""
+    """(name, drawer) for the figures of a one-run report, in page order. ``forecasted``:
+    `analysis.forecast` for the theory figure, if already computed."""
     from stepsize_lens import plots
 
     return [
         ("paper_panel", lambda: plots.paper_panel(run, classes=classes)),
         ("norm_growth", lambda: plots.norm_growth(run, by=by, classes=classes)),
         ("effective_step", lambda: plots.effective_step(run, by=by, classes=classes)),
-        ("theory", lambda: plots.theory_overlay(run, classes=classes, predictions=predictions)),
+        ("decay_split", lambda: plots.decay_split(run, classes=classes)),
+        ("theory", lambda: plots.theory_overlay(run, classes=classes, forecasted=forecasted)),
         ("cos_threshold", lambda: plots.cos_threshold(run, delta=delta)),
         ("heatmap", lambda: plots.step_heatmap(run, classes=classes)),
     ]

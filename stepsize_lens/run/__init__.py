@@ -7,10 +7,19 @@ goes through `Run`.
 
 from __future__ import annotations
 
-from stepsize_lens.run.format import FORMAT, VERSION, validate
+from stepsize_lens.run.format import FORMAT, VERSION, upgrade, validate
 from stepsize_lens.run.reader import load
 from stepsize_lens.run.run import Run
 from stepsize_lens.run.storage import save_run_dict
 from stepsize_lens.run.writer import RunWriter
 
-__all__ = ["FORMAT", "VERSION", "Run", "RunWriter", "load", "save_run_dict", "validate"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Run",
+    "RunWriter",
+    "load",
+    "save_run_dict",
+    "upgrade",
+    "validate",
+]

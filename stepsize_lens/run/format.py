@@ -4,9 +4,10 @@ A run file is a plain dict saved with ``torch.save`` that loads with
 ``torch.load(weights_only=True)``, so opening one can never execute code::
 
     {
-      "format": "stepsize_lens/run", "version": 1,
+      "format": "stepsize_lens/run", "version": 2,
       "meta":    {label, created, torch_version, stepsize_lens_version, optimizer: {class, module,
-                  defaults}, schedule, delta, model_class, rank, world_size, closed, ...},
+                  defaults}, schedule, delta, model_class, rank, world_size, closed,
+                  upgraded_from (a file saved from an older version), ...},
       "params":  {name: [str], group: [int], index: [int], shape: [[int]], numel: [int],
                   ndim: [int], rows: [int], module_type: [str], dtype: [str], aliases: [[str]],
                   ... optional extra columns such as probe verdicts},
@@ -21,6 +22,10 @@ A run file is a plain dict saved with ``torch.save`` that loads with
 R = records, T = parameter tensors, G = param groups. Columns that did not exist yet at a record
 (a param group added later) are NaN (metrics, groups) or -1 (views). View codes are
 `stepsize_lens._schema.View`. Metrics of the catalog that an older file lacks read as NaN.
+
+Versions: 1 (12 metrics); 2 adds ``channel_angular_update_cv`` (docs/design.md §3.2). A version-1
+file is read as it is, its missing metric all NaN; `upgrade` turns a loaded older run into the
+current version (what `Run.save` writes).
 
 This package (`stepsize_lens.run`) is the only code that reads or writes the raw dict.
 """
@@ -37,10 +42,11 @@ from stepsize_lens._schema import METRICS, VIEWS
 from stepsize_lens.errors import RunFileError
 
 FORMAT = "stepsize_lens/run"
-VERSION = 1
+VERSION = 2
 
-# Every version-1 file has these metrics; ones added to the catalog later are optional on read.
-_FIRST_METRICS = frozenset(METRICS[:12])
+# The metrics every file of a version has (the catalog as it was then); metrics added to the
+# catalog later are optional on read and filled with NaN.
+METRICS_OF_VERSION: dict[int, tuple[str, ...]] = {1: METRICS[:12], 2: METRICS[:13]}
 
 REQUIRED_KEYS = ("format", "version", "meta", "params", "records", "metrics", "views", "groups")
 
@@ -78,13 +84,14 @@ def validate(data: Any, source: str = "run") -> dict[str, Any]:
         raise RunFileError(f"{source}: run file has malformed records")
     num_records = step.shape[0]
     shape = (num_records, num_tensors)
+    required = frozenset(METRICS_OF_VERSION[version])
     for section, names in (("metrics", METRICS), ("views", VIEWS)):
         block = data[section]
         if not isinstance(block, dict):
             raise RunFileError(f"{source}: run file section {section!r} is malformed")
         for name in names:
             tensor = block.get(name)
-            if tensor is None and section == "metrics" and name not in _FIRST_METRICS:
+            if tensor is None and section == "metrics" and name not in required:
                 block[name] = torch.full(shape, math.nan, dtype=torch.float32)
                 continue
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
@@ -99,6 +106,18 @@ def validate(data: Any, source: str = "run") -> dict[str, Any]:
         raise RunFileError(f"{source}: run file groups section is malformed")
     data.setdefault("scalars", {})
     data.setdefault("events", [])
+    return data
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A validated run dict of any version this package reads, as the current version: the
+    version number set to `VERSION` (``validate`` has already added the metrics an older file
+    lacks, as NaN) and ``meta["upgraded_from"]`` the version it was written with. A current
+    run comes back unchanged. Works on (and returns) the dict it is given."""
+    version = int(data["version"])
+    if version < VERSION:
+        data["meta"] = {**data["meta"], "upgraded_from": version}
+        data["version"] = VERSION
     return data
 
 

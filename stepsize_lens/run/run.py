@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepsize_lens._schema import VIEWS
+from stepsize_lens.run.format import upgrade
 from stepsize_lens.run.storage import save_run_dict
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Run:
 
     @property
     def format_version(self) -> int:
-        """The format version the file was written with."""
+        """The format version the file was written with (`save` writes the current one)."""
         return int(self._data["version"])
 
     @property
@@ -254,8 +255,10 @@ class Run:
         return copy.deepcopy(self._data)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write this run to ``path`` atomically, in the current format."""
-        save_run_dict(self._data, path)
+        """Write this run to ``path`` atomically, in the current format: a run loaded from an
+        older version is written as the current one (`format.upgrade`: the metrics it lacked
+        stay NaN, ``meta["upgraded_from"]`` records its version); this `Run` is unchanged."""
+        save_run_dict(upgrade(dict(self._data)), path)
         return Path(path)
 
     def __repr__(self) -> str:

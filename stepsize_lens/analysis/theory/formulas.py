@@ -346,3 +346,174 @@ def decay_exponent(
     lx, ly = np.log(x[ok]), np.log(y[ok])
     lx = lx - lx.mean()
     return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Lion, AdamC, Adam with L2 (docs/design.md §5.9)
+# --------------------------------------------------------------------------------------------
+
+
+def lion_variance(beta1: ArrayLike = 0.9, beta2: ArrayLike = 0.99) -> ArrayLike:
+    """V = (1−β1)² + β1²(1−β2)/(1+β2): the variance of Lion's interpolated moment
+    β1·m + (1−β1)·g per unit gradient variance (white-noise gradients)."""
+    beta1, beta2 = _float64(beta1, beta2)
+    return (1.0 - beta1) ** 2 + beta1**2 * (1.0 - beta2) / (1.0 + beta2)
+
+
+def lion_cross_factor(beta1: ArrayLike = 0.9, beta2: ArrayLike = 0.99) -> ArrayLike:
+    """κ = 1 + (2/π)(1/V − 1): the growth of ‖w‖² from Lion's correlated signs relative to
+    uncorrelated ones (Stein's gain sqrt(2/π) of sign on the filter's cross terms 1/V − 1)."""
+    return 1.0 + (2.0 / math.pi) * (1.0 / lion_variance(beta1, beta2) - 1.0)
+
+
+def lion_equilibrium_angle(
+    lr: ArrayLike, weight_decay: ArrayLike, beta1: ArrayLike = 0.9, beta2: ArrayLike = 0.99
+) -> ArrayLike:
+    """Lion: sqrt(2ηλ/κ) = sqrt(2ηλ·V/(V + (2/π)(1−V))) radians per step."""
+    return np.sqrt(
+        2.0 * np.asarray(lr) * np.asarray(weight_decay) / lion_cross_factor(beta1, beta2)
+    )
+
+
+def lion_kosson_angle(
+    lr: ArrayLike, weight_decay: ArrayLike, beta1: ArrayLike = 0.9, beta2: ArrayLike = 0.99
+) -> ArrayLike:
+    """Kosson et al. 2024's Lion equilibrium, sqrt(π/2)·sqrt(2ηλ)·sqrt(V): the limit of
+    `lion_equilibrium_angle` for V ≪ 1 (β1 near 1); sqrt(π/2) too high at β1 = 0."""
+    return math.sqrt(math.pi / 2.0) * np.sqrt(
+        2.0 * np.asarray(lr) * np.asarray(weight_decay) * lion_variance(beta1, beta2)
+    )
+
+
+def lion_equilibrium_norm(
+    lr: ArrayLike,
+    weight_decay: ArrayLike,
+    numel: ArrayLike,
+    beta1: ArrayLike = 0.9,
+    beta2: ArrayLike = 0.99,
+) -> ArrayLike:
+    """Lion: ‖w‖² = η·numel·κ/(2λ) (its sign update has ‖u‖² = numel exactly)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(
+            np.asarray(lr)
+            * np.asarray(numel)
+            * lion_cross_factor(beta1, beta2)
+            / (2.0 * np.asarray(weight_decay))
+        )
+
+
+def adamc_equilibrium_angle(
+    lr: ArrayLike, weight_decay: ArrayLike, max_lr: ArrayLike, beta1: ArrayLike = 0.9
+) -> ArrayLike:
+    """AdamC on a corrected tensor (decay λ·η/η_max per unit lr): the AdamW angle with λ →
+    λη/η_max, η·sqrt(2λ(1−β1)/(η_max(1+β1))): proportional to η, as the schedule decays."""
+    lr = np.asarray(lr, dtype=np.float64)
+    return adamw_equilibrium_angle(lr, np.asarray(weight_decay) * lr / np.asarray(max_lr), beta1)
+
+
+def adamc_equilibrium_norm(
+    max_lr: ArrayLike, weight_decay: ArrayLike, numel: ArrayLike
+) -> ArrayLike:
+    """AdamC on a corrected tensor: ‖w‖ = sqrt(η_max·numel/(2λ)), whatever the lr does now."""
+    return adamw_equilibrium_norm(max_lr, weight_decay, numel)
+
+
+def adam_l2_equilibrium_norm(
+    lr: ArrayLike, weight_decay: ArrayLike, numel: ArrayLike, scale_free_grad_norm: ArrayLike
+) -> ArrayLike:
+    """Adam with L2 decay λ (through its normaliser, an effective decoupled decay
+    λ·sqrt(numel)·‖w‖/g̃): ‖w‖³ = η·sqrt(numel)·g̃/(2λ) (β1 cancels; λ‖w‖ ≪ ‖g‖)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.cbrt(
+            np.asarray(lr)
+            * np.sqrt(np.asarray(numel))
+            * np.asarray(scale_free_grad_norm)
+            / (2.0 * np.asarray(weight_decay))
+        )
+
+
+def normalized_grad_ratio(lr: ArrayLike, weight_decay: ArrayLike) -> ArrayLike:
+    """Defazio 2025's steady state of a normalized layer under SGD: ‖g‖/‖w‖ = sqrt(2λ/η)
+    (θ = η‖g‖/‖w‖ = sqrt(2ηλ)): the gradient norm rises as the lr decays at fixed λ."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(2.0 * np.asarray(weight_decay) / np.asarray(lr))
+
+
+# --------------------------------------------------------------------------------------------
+# Timescales (docs/design.md §5.4, §5.10)
+# --------------------------------------------------------------------------------------------
+
+
+def wd_timescale(lr: ArrayLike, weight_decay: ArrayLike) -> ArrayLike:
+    """τ_iter = 1/(ηλ') steps (Wang & Aitchison 2024): the memory of the exponential moving
+    average decoupled weight decay makes of the updates; λ' the decay applied per unit lr.
+    Infinite without decay."""
+    return time_constant(np.asarray(lr, dtype=np.float64) * np.asarray(weight_decay))
+
+
+def steps_to_within(
+    sq: ArrayLike,
+    eq_sq: ArrayLike,
+    rate: ArrayLike,
+    order: float = 1.0,
+    exponent: float = 0.5,
+    tolerance: float = 0.1,
+) -> ArrayLike:
+    """Steps until the effective step comes within ``tolerance`` of equilibrium, from ‖w‖² =
+    ``sq`` at constant hyperparameters.
+
+    X = ‖w‖^(2·order) relaxes as X_eq + (X − X_eq)·exp(−rate·t) and θ/θ_eq = (‖w_eq‖²/‖w‖²)^e
+    (e = ``exponent``), so θ is within the tolerance once X/X_eq lies in
+    [(1+tol)^(−order/e), (1−tol)^(−order/e)]; 0 if it already does, ∞ at rate 0.
+    """
+    x = np.asarray(sq, dtype=np.float64) ** order
+    x_eq = np.asarray(eq_sq, dtype=np.float64) ** order
+    rate = np.asarray(rate, dtype=np.float64)
+    low = x_eq * (1.0 + tolerance) ** (-order / exponent)
+    high = x_eq * (1.0 - tolerance) ** (-order / exponent)
+    bound = np.where(x > high, high, low)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.log((x - x_eq) / (bound - x_eq)) / rate
+    inside = (x >= low) & (x <= high)
+    return np.where(inside, 0.0, np.where(rate > 0, t, np.inf))
+
+
+def warmup_steps(
+    initial_ratio: ArrayLike, rate: ArrayLike, target: float = 2.0, grid: int = 48
+) -> ArrayLike:
+    """The shortest linear warmup keeping the angular update within ``target`` × its peak-lr
+    equilibrium, by the recurrence's rate equation.
+
+    With x = X/X_eq (X = ‖w‖^(2·order) as in `steps_to_within`), e = η_t/η_peak and time in
+    relaxation units s = rate·t, the rate equation is dx/ds = e(e − x) (decay and growth both
+    follow the lr), and θ_t/θ_eq = e/sqrt(x). ``initial_ratio`` = x at step 0: without warmup
+    the early overshoot is 1/sqrt(x0). Integrated for warmup lengths on a log grid from 10⁻³ to
+    10 relaxation times; returns steps (0 if no warmup is needed, ∞ if none on the grid does).
+    """
+    x0 = np.atleast_1d(np.asarray(initial_ratio, dtype=np.float64))
+    rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), x0.shape)
+    if x0.size == 0:
+        return x0
+    lengths = np.geomspace(1e-3, 10.0, grid)  # warmup in relaxation times
+    out = np.full(x0.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        needed = 1.0 / np.sqrt(x0) > target
+        out[~needed] = 0.0
+        for length in lengths:
+            if not np.isinf(out).any():
+                break
+            ds = length / 400.0
+            x = x0.copy()
+            worst = np.zeros_like(x0)
+            s = 0.0
+            while s < length + 3.0:
+                e = min(1.0, (s + ds) / length)
+                x = e + (x - e) * math.exp(-e * ds)  # exact for e held over the substep
+                worst = np.maximum(worst, e / np.sqrt(x))
+                s += ds
+                if s > length:
+                    ds = max(ds, 0.05)
+            done = np.isinf(out) & (worst <= target)
+            out[done] = length
+    steps = np.where(np.isfinite(out) & (out > 0), out / np.where(rate > 0, rate, np.nan), out)
+    return steps if np.ndim(initial_ratio) else float(steps[0])

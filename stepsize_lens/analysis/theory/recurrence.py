@@ -39,6 +39,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 LINEAR, ADAM, NORMALIZED = "linear", "adam", "normalized"
+WARM_UP_RECORDS = 20
 OUTPUTS: tuple[str, ...] = (LINEAR, ADAM, NORMALIZED)
 
 
@@ -305,7 +306,9 @@ def integrate(
     """
     steps = np.asarray(steps, dtype=np.int64)
     num = steps.size
-    shape = (num, np.asarray(initial_sq).shape[-1])
+    width = np.broadcast_shapes(np.shape(lr)[1:], np.shape(initial_sq))
+    initial_sq = np.broadcast_to(np.asarray(initial_sq, dtype=np.float64), width)
+    shape = (num, *width)
     out = Trajectory(np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan))
     if num == 0:
         return out
@@ -335,15 +338,11 @@ def _run(steps, terms_at, lr, coupled, decoupled, scale_free_sq, initial_sq, bur
     state = State.fresh(initial_sq)
     first_step = int(steps[0])
     if first_step > 1:
+        head = slice(0, min(num, WARM_UP_RECORDS))  # g̃² of one minibatch is noisy
+        with np.errstate(all="ignore"):
+            typical = np.nanmean(scale_free_sq[head], axis=0)
         _warm_up(
-            terms_at(0, False),
-            state,
-            first_step,
-            lr[0],
-            coupled[0],
-            decoupled[0],
-            scale_free_sq[0],
-            burn_in,
+            terms_at(0, False), state, first_step, lr[0], coupled[0], decoupled[0], typical, burn_in
         )
     for i in range(num):
         lc, ld = _nonzero(coupled[i]), _nonzero(decoupled[i])
