@@ -268,8 +268,7 @@ class Snapshot:
             empty = torch.zeros((0, 3, 3), dtype=torch.float64, device=self.device)
             return empty, torch.zeros(0, dtype=torch.float64, device=self.device)
         sums = torch.cat(parts)
-        norms = sums[:, [WW, GG, DD]].square()
-        ww, gg, dd = norms.unbind(1)
+        ww, gg, dd = (sums[:, column].square() for column in (WW, GG, DD))
         wg, wd = sums[:, WG], sums[:, WD]
         refined = sums[:, PERP2]
         perp2 = torch.where(refined.isnan(), row_stats.tangential_sq(wd, ww, dd), refined)
