@@ -231,8 +231,15 @@ def timed_rounds(steps: dict[str, Step], data, rounds: int, warm_up: int) -> dic
 
 
 def own_cost(model_name: str, reps: int) -> dict[str, float]:
-    """Median ms of: the lens's own work per record every step (w' kept) and for an isolated
-    record, one parameter copy alone (back to back) and inside a training step."""
+    """Median ms of the lens's own work per record (its hooks, timed around the real
+    ``optimizer.step()`` of real training steps), and of one parameter copy alone (back to
+    back) and inside a training step (after the backward pass).
+
+    - every step: a record that follows a record (the previous post hook left w' in the
+      snapshot, so the capture copies nothing and this post hook keeps w' for the next);
+    - isolated: a record after an unrecorded step (the capture copies w; nothing is kept), as on
+      the default schedule.
+    """
     model, optimizer = make_setup(model_name, seed=1)
     lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
     lens.detach()  # we call its hooks ourselves, around the real step
@@ -245,39 +252,44 @@ def own_cost(model_name: str, reps: int) -> dict[str, float]:
         "copy alone": [],
         "copy in a step": [],
     }
+
+    def backward() -> None:
+        x, y = next(data)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def recorded(keep_next: bool) -> float:
+        backward()
+        lens.schedule = every(1) if keep_next else (lambda step: step % 2 == 1)
+        if not keep_next:
+            lens.step = 0  # records step 1; step 2 will not be recorded: nothing kept
+        t0 = time.perf_counter()
+        lens._pre_step(optimizer, (), {})
+        t1 = time.perf_counter()
+        optimizer.step()
+        t2 = time.perf_counter()
+        lens._post_step(optimizer, (), {})
+        return (t1 - t0) + (time.perf_counter() - t2)
+
     for rep in range(reps + 2):
-        for kind in ("every step", "isolated"):
-            x, y = next(data)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if kind == "isolated":
-                lens.schedule = lambda step: step % 2 == 1  # this step, not the next
-                lens.step = 0
-            else:
-                lens.schedule = every(1)
-            t0 = time.perf_counter()
-            lens._pre_step(optimizer, (), {})
-            t1 = time.perf_counter()
-            optimizer.step()
-            t2 = time.perf_counter()
-            lens._post_step(optimizer, (), {})
-            t3 = time.perf_counter()
-            if rep >= 2:  # the first rounds allocate and warm up
-                out[kind].append((t1 - t0) + (t3 - t2))
-            if kind == "isolated":
-                with torch.no_grad():  # a copy inside a training step: after a backward pass
-                    loss = F.cross_entropy(model(x), y)
-                    t0 = time.perf_counter()
-                    torch._foreach_copy_(copies, params)
-                    if rep >= 2:
-                        out["copy in a step"].append(time.perf_counter() - t0)
-        with torch.no_grad():
-            torch._foreach_copy_(copies, params)
-            t0 = time.perf_counter()
-            torch._foreach_copy_(copies, params)
-            if rep >= 2:
-                out["copy alone"].append(time.perf_counter() - t0)
+        recorded(keep_next=True)  # leaves w' in the snapshot
+        every_step = recorded(keep_next=True)
+        backward()
+        optimizer.step()  # an unrecorded step: the parameters move on
+        isolated = recorded(keep_next=False)
+        backward()
+        t0 = time.perf_counter()
+        torch._foreach_copy_(copies, params)
+        in_step = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch._foreach_copy_(copies, params)
+        alone = time.perf_counter() - t0
+        if rep >= 2:  # the first rounds allocate and warm up
+            out["every step"].append(every_step)
+            out["isolated"].append(isolated)
+            out["copy in a step"].append(in_step)
+            out["copy alone"].append(alone)
     lens.close()
     return {name: median_ms(values) for name, values in out.items()}
 

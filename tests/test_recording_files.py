@@ -210,3 +210,16 @@ def test_notebook_reattach_then_exit_never_overwrites_a_closed_run(tmp_path):
     assert list(run.steps) == [1, 2, 3]  # a lens counts steps from its attach
     left_open = stepsize_lens.load(str(path) + ".other")  # saved at exit
     assert left_open.meta["closed"] is True and left_open.num_records == 1
+
+
+def test_a_refused_attach_leaves_the_optimizers_lens_in_place(tmp_path):
+    first_model, second_model = small_model(), small_model(1)
+    other = stepsize_lens.attach(first_model, _optimizer(first_model), path=tmp_path / "a.pt")
+    optimizer = _optimizer(second_model)
+    mine = stepsize_lens.attach(second_model, optimizer, path=tmp_path / "b.pt", schedule=1)
+    with pytest.raises(ValueError, match="a.pt is already being written"):
+        stepsize_lens.attach(second_model, optimizer, path=tmp_path / "a.pt")
+    train(second_model, optimizer, 2)
+    assert mine.num_records == 2  # still attached and recording
+    mine.close()
+    other.close()

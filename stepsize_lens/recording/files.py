@@ -33,6 +33,16 @@ from stepsize_lens.run import RunWriter
 RUNS_FOLDER = "runs"
 
 
+class _Default:
+    """The default ``path`` of `attach`: a new file under ``runs/`` (`default_path`)."""
+
+    def __repr__(self) -> str:
+        return "runs/<date-time>_<label>.pt"
+
+
+DEFAULT_PATH: Any = _Default()
+
+
 @dataclass(frozen=True)
 class _Seen:
     """What a file looked like when this lens last saw it (None: there was no file)."""
@@ -90,6 +100,19 @@ def sibling(path: Path) -> Path:
     return _free(path.with_name(path.name[: len(path.name) - len(suffix)]), suffix)
 
 
+def ensure_free(path: Path, replacing: RunFile | None = None) -> None:
+    """Raise if a live lens other than ``replacing`` (about to be closed) writes ``path``."""
+    owner = _claimed_by(path)
+    if owner is not None and owner is not replacing:
+        gc.collect()  # a lens that is only garbage no longer counts
+        owner = _claimed_by(path)
+    if owner is not None and owner is not replacing:
+        raise ValueError(
+            f"{path} is already being written by {owner.describe}; close that lens first or "
+            "choose another path"
+        )
+
+
 class RunFile:
     """The file one lens writes, with the rules of this module. ``describe`` names the lens in
     messages (a short string; the `RunFile` never holds the lens itself)."""
@@ -104,15 +127,8 @@ class RunFile:
 
     def claim(self) -> None:
         """Register as the live writer of `path`; raise if another live lens writes it."""
-        owner = _claimed_by(self.path)
-        if owner is not None and owner is not self:
-            gc.collect()  # a lens that is only garbage no longer counts
-            owner = _claimed_by(self.path)
-        if owner is not None and owner is not self:
-            raise ValueError(
-                f"{self.path} is already being written by {owner.describe}; close that lens "
-                "first or choose another path"
-            )
+        if _claimed_by(self.path) is not self:
+            ensure_free(self.path)
         _claims[_key(self.path)] = weakref.ref(self)
 
     def release(self) -> None:

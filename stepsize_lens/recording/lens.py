@@ -35,7 +35,6 @@ import sys
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +44,13 @@ from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
-from stepsize_lens.recording.files import RunFile, default_path, describe_lens
+from stepsize_lens.recording.files import (
+    DEFAULT_PATH,
+    RunFile,
+    default_path,
+    describe_lens,
+    ensure_free,
+)
 from stepsize_lens.recording.group_fields import (
     as_float,
     group_values,
@@ -55,6 +60,7 @@ from stepsize_lens.recording.group_fields import (
 from stepsize_lens.recording.hooks import closure_of, dense_grad
 from stepsize_lens.recording.metrics import all_metrics
 from stepsize_lens.recording.naming import model_class_name, parameter_names, unwrap_model
+from stepsize_lens.recording.pending import PendingRecord, Records
 from stepsize_lens.recording.record import Record
 from stepsize_lens.recording.scaler import ScalerWatch
 from stepsize_lens.recording.selection import Selection, matcher
@@ -67,75 +73,10 @@ if TYPE_CHECKING:
     from stepsize_lens.run import Run
 
 
-class _Default:
-    """The default ``path``: a new file under ``runs/`` (see `files.default_path`)."""
-
-    def __repr__(self) -> str:
-        return "runs/<date-time>_<label>.pt"
-
-
-DEFAULT_PATH: Any = _Default()
-
 # optimizer -> its lens (weakly on both sides)
 _lens_of: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[Lens]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-@dataclass
-class _Pending:
-    """A record whose results are on their way from the device."""
-
-    step: int
-    time: float
-    groups: torch.Tensor  # [fields, groups], NaN where a value arrives with the results
-    later: list[tuple[int, int]]  # (field, group) of the values arriving with the results
-    copy: PendingCopy  # [metrics + 2 views, tensors] flattened, then the later values
-
-
-class _Records:
-    """The run's records (`RunWriter`) and those still on their way from the device. It is all
-    the final save needs, and holds nothing that keeps training objects alive."""
-
-    def __init__(self, writer: RunWriter, file: RunFile | None) -> None:
-        self.writer = writer
-        self.file = file
-        self.pending: list[_Pending] = []
-        self.done = False
-        self.saved_to: Path | None = None
-
-    def drain(self, wait: bool) -> None:
-        """Append the records whose results reached the host (all of them if ``wait``)."""
-        rows = len(METRICS) + 2
-        while self.pending:
-            first = self.pending[0]
-            if not wait and not first.copy.ready():
-                return
-            self.pending.pop(0)
-            host = first.copy.result()
-            size = host.numel() - len(first.later)
-            values = host[:size].reshape(rows, size // rows)
-            for (field_index, group), value in zip(first.later, host[size:].tolist()):
-                first.groups[field_index, group] = value
-            self.writer.append(
-                step=first.step,
-                time=first.time,
-                skipped=False,
-                metrics=values[: len(METRICS)].to(torch.float32),
-                views=values[len(METRICS) :].to(torch.int8),
-                groups=first.groups,
-            )
-
-    def __call__(self) -> None:
-        """The final save (once): mark the run closed and save it a last time."""
-        if self.done:
-            return
-        self.done = True
-        self.drain(wait=True)
-        self.writer.meta["closed"] = True
-        if self.file is not None:
-            self.saved_to = self.file.save_final(self.writer)
-            self.file.release()
 
 
 class Lens:
@@ -172,11 +113,13 @@ class Lens:
         self.label = label or type(optimizer).__name__
         rank, world_size = process_rank()
         self.writing = (rank == 0) if write is None else bool(write)
-        self._replace_lens_of(optimizer)
         announce = path is DEFAULT_PATH and self.writing
         if path is DEFAULT_PATH:
             path = default_path(self.label) if self.writing else None
         self.path = rank_path(path, rank, world_size)
+        if self.writing and self.path is not None:  # fail before replacing anything
+            ensure_free(Path(self.path), replacing=_previous_lens_file(optimizer))
+        self._replace_lens_of(optimizer)
         self._file = (
             RunFile(Path(self.path), describe_lens(optimizer, Path(self.path), self.label))
             if self.writing and self.path is not None
@@ -199,7 +142,7 @@ class Lens:
             "metrics": list(METRICS),
         }
         self.writer = RunWriter(self.path if self.writing else None, meta)
-        self._records = _Records(self.writer, self._file)
+        self._records = Records(self.writer, self._file)
         self._finalizer = weakref.finalize(self, self._records)
         self._tracked = TrackedParams(parameter_names(model), matcher(tensors))
         self._snapshot: Snapshot | None = None
@@ -240,6 +183,7 @@ class Lens:
 
     @staticmethod
     def _replace_lens_of(optimizer: torch.optim.Optimizer) -> None:
+        """Close the lens this optimizer already has (saying so once)."""
         ref = _lens_of.get(optimizer)
         previous = ref() if ref is not None else None
         if previous is None or previous._closed:
@@ -370,7 +314,7 @@ class Lens:
             results = torch.cat([results, *values])
         deferred = snapshot.paths.deferred_transfer
         self._records.pending.append(
-            _Pending(
+            PendingRecord(
                 self.step,
                 time.time(),
                 groups,
@@ -505,6 +449,12 @@ class Lens:
             f"Lens(optimizer={self._optimizer_class}, tensors={len(self._params)}, "
             f"records={self.num_records}, path={self.path!r})"
         )
+
+
+def _previous_lens_file(optimizer: torch.optim.Optimizer) -> RunFile | None:
+    ref = _lens_of.get(optimizer)
+    previous = ref() if ref is not None else None
+    return None if previous is None or previous._closed else previous._file
 
 
 def attach(

@@ -40,12 +40,13 @@ from stepsize_lens._rows import as_rows, row_order
 from stepsize_lens.recording import row_stats
 from stepsize_lens.recording.device import CPU_PATHS, DevicePaths, to_device
 
-# tile sizes (elements): a CPU tile and its Δ stay in the L2 cache; accelerators prefer few,
-# large kernels
-CPU_TILE = 1 << 18
+# tile sizes (elements): a CPU tile (4 MB of float32) keeps a unit's w, w' and Δ in the cache
+# while its passes run, and is large enough that the dozen small ops per unit stay below a
+# tenth of its cost; accelerators prefer few, large kernels
+CPU_TILE = 1 << 20
 ACCELERATOR_TILE = 1 << 24
 # scratch tiles never exceed this share of the tracked elements (unless one row is longer)
-TILE_SHARE = 1 / 32
+TILE_SHARE = 1 / 16
 
 # the per-row tables of one record beyond the sums (float64 Gram, tangential parts, row map,
 # the metrics' per-row intermediates): torch's memory profiler measured 55-65 bytes per row
