@@ -46,19 +46,30 @@ def norms(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def dots(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, matmul: bool) -> torch.Tensor:
-    """out[r] = ⟨a_r, b_r⟩ for a, b [n, K]; ``matmul``: use the paired batched matmul where it
-    pays (rows of at least `MATMUL_MIN_ROW`, both blocks laid out as dense rows)."""
+    """out[r] = ⟨a_r, b_r⟩ for a, b [n, K] and a contiguous ``out`` [n]; ``matmul``: use the
+    paired batched matmul where it pays (rows of at least `MATMUL_MIN_ROW`, dense rows)."""
     n, width = a.shape
     if matmul and n >= 2 and width >= MATMUL_MIN_ROW and a.is_contiguous() and b.is_contiguous():
         even = n - n % 2
         pairs = torch.bmm(
-            a[:even].view(even // 2, 2, width), b[:even].view(even // 2, 2, width).transpose(1, 2)
-        )
-        out[:even].view(even // 2, 2).copy_(pairs.diagonal(dim1=1, dim2=2))
+            a[:even].view(-1, 2, width), b[:even].view(-1, 2, width).transpose(1, 2)
+        ).view(-1, 4)
+        torch.index_select(pairs, 1, _DIAGONAL[pairs.device], out=out[:even].view(-1, 2))
         if even < n:
             torch.dot(a[-1], b[-1], out=out[-1])
         return out
     return torch.sum(a * b, dim=-1, out=out)
+
+
+class _Diagonal(dict):
+    """Positions 0 and 3 of a flattened 2x2 block (its diagonal), per device."""
+
+    def __missing__(self, device: torch.device) -> torch.Tensor:
+        self[device] = torch.tensor([0, 3], device=device)
+        return self[device]
+
+
+_DIAGONAL = _Diagonal()
 
 
 def tangential_sq(wd: torch.Tensor, ww: torch.Tensor, dd: torch.Tensor) -> torch.Tensor:

@@ -210,20 +210,22 @@ class Snapshot:
         self._sums = []
         views = self._row_views(grads)
         for bucket in self.buckets:
+            # one contiguous row per sum: [6, rows]
             sums = torch.zeros(
-                (bucket.buffer.shape[0], 6), dtype=bucket.stat_dtype, device=bucket.buffer.device
+                (6, bucket.buffer.shape[0]), dtype=bucket.stat_dtype, device=bucket.buffer.device
             )
-            sums[:, PERP2] = math.nan  # refined rows only; the rest come from the sums
+            sums[PERP2] = math.nan  # refined rows only; the rest come from the sums
+            wg_sum, g_norm = sums[WG], sums[GG]
             matmul = self._matmul(bucket)
             scratch = _Scratch(bucket)
             for unit in bucket.units:
-                out = sums[unit.start : unit.stop]
                 g = self._gather(bucket, unit, views, scratch)
                 if g is None:
                     continue  # no gradient: ⟨w, g⟩ = ‖g‖² = 0
                 w = scratch.weights(unit)
-                row_stats.dots(w, g, out[:, WG], matmul)
-                row_stats.norms(g, out[:, GG])
+                rows = slice(unit.start, unit.stop)
+                row_stats.dots(w, g, wg_sum[rows], matmul)
+                row_stats.norms(g, g_norm[rows])
             self._sums.append(sums)
 
     # -- after the step -----------------------------------------------------------------------
@@ -241,22 +243,18 @@ class Snapshot:
         for bucket, sums in zip(self.buckets, self._sums, strict=True):
             matmul = self._matmul(bucket)
             scratch = _Scratch(bucket)
+            w_norm, wd_sum, d_norm, perp2 = sums[WW], sums[WD], sums[DD], sums[PERP2]
+            refine_all = self.paths.refine_all_rows
             for unit in bucket.units:
-                out = sums[unit.start : unit.stop]
                 w = scratch.weights(unit)
                 d = self._gather(bucket, unit, views, scratch, minus=w)
                 assert d is not None
-                row_stats.norms(w, out[:, WW])  # w is in cache from the subtraction
-                row_stats.dots(w, d, out[:, WD], matmul)
-                row_stats.norms(d, out[:, DD])
+                rows = slice(unit.start, unit.stop)
+                row_stats.norms(w, w_norm[rows])  # w is in cache from the subtraction
+                row_stats.dots(w, d, wd_sum[rows], matmul)
+                row_stats.norms(d, d_norm[rows])
                 row_stats.refine(
-                    w,
-                    d,
-                    out[:, WW],
-                    out[:, WD],
-                    out[:, DD],
-                    out[:, PERP2],
-                    self.paths.refine_all_rows,
+                    w, d, w_norm[rows], wd_sum[rows], d_norm[rows], perp2[rows], refine_all
                 )
                 if keep:  # w' is still in cache from the subtraction above
                     dst, src = [], []
@@ -268,10 +266,10 @@ class Snapshot:
         if not parts:
             empty = torch.zeros((0, 3, 3), dtype=torch.float64, device=self.device)
             return empty, torch.zeros(0, dtype=torch.float64, device=self.device)
-        sums = torch.cat(parts)
-        ww, gg, dd = (sums[:, column].square() for column in (WW, GG, DD))
-        wg, wd = sums[:, WG], sums[:, WD]
-        refined = sums[:, PERP2]
+        sums = torch.cat(parts, dim=1)
+        ww, gg, dd = (sums[column].square() for column in (WW, GG, DD))
+        wg, wd = sums[WG], sums[WD]
+        refined = sums[PERP2]
         perp2 = torch.where(refined.isnan(), row_stats.tangential_sq(wd, ww, dd), refined)
         nan = torch.full_like(ww, math.nan)
         gram = torch.stack([ww, wg, wd, wg, gg, nan, wd, nan, dd], 1).view(-1, 3, 3)
