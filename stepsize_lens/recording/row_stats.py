@@ -97,16 +97,16 @@ def refine(
     overwritten. Other rows of ``out`` are left as they are.
     """
     unsure = torch.mul(wd, wd).gt_(torch.mul(d_norm, w_norm).square_().mul_(REFINE_FRACTION))
-    ww = w_norm.square()
     if not refine_all:
         rows = unsure.nonzero().squeeze(1)
         if rows.numel() == 0:
             return
         if rows.numel() * DENSE_SHARE < unsure.numel():  # a few rows: gather them
-            coef = wd[rows] / ww[rows]  # unsure rows have ⟨w, Δ⟩ ≠ 0, so ‖w‖ > 0
+            coef = wd[rows] / w_norm[rows].square()  # unsure rows have ⟨w, Δ⟩ ≠ 0: ‖w‖ > 0
             tangential = d[rows] - coef[:, None] * w[rows]
             out[rows] = torch.linalg.vector_norm(tangential, dim=-1).square_()
             return
+    ww = w_norm.square()
     coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
     tangential = d.addcmul_(w, coef[:, None], value=-1)
     refined = torch.linalg.vector_norm(tangential, dim=-1).square_()

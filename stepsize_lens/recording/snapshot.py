@@ -104,6 +104,9 @@ class Snapshot:
         self.device = tensors[0].device if tensors else torch.device("cpu")
         self._orders = [row_order(t) for t in tensors]
         shapes = [as_rows(t, order).shape for t, order in zip(tensors, self._orders, strict=True)]
+        self._row_shapes = [tuple(shape) for shape in shapes]
+        # rows of a tensor whose dims are already in row order are a plain view of it
+        self._in_order = [order == tuple(range(t.ndim)) for t, order in zip(tensors, self._orders)]
         total = sum(rows * width for rows, width in shapes)
         default = CPU_TILE if self.device.type == "cpu" else ACCELERATOR_TILE
         longest = max((width for _, width in shapes), default=1)
@@ -179,7 +182,10 @@ class Snapshot:
 
     def _rows(self, tensor: torch.Tensor, index: int) -> torch.Tensor:
         """``tensor`` (w, g or w' of tracked tensor ``index``) as [rows, K] in w's element
-        order: a view for dense layouts, else one copy."""
+        order: a view for dense layouts, else one copy. (The hooks run under ``no_grad``, so a
+        view of a parameter needs no ``detach``.)"""
+        if self._in_order[index] and tensor.is_contiguous():
+            return tensor.view(self._row_shapes[index])  # the common case: one call
         return as_rows(tensor.detach(), self._orders[index])
 
     def _row_views(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
@@ -355,7 +361,8 @@ def _units(members: Sequence[tuple[int, int]], width: int, tile: int) -> list[_U
     for index, rows in members:
         if rows * width > tile:
             close_run()
-            step = max(1, tile // max(width, 1))
+            most = max(1, tile // max(width, 1))  # rows per tile at most
+            step = -(-rows // -(-rows // most))  # as many tiles as needed, of equal size
             for first in range(0, rows, step):
                 count = min(step, rows - first)
                 units.append(_Unit(row, row + count, [(index, first, count)]))
