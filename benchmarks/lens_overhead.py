@@ -11,9 +11,9 @@ order), and reported as medians with ratios to the plain step:
 - plain:                   no lens
 - lens every step:         ``attach(..., schedule=every(1))``
 - lens default, steady:    ``attach(...)`` with the default schedule from step 1000 on (every
-                           100th step recorded): the median step time (an unrecorded step,
-                           its hooks' one Python call each); the steady-state ratio adds one
-                           isolated record's own cost per 100 steps (below)
+                           100th step recorded): the median step time, i.e. an unrecorded
+                           step (each hook one Python call); the steady state adds one
+                           isolated record's own cost per 100 steps (printed below)
 - naive recorder:          a per-parameter loop computing the same metrics with ``.item()``
 - W&B-style histograms:    what ``wandb.watch(model, log="all", log_freq=1)`` computes each
                            step (`HistogramLogger`)
@@ -364,7 +364,9 @@ def report_model(model_name: str, rounds: int) -> None:
         )
     steady = (plain + own["isolated"] / 100) / plain
     print(
-        f"default schedule from step 1000, derived (plain + isolated record / 100): {steady:.4f}x"
+        "default schedule from step 1000 (every 100th step recorded): the unrecorded steps "
+        "are the 'lens default, steady' line above; with one isolated record per 100 steps, "
+        f"(plain + record / 100) / plain = {steady:.4f}x"
     )
     records = ", ".join(f"{lens.num_records}" for lens in lenses)
     print(f"records taken by the lenses above (every step, default): {records}")
