@@ -445,7 +445,7 @@ def cockpit_block(rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12, help="CIFAR model rounds")
+    parser.add_argument("--rounds", type=int, default=16, help="CIFAR model rounds")
     parser.add_argument("--fast-rounds", type=int, default=100, help="fast model rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cockpit-rounds", type=int, default=0, help="0: skip Cockpit")
