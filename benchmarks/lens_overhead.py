@@ -1,58 +1,111 @@
-"""What does the lens cost? CIFAR ResNet-18 training step on CPU (batch 32, SGD momentum 0.9).
+"""What does the lens cost? Two ResNet-18 training steps on CPU (batch 32, SGD momentum 0.9).
 
-Not a test. Run: ``python benchmarks/lens_overhead.py [--steps N]``. Everything is measured in
-this one process, interleaved (each round runs one step of every configuration in turn), and
-reported as medians with ratios to the plain step:
+Not a test. Run: ``python benchmarks/lens_overhead.py [--rounds N] [--fast-rounds N]``.
 
-- plain:             no lens
-- lens every step:   ``attach(..., schedule=every(1))``
-- lens default:      ``attach(...)`` with the default schedule, in its every-10th-step phase
-                     (steps 100-999); from step 1000 on it records every 100th step
-- lens every step, fused: the same with ``fused=True`` (a torch.compile-generated float64
-                     reduction kernel; compiled during warm-up)
-- naive recorder:    a per-parameter loop computing the same metrics with ``.norm().item()``,
-                     ``.dot().item()`` and friends, the way hand-written loggers do
-- parameter copy:    copying every parameter once (the floor for any snapshot)
+Models: the CIFAR ResNet-18 (3x3 stem, 32x32 inputs: a slow step that hides the lens) and the
+same network with the ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool) at 32x32, a fast
+step where the lens's own work shows. For each model, everything is measured in this one
+process, interleaved (each round runs one step of every configuration in turn, in a rotating
+order), and reported as medians with ratios to the plain step:
 
-and, separately, each recorder's own cost per recorded step (pre hook + post hook, timed
-directly around a real ``optimizer.step()``) as a multiple of the parameter copy.
+- plain:                   no lens
+- lens every step:         ``attach(..., schedule=every(1))``
+- lens default, steady:    ``attach(...)`` with the default schedule from step 1000 on (every
+                           100th step recorded): the median step time, i.e. an unrecorded
+                           step (each hook one Python call); the steady state adds one
+                           isolated record's own cost per 100 steps (printed below)
+- naive recorder:          a per-parameter loop computing the same metrics with ``.item()``
+- W&B-style histograms:    what ``wandb.watch(model, log="all", log_freq=1)`` computes each
+                           step (`HistogramLogger`)
 
-Peers (``--peer-rounds N``, 0 skips them; ``--cockpit-rounds N``), on the same model and step,
-with their own plain step measured alongside: the lens and the W&B-style logger interleaved with
-plain steps; Cockpit, whose steps are far slower and allocate gigabytes of per-example gradients,
-in a second block against its own plain steps, each measured step preceded by an unmeasured
-plain step that absorbs the page faults the previous Cockpit step leaves behind:
+Then, per model: the lens's own cost per record (pre hook + post hook, timed around the real
+``optimizer.step()`` of real training steps), every step (w' kept: the next capture copies
+nothing) and for an isolated record (the capture copies w), as multiples of one copy of every
+parameter measured alone (back to back, cache-warm) and inside a training step (after the
+backward pass); the memory the lens holds as a multiple of the tracked parameter bytes
+(`Lens.held_bytes`); and the peak RSS increase of attaching the lens, measured in a fresh
+process per model.
 
-- W&B-style histograms: what ``wandb.watch(model, log="all", log_freq=1)`` computes each step,
-  written out here (`HistogramLogger`): per parameter a 64-bin ``torch.histc`` of the weights
-  and of the gradient between their min and max, with the host syncs and copies that involves
-- Cockpit economy: ``cockpit-for-pytorch``'s cheapest configuration (``configuration("economy")``:
-  Alpha, Distance, GradHist1d, GradNorm, InnerTest, Loss, NormTest, OrthoTest, UpdateSize),
-  computed every step, on the model extended with BackPACK (first-order extensions only, so no
-  graph converter is needed)
+Optional: ``--cockpit-rounds N`` adds Cockpit's cheapest configuration ("economy", from
+``cockpit-for-pytorch``) on the CIFAR model, against its own plain steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.models import cifar_resnet18
+from stepsize_lens.models import CifarResNet, cifar_resnet18
 from stepsize_lens.schedules import every
 
 BATCH = 32
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
+class ImageNetStemResNet18(CifarResNet):
+    """ResNet-18 with the ImageNet stem: 7x7 stride-2 conv, BatchNorm, ReLU, 3x3 stride-2
+    max-pool, then the four stages (11.7M parameters at 1000 classes, 62 tensors)."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__((2, 2, 2, 2), num_classes=num_classes)
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+MODELS = {
+    "CIFAR ResNet-18 (3x3 stem)": (cifar_resnet18, 10),
+    "ResNet-18, ImageNet stem (fast step)": (ImageNetStemResNet18, 1000),
+}
+
+
+def make_setup(model_name: str, seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    build, _ = MODELS[model_name]
+    torch.manual_seed(seed)
+    model = build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return model, optimizer
+
+
+def batches(model_name: str, seed: int):
+    classes = MODELS[model_name][1]
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield (
+            torch.randn(BATCH, 3, 32, 32, generator=gen),
+            torch.randint(0, classes, (BATCH,), generator=gen),
+        )
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> None:
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def median_ms(values: list[float]) -> float:
+    return 1e3 * statistics.median(values)
+
+
+# -- peers ------------------------------------------------------------------------------------
 class NaiveRecorder:
     """Per-parameter Python loop with one host sync per number: what a quick logger looks like."""
 
@@ -103,138 +156,6 @@ class NaiveRecorder:
             self.rows.append(row)
 
 
-def make_setup(seed: int = 0):
-    torch.manual_seed(seed)
-    model = cifar_resnet18()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    return model, optimizer
-
-
-def train_step(model, optimizer, x, y) -> None:
-    loss = nn.functional.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def median_ms(values: list[float]) -> float:
-    return 1e3 * statistics.median(values)
-
-
-def measure_record_cost(reps: int) -> tuple[dict[str, float], float]:
-    """Median ms of each recorder's own work per recorded step (pre hook + post hook, timed
-    around a real ``optimizer.step()``, interleaved), and of one parameter copy."""
-    model, optimizer = make_setup()
-    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
-    train_step(model, optimizer, x, y)  # grads and momentum exist
-    recorders = {}
-    for name, fused in (("lens", False), ("lens, fused", True)):
-        lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1), fused=fused)
-        lens.detach()  # we call the hooks ourselves, around the real step
-        recorders[name] = (lens._pre_step, lens._post_step)
-    naive = NaiveRecorder(optimizer)
-    for handle in naive.handles:
-        handle.remove()
-    recorders["naive recorder"] = (naive.pre, naive.post)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    copies = [torch.empty_like(p) for p in params]
-    own: dict[str, list[float]] = {name: [] for name in recorders}
-    copy = []
-    for rep in range(reps + 1):
-        for name, (pre, post) in recorders.items():
-            t0 = time.perf_counter()
-            pre(optimizer, (), {})
-            t1 = time.perf_counter()
-            optimizer.step()
-            t2 = time.perf_counter()
-            post(optimizer, (), {})
-            t3 = time.perf_counter()
-            if rep:  # the first round allocates buffers (and compiles the fused kernel)
-                own[name].append((t1 - t0) + (t3 - t2))
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            torch._foreach_copy_(copies, params)
-        if rep:
-            copy.append(time.perf_counter() - t0)
-    return {name: median_ms(values) for name, values in own.items()}, median_ms(copy)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="measured rounds (after 3 warm-up)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--peer-rounds", type=int, default=10, help="measured rounds of the peers (0: skip them)"
-    )
-    parser.add_argument(
-        "--cockpit-rounds", type=int, default=3, help="measured Cockpit steps (0: skip Cockpit)"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    configs: dict[str, tuple] = {}
-    for name in (
-        "plain",
-        "lens every step",
-        "lens every step, fused",
-        "lens default",
-        "naive recorder",
-    ):
-        model, optimizer = make_setup()
-        configs[name] = (model, optimizer)
-    every_lens = stepsize_lens.attach(*configs["lens every step"], path=None, schedule=every(1))
-    stepsize_lens.attach(
-        *configs["lens every step, fused"], path=None, schedule=every(1), fused=True
-    )
-    default_lens = stepsize_lens.attach(*configs["lens default"], path=None)
-    default_lens.step = 100  # start in the every-10th-step phase of the default schedule
-    NaiveRecorder(configs["naive recorder"][1])
-
-    gen = torch.Generator().manual_seed(0)
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    names = list(configs)
-    for round_index in range(args.steps + 3):
-        x = torch.randn(BATCH, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (BATCH,), generator=gen)
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            train_step(*configs[name], x, y)
-            if round_index >= 3:
-                times[name].append(time.perf_counter() - t0)
-    own, copy_ms = measure_record_cost(reps=max(10, args.steps))
-
-    params = sum(p.numel() for p in configs["plain"][0].parameters())
-    print(
-        f"CIFAR ResNet-18 ({params / 1e6:.1f}M parameters, 62 tensors), batch {BATCH}, "
-        f"SGD momentum, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{args.steps} interleaved rounds"
-    )
-    print(
-        f"allocator: MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')} "
-        f"MALLOC_TRIM_THRESHOLD_={os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')}"
-    )
-    plain = median_ms(times["plain"])
-    print(f"{'configuration':<34}{'ms/step':>10}{'x plain':>10}")
-    for name in names:
-        ms = median_ms(times[name])
-        print(f"{name:<34}{ms:>10.1f}{ms / plain:>10.3f}")
-    print(f"{'parameter copy (floor)':<34}{copy_ms:>10.2f}{copy_ms / plain:>10.4f}")
-    print("own cost per recorded step (pre + post hook), interleaved:")
-    for name, ms in own.items():
-        print(f"  {name:<32}{ms:>10.2f} ms = {ms / copy_ms:>5.1f}x the parameter copy")
-    print("  (target for the lens: <= 4x the parameter copy)")
-    steady = (plain + own["lens"] / 100) / plain
-    print(
-        f"default schedule from step 1000 (every 100th step), derived from the two lines above: "
-        f"{steady:.4f}x plain"
-    )
-    print(f"records: every-step lens {every_lens.num_records}, default {default_lens.num_records}")
-    if args.peer_rounds > 0:
-        print_peers(args.peer_rounds, args.cockpit_rounds)
-
-
-# -- peers ----------------------------------------------------------------------------------------
 class HistogramLogger:
     """What ``wandb.watch(model, log="all", log_freq=1)`` computes at every step, without wandb.
 
@@ -265,9 +186,207 @@ class HistogramLogger:
                 self.histograms.append(self.histogram(p.grad))
 
 
-def cockpit_setup():
-    """A training-step function ``(x, y) -> None`` with Cockpit economy tracking every step, on
-    the benchmark model, or a string saying why Cockpit cannot run here."""
+# -- measurements -----------------------------------------------------------------------------
+def configurations(model_name: str) -> tuple[dict[str, Step], list[stepsize_lens.Lens]]:
+    steps: dict[str, Step] = {}
+    lenses = []
+    for name in (
+        "plain",
+        "lens every step",
+        "lens default, steady",
+        "naive recorder",
+        "W&B-style histograms",
+    ):
+        model, optimizer = make_setup(model_name)
+        if name == "lens every step":
+            lenses.append(stepsize_lens.attach(model, optimizer, path=None, schedule=every(1)))
+        elif name == "lens default, steady":
+            lens = stepsize_lens.attach(model, optimizer, path=None)
+            lens.step = 1000 + 37  # every 100th step from here on; the first record is 63 away
+            lenses.append(lens)
+        elif name == "naive recorder":
+            NaiveRecorder(optimizer)
+        elif name == "W&B-style histograms":
+            HistogramLogger(optimizer)
+        steps[name] = lambda x, y, m=model, o=optimizer: train_step(m, o, x, y)
+    return steps, lenses
+
+
+def timed_rounds(steps: dict[str, Step], data, rounds: int, warm_up: int) -> dict[str, list[float]]:
+    """Seconds per step of each configuration, interleaved (rotating order), same batch per
+    round."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for round_index in range(rounds + warm_up):
+        x, y = next(data)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            steps[name](x, y)
+            if round_index >= warm_up:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def own_cost(model_name: str, reps: int) -> dict[str, float]:
+    """Median ms of the lens's own work per record (its hooks, timed around the real
+    ``optimizer.step()`` of real training steps), and of one parameter copy alone (back to
+    back) and inside a training step (after the backward pass).
+
+    - every step: a record that follows a record (the previous post hook left w' in the
+      snapshot, so the capture copies nothing and this post hook keeps w' for the next);
+    - isolated: a record after an unrecorded step (the capture copies w; nothing is kept), as on
+      the default schedule.
+    """
+    model, optimizer = make_setup(model_name, seed=1)
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
+    lens.detach()  # we call its hooks ourselves, around the real step
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    copies = [torch.empty_like(p) for p in params]
+    data = batches(model_name, seed=2)
+    out: dict[str, list[float]] = {
+        "every step": [],
+        "isolated": [],
+        "copy alone": [],
+        "copy in a step": [],
+    }
+
+    def backward() -> None:
+        x, y = next(data)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def recorded(keep_next: bool) -> float:
+        backward()
+        lens.schedule = every(1) if keep_next else (lambda step: step % 2 == 1)
+        if not keep_next:
+            lens.step = 0  # records step 1; step 2 will not be recorded: nothing kept
+        t0 = time.perf_counter()
+        lens._pre_step(optimizer, (), {})
+        t1 = time.perf_counter()
+        optimizer.step()
+        t2 = time.perf_counter()
+        lens._post_step(optimizer, (), {})
+        return (t1 - t0) + (time.perf_counter() - t2)
+
+    for rep in range(reps + 2):
+        recorded(keep_next=True)  # leaves w' in the snapshot
+        every_step = recorded(keep_next=True)
+        backward()
+        optimizer.step()  # an unrecorded step: the parameters move on
+        isolated = recorded(keep_next=False)
+        backward()
+        t0 = time.perf_counter()
+        torch._foreach_copy_(copies, params)
+        in_step = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch._foreach_copy_(copies, params)
+        alone = time.perf_counter() - t0
+        if rep >= 2:  # the first rounds allocate and warm up
+            out["every step"].append(every_step)
+            out["isolated"].append(isolated)
+            out["copy in a step"].append(in_step)
+            out["copy alone"].append(alone)
+    lens.close()
+    return {name: median_ms(values) for name, values in out.items()}
+
+
+def rss_probe(model_name: str) -> dict[str, float]:
+    """In this (fresh) process: peak RSS before and after attaching the lens and recording."""
+    torch.set_num_threads(1)
+    model, optimizer = make_setup(model_name)
+    data = batches(model_name, seed=3)
+
+    def peak() -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    for _ in range(3):
+        train_step(model, optimizer, *next(data))
+    before = peak()
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
+    for _ in range(3):
+        train_step(model, optimizer, *next(data))
+    after = peak()
+    return {
+        "rss_increase": after - before,
+        "held": lens.held_bytes,
+        "tracked": lens.tracked_bytes,
+    }
+
+
+def rss_in_fresh_process(model_name: str) -> dict[str, float] | None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *sys.path[1:2]]
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--rss-probe", model_name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report_model(model_name: str, rounds: int) -> None:
+    steps, lenses = configurations(model_name)
+    times = timed_rounds(steps, batches(model_name, seed=0), rounds, warm_up=3)
+    own = own_cost(model_name, reps=max(10, rounds // 2))
+    model, _ = make_setup(model_name)
+    params = sum(p.numel() for p in model.parameters())
+    tensors = len(list(model.parameters()))
+    print(f"\n== {model_name}: {params / 1e6:.1f}M parameters, {tensors} tensors ==")
+    plain = median_ms(times["plain"])
+    print(f"{'configuration':<34}{'ms/step':>10}{'x plain':>10}")
+    for name, values in times.items():
+        ms = median_ms(values)
+        print(f"{name:<34}{ms:>10.1f}{ms / plain:>10.3f}")
+    copy_alone, copy_step = own["copy alone"], own["copy in a step"]
+    print(
+        f"parameter copy: {copy_alone:.2f} ms alone (back to back), {copy_step:.2f} ms inside "
+        "a training step"
+    )
+    for kind in ("every step", "isolated"):
+        ms = own[kind]
+        print(
+            f"lens own cost per record, {kind + ':':<12}{ms:>7.2f} ms = "
+            f"{ms / copy_alone:>4.1f}x the copy alone, {ms / copy_step:>4.1f}x the copy in a step"
+        )
+    steady = (plain + own["isolated"] / 100) / plain
+    print(
+        "default schedule from step 1000 (every 100th step recorded): the unrecorded steps "
+        "are the 'lens default, steady' line above; with one isolated record per 100 steps, "
+        f"(plain + record / 100) / plain = {steady:.4f}x"
+    )
+    records = ", ".join(f"{lens.num_records}" for lens in lenses)
+    print(f"records taken by the lenses above (every step, default): {records}")
+    probe = rss_in_fresh_process(model_name)
+    if probe is None:
+        print("memory: the fresh-process probe failed")
+    else:
+        rss = probe["rss_increase"]
+        print(
+            f"memory held by the lens: {probe['held'] / probe['tracked']:.3f}x the tracked "
+            f"parameter bytes ({probe['tracked'] / 1e6:.1f} MB); peak RSS increase "
+            f"{rss / 1e6:.1f} MB = {rss / probe['tracked']:.2f}x"
+        )
+    for lens in lenses:
+        lens.close()
+
+
+def cockpit_block(rounds: int) -> None:
+    """Cockpit economy on the CIFAR model against its own plain steps; each Cockpit step
+    allocates gigabytes, so a discarded plain step follows each one."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # cockpit imports the deprecated pkg_resources
@@ -275,15 +394,17 @@ def cockpit_setup():
             from cockpit import Cockpit
             from cockpit.utils.configuration import configuration
     except ImportError as exc:
-        return f"not available ({exc}); pip install cockpit-for-pytorch"
-    model, optimizer = make_setup()
+        print(f"Cockpit economy: not available ({exc}); pip install cockpit-for-pytorch")
+        return
+    name = "CIFAR ResNet-18 (3x3 stem)"
+    model, optimizer = make_setup(name)
     model = extend(model)
     loss_fn = extend(nn.CrossEntropyLoss())
     per_example = nn.CrossEntropyLoss(reduction="none")
     cockpit = Cockpit(model.parameters(), quantities=configuration("economy"))
     counter = itertools.count()
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+    def cockpit_step(x: torch.Tensor, y: torch.Tensor) -> None:
         global_step = next(counter)
         outputs = model(x)
         loss = loss_fn(outputs, y)
@@ -295,88 +416,57 @@ def cockpit_setup():
         }
         optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
-            # BackPACK warns that BatchNorm in train mode mixes samples (so per-example
-            # gradients are not meaningful) and that container modules have no extension
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # BackPACK's BatchNorm and container warnings
             with cockpit(global_step, info=info):
                 loss.backward(create_graph=cockpit.create_graph(global_step))
         optimizer.step()
 
-    return step
+    plain_model, plain_optimizer = make_setup(name)
 
+    def plain_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(plain_model, plain_optimizer, x, y)
 
-def _timed_rounds(
-    steps: dict[str, Callable[[torch.Tensor, torch.Tensor], None]],
-    rounds: int,
-    seed: int,
-    warm_up: int = 1,
-) -> dict[str, list[float]]:
-    """Seconds per step of each configuration, interleaved, same batch within a round."""
-    gen = torch.Generator().manual_seed(seed)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    for round_index in range(rounds + warm_up):
-        x = torch.randn(BATCH, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (BATCH,), generator=gen)
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            steps[name](x, y)
-            if round_index >= warm_up:
-                times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def _plain_step() -> Callable[[torch.Tensor, torch.Tensor], None]:
-    model, optimizer = make_setup()
-    return lambda x, y: train_step(model, optimizer, x, y)
-
-
-def print_peers(rounds: int, cockpit_rounds: int) -> None:
-    """Peers against the plain step, in two blocks of interleaved rounds.
-
-    Block 1: plain, lens every step, W&B-style histograms. Block 2: Cockpit economy against
-    its own plain step; each Cockpit step allocates gigabytes (per-example gradients), so the
-    step after it pays page faults: a discarded plain step follows every Cockpit step.
-    """
-    steps: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {"plain": _plain_step()}
-    model, optimizer = make_setup()
-    stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
-    steps["lens every step"] = lambda x, y: train_step(model, optimizer, x, y)
-    hist_model, hist_optimizer = make_setup()
-    HistogramLogger(hist_optimizer)
-    steps["W&B-style histograms"] = lambda x, y: train_step(hist_model, hist_optimizer, x, y)
-    times = _timed_rounds(steps, rounds, seed=1, warm_up=2)
-    print(f"peers, same model and step ({rounds} interleaved rounds after 2 warm-up):")
-    print(f"{'configuration':<34}{'ms/step':>10}{'x plain':>10}")
-    plain = median_ms(times["plain"])
-    for name, values in times.items():
-        print(f"{name:<34}{median_ms(values):>10.1f}{median_ms(values) / plain:>10.3f}")
-
-    cockpit = cockpit_setup()
-    if not callable(cockpit):
-        print(f"Cockpit economy: {cockpit}")
-        return
-    if cockpit_rounds <= 0:
-        return
-    plain_step = steps["plain"]
-    block = {"plain": plain_step, "Cockpit economy": cockpit}
-    gen = torch.Generator().manual_seed(2)
-    kept: dict[str, list[float]] = {name: [] for name in block}
-    for round_index in range(cockpit_rounds + 1):
-        x = torch.randn(BATCH, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (BATCH,), generator=gen)
-        for name, step in block.items():
+    data = batches(name, seed=4)
+    kept: dict[str, list[float]] = {"plain": [], "Cockpit economy": []}
+    for round_index in range(rounds + 1):
+        x, y = next(data)
+        for label, step in (("plain", plain_step), ("Cockpit economy", cockpit_step)):
             plain_step(x, y)  # settle: absorbs the page faults after the previous Cockpit step
             t0 = time.perf_counter()
             step(x, y)
             if round_index >= 1:
-                kept[name].append(time.perf_counter() - t0)
+                kept[label].append(time.perf_counter() - t0)
     plain = median_ms(kept["plain"])
     cockpit_ms = median_ms(kept["Cockpit economy"])
-    print(f"Cockpit block ({cockpit_rounds} rounds after 1 warm-up, each step after a plain one):")
+    print(f"\nCockpit block, {name} ({rounds} rounds after 1 warm-up):")
     print(f"{'plain':<34}{plain:>10.1f}{1.0:>10.3f}")
     print(f"{'Cockpit economy':<34}{cockpit_ms:>10.1f}{cockpit_ms / plain:>10.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=16, help="CIFAR model rounds")
+    parser.add_argument("--fast-rounds", type=int, default=100, help="fast model rounds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cockpit-rounds", type=int, default=0, help="0: skip Cockpit")
+    parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        print(json.dumps(rss_probe(args.rss_probe)))
+        return
+    torch.set_num_threads(args.threads)
+    print(
+        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, batch {BATCH}, "
+        "SGD momentum 0.9, weight decay 5e-4; allocator: "
+        f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')} "
+        f"MALLOC_TRIM_THRESHOLD_={os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')}"
+    )
+    for model_name, rounds in zip(MODELS, (args.rounds, args.fast_rounds)):
+        report_model(model_name, rounds)
+        load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+        print(f"(load average after this model: {load}; other processes share these cores)")
+    if args.cockpit_rounds > 0:
+        cockpit_block(args.cockpit_rounds)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ its module has been imported.
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import torch
 
@@ -77,8 +78,16 @@ def clean_name(name: str) -> str:
     return ".".join(parts)
 
 
-def parameter_names(model: torch.nn.Module | None) -> dict[int, tuple[list[str], str]]:
-    """id(param) -> (every name it has in the plain model, class of the module that owns it)."""
+class Naming(NamedTuple):
+    """How the model names one parameter."""
+
+    names: list[str]  # every name it has in the plain model (tied weights have several)
+    module_type: str  # class name of the module that owns it
+    owner: type | None  # that class
+
+
+def parameter_names(model: torch.nn.Module | None) -> dict[int, Naming]:
+    """id(param) -> its `Naming` in the plain model (wrappers looked through)."""
     if model is None:
         return {}
     model = unwrap_model(model)
@@ -88,10 +97,18 @@ def parameter_names(model: torch.nn.Module | None) -> dict[int, tuple[list[str],
         known = names.setdefault(id(param), [])
         if cleaned not in known:
             known.append(cleaned)
-    owners: dict[int, str] = {}
+    owners: dict[int, torch.nn.Module] = {}
     for _, module in model.named_modules(remove_duplicate=False):
         if _inner_module(module) is not None:
             continue  # a nested wrapper owns nothing itself
         for param in module.parameters(recurse=False):
-            owners.setdefault(id(param), module_class_name(module))
-    return {key: (value, owners.get(key, "")) for key, value in names.items()}
+            owners.setdefault(id(param), module)
+    out = {}
+    for key, value in names.items():
+        owner = owners.get(key)
+        out[key] = Naming(
+            value,
+            module_class_name(owner) if owner is not None else "",
+            type(owner) if owner is not None else None,
+        )
+    return out

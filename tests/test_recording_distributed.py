@@ -103,16 +103,16 @@ def _worker(out: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
 
     # DDP: replicated parameters; rank 0 writes ddp.pt, write=True gives every rank its file
-    model = _model()
-    ddp = DistributedDataParallel(model)
-    optimizer = _sgd(ddp.parameters())
-    lens = stepsize_lens.attach(model, optimizer, path=out / "ddp.pt", schedule=1)
-    every = stepsize_lens.attach(
-        model, optimizer, path=out / "ddp_all.pt", schedule=1, write=True, flush_every=None
-    )
-    _train(ddp, optimizer, rank, world)
-    lens.close()
-    every.close()
+    # (one lens per optimizer: the same recipe twice)
+    for name, write in (("ddp.pt", None), ("ddp_all.pt", True)):
+        model = _model()
+        ddp = DistributedDataParallel(model)
+        optimizer = _sgd(ddp.parameters())
+        lens = stepsize_lens.attach(
+            ddp, optimizer, path=out / name, schedule=1, write=write, flush_every=None
+        )
+        _train(ddp, optimizer, rank, world)
+        lens.close()
 
     # FSDP2: DTensor parameters sharded on dim 0
     model = _model()

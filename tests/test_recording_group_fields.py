@@ -7,7 +7,14 @@ import math
 import torch
 
 from stepsize_lens._schema import GROUP_FIELDS
-from stepsize_lens.recording.group_fields import as_float, group_field, group_values, tensor_lrs
+from stepsize_lens.recording.device import to_device
+from stepsize_lens.recording.group_fields import (
+    as_float,
+    group_field,
+    group_values,
+    split_group_values,
+    tensor_lrs,
+)
 
 
 def test_group_field_spellings():
@@ -27,5 +34,16 @@ def test_group_values_and_tensor_lrs():
     values = group_values(groups)
     assert values.shape == (len(GROUP_FIELDS), 2) and values.dtype == torch.float64
     assert values[GROUP_FIELDS.index("lr")].tolist() == [0.1, 0.01]
-    lrs = tensor_lrs(groups, [0, 1, 1], torch.device("cpu"))
+    group_of = torch.tensor([0, 1, 1])
+    lrs = tensor_lrs(groups, group_of, torch.device("cpu"), to_device)
     assert lrs.tolist() == [0.1, 0.01, 0.01]
+    # a tensor lr is gathered as a tensor, never read as a Python number
+    groups[1]["lr"] = torch.tensor(0.5)
+    assert tensor_lrs(groups, group_of, torch.device("cpu"), to_device).tolist() == [0.1, 0.5, 0.5]
+
+
+def test_split_group_values_leaves_accelerator_tensors_for_later():
+    groups = [{"lr": 0.1, "momentum": 0.9}, {"lr": torch.tensor(0.01)}]
+    table, later = split_group_values(groups)
+    assert later == []  # host tensors are read now; only accelerator tensors wait
+    torch.testing.assert_close(table, group_values(groups), equal_nan=True)

@@ -20,6 +20,12 @@ from _lens_models import train as _train
 from torch import nn
 
 import stepsize_lens
+from stepsize_lens.recording.device import (
+    ACCELERATOR_PATHS,
+    CPU_PATHS,
+    DevicePaths,
+    forced_paths,
+)
 from stepsize_lens.schedules import every
 
 
@@ -234,3 +240,228 @@ def test_probe_inputs_store_verdicts_in_params_table(tmp_path):
     params = stepsize_lens.load(tmp_path / "run.pt").params.set_index("name")
     assert params.loc["0.weight", "probe_verdict"] == "channel"  # conv -> BatchNorm
     assert params.loc["7.weight", "probe_verdict"] == "none"  # the classifier
+
+
+# -- leave it on at any scale ---------------------------------------------------------------------
+class Mixed(nn.Module):
+    """Several row lengths and dtypes: float32 convs and linears, a bfloat16 and a float64 block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 32)
+        self.low = nn.Linear(32, 24).to(torch.bfloat16)
+        self.wide = nn.Linear(24, 12).to(torch.float64)
+        self.embed = nn.Embedding(50, 24)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        h = self.low(torch.relu(self.fc(h)).to(torch.bfloat16)).float() + self.embed(tokens)
+        return self.wide(h.double())
+
+
+def _train_mixed(model, optimizer, steps, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(4, 3, 6, 6, generator=gen)
+        tokens = torch.randint(0, 10, (4,), generator=gen)  # rows 10..49 get no gradient
+        optimizer.zero_grad(set_to_none=True)
+        model(x, tokens).pow(2).mean().backward()
+        optimizer.step()
+
+
+def test_memory_held_is_one_copy_of_the_tracked_parameters():
+    torch.manual_seed(0)
+    model = Mixed()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+    tracked = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert lens.tracked_bytes == tracked
+    assert lens.held_bytes == 0  # nothing before the first record
+    _train_mixed(model, optimizer, 3)
+    dtypes = {b.buffer.dtype for b in lens._snapshot.buckets}
+    assert dtypes == {torch.float32, torch.bfloat16, torch.float64}
+    assert tracked <= lens.held_bytes <= 1.1 * tracked
+    lens.close()
+    assert lens.held_bytes == 0
+
+
+def test_a_record_needs_at_most_a_quarter_of_the_parameters_more():
+    from stepsize_lens.models import cifar_resnet18
+
+    torch.manual_seed(0)
+    model = cifar_resnet18()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert lens.num_records == 1
+    assert lens.held_bytes <= 1.01 * lens.tracked_bytes
+    assert lens._snapshot.record_bytes() <= 0.25 * lens.tracked_bytes
+    lens.close()
+
+
+def test_nearly_radial_rows_match_float64_brute_force():
+    """Embedding rows outside the batch get pure weight decay: ‖Δ‖² − Δr² cancels there."""
+    from test_recording_metrics import Capture, reference_metrics
+
+    torch.manual_seed(0)
+    model = Mixed()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    capture = Capture(optimizer)
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+    _train_mixed(model, optimizer, 2)
+    run = lens.run()
+    lens.close()
+    t = run.tensor_names.index("embed.weight")
+    for record, tensors in enumerate(capture.steps):
+        w, g, lr, after = tensors[t]
+        ref = reference_metrics(w, g, after, lr)
+        for name in ("angular_update", "channel_angular_update"):
+            assert run.metric(name)[record, t] == pytest.approx(ref[name], rel=1e-5), name
+    # the rows without gradient really were nearly radial
+    w, _, _, after = capture.steps[0][t]
+    d = (after - w).double()[10:]
+    radial = (d * w.double()[10:]).sum(1) ** 2 / (w.double()[10:] ** 2).sum(1)
+    assert ((d * d).sum(1) - radial).max() < 1e-6 * (d * d).sum(1).min()
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        DevicePaths(refine_all_rows=True),
+        DevicePaths(elementwise_dots=True),
+        DevicePaths(deferred_transfer=True),
+        ACCELERATOR_PATHS,
+    ],
+    ids=["refine_all_rows", "elementwise_dots", "deferred_transfer", "all"],
+)
+def test_every_device_branch_forced_on_the_cpu_gives_the_same_metrics(paths):
+    runs = []
+    for forced in (CPU_PATHS, paths):
+        torch.manual_seed(0)
+        model = Mixed()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        with forced_paths(forced):
+            lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+            _train_mixed(model, optimizer, 3)
+        if forced.deferred_transfer:
+            assert lens.num_records == 2  # the last record is still "on its way"
+        runs.append(lens.run())
+        lens.close()
+    assert runs[1].num_records == 3
+    for name in runs[0].metric_names:
+        np.testing.assert_allclose(
+            runs[1].metric(name), runs[0].metric(name), rtol=2e-6, atol=1e-9, err_msg=name
+        )
+    for view in ("test_view", "applied_view"):
+        np.testing.assert_array_equal(runs[1].view(view), runs[0].view(view))
+
+
+def test_tensors_filter(tmp_path):
+    import re as regex
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    selections = {
+        "0.weight": ["0.weight"],
+        "*.bias": ["0.bias", "1.bias", "5.bias", "6.bias", "7.bias"],
+        regex.compile(r"^[57]\."): ["5.weight", "5.bias", "7.weight", "7.bias"],
+        nn.Linear: ["5.weight", "5.bias", "7.weight", "7.bias"],
+        (lambda name, p: p.ndim >= 2): ["0.weight", "5.weight", "7.weight"],
+        ("0.weight", nn.LayerNorm): ["0.weight", "6.weight", "6.bias"],
+    }
+    for selection, names in selections.items():
+        lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1, tensors=selection)
+        _train(model, optimizer, 2)
+        run = lens.run()
+        lens.close()
+        assert run.tensor_names == names, selection
+        assert run.num_records == 2
+        assert lens.tracked_bytes == sum(
+            p.numel() * 4 for n, p in model.named_parameters() if n in names
+        )
+
+
+def test_a_filter_that_matches_nothing_records_an_empty_run(tmp_path):
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lens = stepsize_lens.attach(
+        model, optimizer, path=tmp_path / "run.pt", schedule=1, tensors="no.such.tensor"
+    )
+    _train(model, optimizer, 3)
+    assert lens.held_bytes == 0 and lens.tracked_bytes == 0
+    lens.close()
+    run = stepsize_lens.load(tmp_path / "run.pt")
+    assert run.num_tensors == 0 and run.num_records == 3
+
+
+def test_a_bad_filter_is_a_clear_error():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="tensors="):
+        stepsize_lens.attach(model, optimizer, path=None, tensors=3)
+    with pytest.raises(TypeError, match="nn.Module class"):
+        stepsize_lens.attach(model, optimizer, path=None, tensors=int)
+
+
+def test_no_stale_applied_view_for_a_tensor_without_gradient():
+    """Branches chosen alternately with SGDP: a branch without gradient was not projected."""
+    from stepsize_lens.optim import SGDP
+
+    torch.manual_seed(0)
+    branches = nn.ModuleList(
+        [nn.Sequential(nn.Linear(6, 8, bias=False), nn.LayerNorm(8)) for _ in range(2)]
+    )
+    optimizer = SGDP(branches.parameters(), lr=0.1, momentum=0.9)
+    lens = stepsize_lens.attach(branches, optimizer, path=None, schedule=1)
+    x, target = torch.randn(16, 6), torch.randn(16, 8)
+    for step in range(4):
+        optimizer.zero_grad(set_to_none=True)
+        (branches[step % 2](x) - target).pow(2).sum().backward()
+        optimizer.step()
+    run = lens.run()
+    lens.close()
+    t = run.tensor_names.index("1.0.weight")
+    assert list(run.view("test_view")[:, t]) == [-1, 2, -1, 2]
+    assert list(run.view("applied_view")[:, t]) == [-1, 2, -1, 2]
+
+
+def test_a_dropped_lens_keeps_nothing_alive(tmp_path):
+    import gc
+    import weakref
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    lens = stepsize_lens.attach(model, optimizer, path=tmp_path / "run.pt", schedule=1)
+    _train(model, optimizer, 2)
+    buffer = weakref.ref(lens._snapshot.buckets[0].buffer)
+    refs = [weakref.ref(obj) for obj in (model, optimizer, lens)]
+    del model, optimizer, lens
+    gc.collect()
+    assert all(ref() is None for ref in refs) and buffer() is None
+    run = stepsize_lens.load(tmp_path / "run.pt")  # saved when it was collected
+    assert run.num_records == 2 and run.meta["closed"] is True
+
+
+def test_attaching_a_new_lens_closes_the_old_one_and_says_so_once(tmp_path):
+    import gc
+    import weakref
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    first = stepsize_lens.attach(model, optimizer, path=tmp_path / "a.pt", schedule=1)
+    _train(model, optimizer, 2)
+    with pytest.warns(RuntimeWarning, match="already had a lens 'SGD'.*closed it") as caught:
+        second = stepsize_lens.attach(model, optimizer, path=tmp_path / "b.pt", schedule=1)
+    assert len(caught) == 1
+    _train(model, optimizer, 3)
+    assert first.num_records == 2 and second.num_records == 3
+    assert stepsize_lens.load(tmp_path / "a.pt").meta["closed"] is True
+    old = weakref.ref(first)
+    del first
+    gc.collect()
+    assert old() is None  # the optimizer no longer holds the replaced lens
+    second.close()

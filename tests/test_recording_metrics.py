@@ -134,12 +134,12 @@ class Capture:
         self.steps.append([(*b, a) for b, a in zip(self._before, after)])
 
 
-def _train(make_optimizer, dtype=torch.float32, steps=4, tmp_path=None, fused=False):
+def _train(make_optimizer, dtype=torch.float32, steps=4, tmp_path=None):
     torch.manual_seed(0)
     model = Zoo().to(dtype)
     optimizer = make_optimizer(_groups(model))
     capture = Capture(optimizer)
-    lens = stepsize_lens.attach(model, optimizer, path=tmp_path / "run.pt", schedule=1, fused=fused)
+    lens = stepsize_lens.attach(model, optimizer, path=tmp_path / "run.pt", schedule=1)
     for _ in range(steps):
         x = torch.randn(4, 3, 5, 5, dtype=dtype)
         tokens = torch.randint(0, 20, (4, 3))
@@ -160,17 +160,14 @@ TOLERANCE_FLOOR = {  # absolute floors for float32 inputs, in units of the metri
 
 
 @pytest.mark.parametrize(
-    "fused", [False, pytest.param(True, marks=pytest.mark.slow, id="fused")], ids=["eager", "fused"]
-)
-@pytest.mark.parametrize(
     "make_optimizer",
     [
         pytest.param(lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), id="sgd-momentum"),
         pytest.param(lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.1), id="adamw"),
     ],
 )
-def test_metrics_match_brute_force_reference(make_optimizer, fused, tmp_path):
-    run, capture = _train(make_optimizer, tmp_path=tmp_path, fused=fused)
+def test_metrics_match_brute_force_reference(make_optimizer, tmp_path):
+    run, capture = _train(make_optimizer, tmp_path=tmp_path)
     assert run.num_records == len(capture.steps) == 4
     names = run.tensor_names
     assert "frozen" in names and "embed.weight" in names

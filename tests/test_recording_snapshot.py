@@ -1,37 +1,89 @@
+"""The snapshot: one copy of w, per-row sums of (w, g, Δ) against float64 brute force, in every
+tiling, dtype, layout and device path; the copy skipped when the parameters are untouched."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stepsize_lens.recording.snapshot import Snapshot, float64_row_stats
+from stepsize_lens.recording.device import ACCELERATOR_PATHS, CPU_PATHS, DevicePaths
+from stepsize_lens.recording.snapshot import Snapshot
+
+PATHS = {
+    "cpu": CPU_PATHS,
+    "refine_all_rows": DevicePaths(refine_all_rows=True),
+    "elementwise_dots": DevicePaths(elementwise_dots=True),
+    "accelerator": ACCELERATOR_PATHS,
+}
 
 
-def test_buckets_group_equal_row_lengths_and_grams_match():
-    torch.manual_seed(0)
-    tensors = [torch.randn(4, 6), torch.randn(2, 6), torch.randn(6), torch.randn(3, 2, 2)]
-    grads = [torch.randn_like(t) for t in tensors]
+def _rows64(tensor: torch.Tensor) -> torch.Tensor:
+    t = tensor.detach().double()
+    return t.reshape(1, -1) if t.ndim < 2 else t.reshape(t.shape[0], -1)
+
+
+def reference(weights, grads, after):
+    """Per-row (ww, wg, gg, wd, dd, ‖Δ − c·w‖²) in float64, rows in tensor order, per tensor."""
+    out = []
+    for w, g, a in zip(weights, grads, after):
+        w64, a64 = _rows64(w), _rows64(a)
+        g64 = torch.zeros_like(w64) if g is None else _rows64(g)
+        d = a64 - w64
+        ww, wd = (w64 * w64).sum(1), (w64 * d).sum(1)
+        coef = torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+        t = d - coef[:, None] * w64
+        out.append(
+            torch.stack(
+                [ww, (w64 * g64).sum(1), (g64 * g64).sum(1), wd, (d * d).sum(1), (t * t).sum(1)], 1
+            )
+        )
+    return out
+
+
+def _record(snap: Snapshot, weights, grads, after, keep=False):
+    snap.capture(weights)
+    snap.grad_sums(grads)
+    return snap.update_sums(after, keep)
+
+
+def _by_tensor(snap: Snapshot, gram: torch.Tensor, perp2: torch.Tensor):
+    got = torch.stack(
+        [gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1], gram[:, 0, 2], gram[:, 2, 2], perp2], 1
+    )
+    return [got[snap.row_tensor_cpu == i] for i in range(snap.num_tensors)]
+
+
+def _tensors(seed: int = 0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(4, 6), (2, 6), (6,), (3, 2, 2), (40, 3, 3, 3), (7, 300), (5,)]
+    weights = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     grads[2] = None
-    snap = Snapshot(tensors)
-    assert len(snap.buckets) == 2  # rows of length 6 (three tensors) and of length 4
-    snap.capture(tensors, grads)
-    after = [t + 0.1 * torch.randn_like(t) for t in tensors]
-    gram, perp2 = snap.grams(after)
-    order = snap.row_tensor_cpu.tolist()
-    assert sorted(order) == [0] * 4 + [1] * 2 + [2] + [3] * 3
-    row = 0
-    for index in order[:4]:
-        w = tensors[index].reshape(tensors[index].shape[0], -1)[row]
-        d = after[index].reshape(tensors[index].shape[0], -1)[row] - w
-        assert torch.allclose(gram[row, 0, 0], (w @ w).double(), rtol=1e-6)
-        assert torch.allclose(gram[row, 2, 2], (d @ d).double(), rtol=1e-5)
-        tangential = d - (w @ d) / (w @ w) * w
-        assert torch.allclose(perp2[row], (tangential @ tangential).double(), rtol=1e-4)
-        row += 1
+    after = [w - 0.01 * torch.randn(w.shape, generator=gen).to(dtype) for w in weights]
+    return weights, grads, after
+
+
+@pytest.mark.parametrize("paths", list(PATHS.values()), ids=list(PATHS))
+@pytest.mark.parametrize("tile", [None, 8, 50])  # default, tiny tiles: every unit kind
+def test_sums_match_float64_brute_force(paths, tile):
+    weights, grads, after = _tensors()
+    snap = Snapshot(weights, paths, tile=tile)
+    assert len(snap.buckets) == 5  # row lengths 6, 4, 27, 300 and 5
+    gram, perp2 = _record(snap, weights, grads, after)
+    assert torch.isnan(gram[:, 1, 2]).all()  # ⟨g, Δ⟩ is not measured
+    assert (gram[:, 0, 1] == gram[:, 1, 0]).all() and (gram[:, 0, 2] == gram[:, 2, 0]).all()
+    for index, (got, want) in enumerate(
+        zip(_by_tensor(snap, gram, perp2), reference(weights, grads, after))
+    ):
+        scale = want[:, :5].abs().amax(0, keepdim=True).clamp_min(1e-30)
+        torch.testing.assert_close(got[:, :5] / scale, want[:, :5] / scale, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got[:, 5], want[:, 5], rtol=1e-4, atol=0, msg=str(index))
     grad_rows = snap.row_tensor_cpu == 2
-    assert (gram[grad_rows][:, 1, 1] == 0).all()  # missing grad -> zeros in its slot
+    assert (gram[grad_rows][:, 1, 1] == 0).all()  # missing grad: zero sums
 
 
-def test_nearly_radial_updates_keep_their_tangential_part():
+@pytest.mark.parametrize("paths", list(PATHS.values()), ids=list(PATHS))
+def test_nearly_radial_updates_keep_their_tangential_part(paths):
     torch.manual_seed(1)
     w = torch.randn(5, 300)
     tangent = torch.randn(5, 300)
@@ -40,9 +92,8 @@ def test_nearly_radial_updates_keep_their_tangential_part():
     after = w * (1 - 1e-2) + 1e-2 * scale * tangent / tangent.norm(dim=1, keepdim=True) * w.norm(
         dim=1, keepdim=True
     )
-    snap = Snapshot([w])
-    snap.capture([w], [torch.zeros_like(w)])
-    _, perp2 = snap.grams([after])
+    snap = Snapshot([w], paths)
+    _, perp2 = _record(snap, [w], [torch.zeros_like(w)], [after])
     d = after.double() - w.double()
     w64 = w.double()
     ref = d - ((d * w64).sum(1, keepdim=True) / (w64 * w64).sum(1, keepdim=True)) * w64
@@ -54,30 +105,61 @@ def test_nearly_radial_updates_keep_their_tangential_part():
     assert (naive[:3].double() - ref2[:3]).abs().max() > 10 * (perp2[:3] - ref2[:3]).abs().max()
 
 
-def test_float64_row_stats_match_refined_eager_path():
-    torch.manual_seed(2)
-    tensors = [torch.randn(6, 40), torch.randn(3, 4, 10)]
-    grads = [torch.randn_like(t) for t in tensors]
-    after = [t * 0.99 + 1e-4 * torch.randn_like(t) for t in tensors]
-    snap = Snapshot(tensors)
-    snap.capture(tensors, grads)
-    eager_gram, eager_perp = snap.grams(after)
-    stats = [float64_row_stats(b.buffer) for b in snap.buckets]
-    torch.testing.assert_close(torch.cat([g for g, _ in stats]), eager_gram, rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(torch.cat([p for _, p in stats]), eager_perp, rtol=1e-3, atol=1e-14)
+def test_half_precision_is_summed_in_float32():
+    weights, grads, after = _tensors(dtype=torch.bfloat16)
+    snap = Snapshot(weights)
+    assert all(b.buffer.dtype == torch.bfloat16 for b in snap.buckets)  # w kept as it is
+    gram, perp2 = _record(snap, weights, grads, after)
+    for got, want in zip(_by_tensor(snap, gram, perp2), reference(weights, grads, after)):
+        scale = want[:, :5].abs().amax(0, keepdim=True).clamp_min(1e-30)
+        torch.testing.assert_close(got[:, :5] / scale, want[:, :5] / scale, rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_fused_snapshot_compiles_and_matches_eager():
-    torch.manual_seed(3)
-    tensors = [torch.randn(8, 3, 3, 3), torch.randn(16), torch.randn(5, 27)]
-    grads = [torch.randn_like(t) for t in tensors]
-    after = [t - 0.01 * g for t, g in zip(tensors, grads)]
-    results = []
-    for fused in (False, True):
-        snap = Snapshot(tensors, fused=fused)
-        snap.capture(tensors, grads)
-        results.append(snap.grams(after))
-        assert snap.fused is fused  # compiled without falling back
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-12)
+def test_layouts_read_in_the_weights_element_order():
+    torch.manual_seed(4)
+    w = torch.randn(6, 4, 3, 3).to(memory_format=torch.channels_last)
+    g = torch.randn(6, 4, 3, 3)  # a gradient laid out differently from its weight
+    after = (w - 0.1 * g).contiguous(memory_format=torch.channels_last)
+    snap = Snapshot([w])
+    gram, perp2 = _record(snap, [w], [g], [after])
+    (got,) = _by_tensor(snap, gram, perp2)
+    (want,) = reference([w], [g], [after])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_untouched_parameters_are_not_copied_again():
+    weights, grads, after = _tensors()
+    params = [torch.nn.Parameter(w.clone()) for w in weights]
+    snap = Snapshot(params)
+    assert snap.capture(params)  # the first capture copies
+    snap.grad_sums(grads)
+    with torch.no_grad():
+        for p, a in zip(params, after):
+            p.copy_(a)  # "the optimizer step"
+    snap.update_sums(params, keep=True)
+    for bucket in snap.buckets:  # W now holds w'
+        for unit in bucket.units:
+            want = torch.cat([_rows64(params[i]).float()[f : f + r] for i, f, r in unit.pieces])
+            assert torch.equal(bucket.buffer[unit.start : unit.stop], want)
+    assert not snap.capture(params)  # nothing touched them: nothing to copy
+    with torch.no_grad():
+        params[3].mul_(2)  # a write between steps bumps the version counter
+    assert snap.capture(params)
+    snap.grad_sums(grads)
+    snap.update_sums(params, keep=False)
+    assert snap.capture(params)  # without keep, the next capture copies
+
+
+def test_held_bytes_are_one_copy_of_the_parameters():
+    weights, _, _ = _tensors()
+    snap = Snapshot(weights)
+    tracked = sum(w.numel() * w.element_size() for w in weights)
+    buffers = sum(b.buffer.numel() * b.buffer.element_size() for b in snap.buckets)
+    assert buffers == tracked
+    assert snap.held_bytes() > tracked  # plus the row maps, counted honestly
+
+
+def test_no_tensors():
+    snap = Snapshot([])
+    gram, perp2 = _record(snap, [], [], [])
+    assert gram.shape == (0, 3, 3) and perp2.shape == (0,)

@@ -12,7 +12,7 @@ metric is non-linear in sums over elements (sqrt, ratio, max over rows, mean ove
 of local shards would under-report by up to √shards. Instead:
 
 1. each rank computes, on its local pieces, what a single process computes per row
-   (`Snapshot.grams`): the Gram matrix G_p of (w_p, g_p, Δ_p) and ‖Δ_p − c_p·w_p‖² with
+   (`Snapshot.update_sums`): the Gram matrix G_p of (w_p, g_p, Δ_p) and ‖Δ_p − c_p·w_p‖² with
    c_p = <w_p, Δ_p>/‖w_p‖²;
 2. the pieces, 11 numbers each, are all-gathered, tagged with the global row they belong to;
 3. pieces of one row r are merged exactly: G_r = Σ_p G_p and, because Δ_p − c_p·w_p ⟂ w_p,
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from stepsize_lens.recording.device import to_device
 from stepsize_lens.recording.metrics import tensor_grams, tensor_perp2
 
 _PIECE_WIDTH = 11  # 9 Gram entries, ‖Δ⊥‖², global row id
@@ -125,7 +126,10 @@ class ShardedRows:
         self.row_tensor_cpu = torch.repeat_interleave(
             torch.arange(self.num_tensors), torch.tensor(rows, dtype=torch.long)
         )
-        self._ids: torch.Tensor | None = None
+        self._sizes: list[int] | None = None
+        self._local_rows = -1
+        self._kept = self._kept_ids = torch.zeros(0)
+        self._row_tensor: torch.Tensor | None = None
 
     def local(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """Each DTensor replaced by this rank's local shard (a view, no copy)."""
@@ -134,18 +138,21 @@ class ShardedRows:
             t.to_local() if dtensor is not None and isinstance(t, dtensor) else t for t in tensors
         ]
 
-    def _piece_ids(self, row_tensor: torch.Tensor) -> torch.Tensor:
-        """Global row id of each local row (-1: not counted here), in snapshot row order."""
-        if self._ids is None or self._ids.shape[0] != row_tensor.shape[0]:
-            local = row_tensor.cpu()
-            count = local.shape[0]
-            order = torch.arange(count)
-            # a tensor's rows are contiguous in the snapshot: row j of it sits at first + j
-            start = torch.full((self.num_tensors,), count, dtype=torch.long)
-            start.scatter_reduce_(0, local, order, "amin")
-            ids = self._first_id[local] + (order - start[local])
-            self._ids = torch.where(self._counted[local], ids, -1)
-        return self._ids
+    def _layout(self, row_tensor: torch.Tensor, device: torch.device) -> None:
+        """Which local rows count here and their global ids, and every rank's piece count:
+        fixed by the shard layout, so computed once (the only time the ranks exchange sizes)."""
+        local = row_tensor.cpu()
+        count = local.shape[0]
+        order = torch.arange(count)
+        # a tensor's rows are contiguous in the snapshot: row j of it sits at first + j
+        start = torch.full((self.num_tensors,), count, dtype=torch.long)
+        start.scatter_reduce_(0, local, order, "amin")
+        ids = self._first_id[local] + (order - start[local])
+        kept = torch.nonzero(self._counted[local]).squeeze(1)
+        self._kept = to_device(kept, device)
+        self._kept_ids = to_device(ids[kept].to(torch.float64), device)
+        self._local_rows = count
+        self._sizes = _all_gather_sizes(int(kept.numel()))
 
     def merge(
         self, row_gram: torch.Tensor, row_perp2: torch.Tensor, row_tensor: torch.Tensor
@@ -154,41 +161,51 @@ class ShardedRows:
 
         Returns (row_gram [N, 3, 3], row_perp2 [N], row_tensor [N]) over all N rows of all
         tracked tensors, identical on every rank, ready for `metrics.all_metrics`. A collective:
-        every rank must call it.
+        every rank must call it. No host synchronisation on NCCL (sizes are fixed by the
+        layout); gloo moves the pieces through host memory.
         """
         device = row_gram.device
-        ids = self._piece_ids(row_tensor).to(device)
-        keep = ids >= 0
+        if self._sizes is None or self._local_rows != row_tensor.shape[0]:
+            self._layout(row_tensor, device)
+        assert self._sizes is not None
         pieces = torch.cat(
             [
-                row_gram.to(torch.float64).reshape(-1, 9),
-                row_perp2.to(torch.float64)[:, None],
-                ids.to(torch.float64)[:, None],
+                row_gram.to(torch.float64).reshape(-1, 9).index_select(0, self._kept),
+                row_perp2.to(torch.float64).index_select(0, self._kept)[:, None],
+                self._kept_ids[:, None],
             ],
             dim=1,
-        )[keep]
-        everything = _all_gather_pieces(pieces)
+        )
+        everything = _all_gather_pieces(pieces, self._sizes)
         piece_row = everything[:, 10].round().long()
         piece_gram = everything[:, :9].reshape(-1, 3, 3)
         gram = tensor_grams(piece_gram, piece_row, self.num_rows)
         perp2 = tensor_perp2(piece_gram, everything[:, 9], piece_row, gram)
-        return gram, perp2, self.row_tensor_cpu.to(device)
+        if self._row_tensor is None or self._row_tensor.device != device:
+            self._row_tensor = to_device(self.row_tensor_cpu, device)
+        return gram, perp2, self._row_tensor
 
 
-def _all_gather_pieces(pieces: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's [n_rank, 11] pieces (n may differ per rank) on every rank."""
+def _gather_device() -> torch.device | None:
+    """Where collectives take their tensors: the host for gloo, else None (the data's own)."""
+    return torch.device("cpu") if torch.distributed.get_backend() == "gloo" else None
+
+
+def _all_gather_sizes(size: int) -> list[int]:
+    """Every rank's ``size`` (a collective; once per layout)."""
+    dist = torch.distributed
+    objects: list[int | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, size)
+    return [int(value) for value in objects if value is not None]
+
+
+def _all_gather_pieces(pieces: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every rank's [sizes[rank], 11] pieces on every rank."""
     dist = torch.distributed
     home = pieces.device
-    # gloo needs host tensors; other backends (nccl, or a cpu:gloo,cuda:nccl pair) take the data's
-    device = torch.device("cpu") if dist.get_backend() == "gloo" else home
-    local = pieces.to(device)
-    world_size = dist.get_world_size()
-    count = torch.tensor([local.shape[0]], dtype=torch.int64, device=device)
-    counts = [torch.zeros_like(count) for _ in range(world_size)]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
+    device = _gather_device() or home
     padded = torch.zeros((max(sizes), _PIECE_WIDTH), dtype=torch.float64, device=device)
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    padded[: pieces.shape[0]] = pieces.to(device)
+    parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(home)

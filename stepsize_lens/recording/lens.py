@@ -1,30 +1,41 @@
 """The lens: optimizer step hooks that record the metrics of docs/design.md §3 into a run file.
 
-``attach(model, optimizer, path="run.pt")`` registers ``Optimizer.register_step_pre_hook`` and
+``attach(model, optimizer)`` registers ``Optimizer.register_step_pre_hook`` and
 ``register_step_post_hook`` on the optimizer, so it works for every ``torch.optim.Optimizer``
 subclass with no change to the training loop. On a step the schedule selects, the pre hook
-copies w and g into preallocated snapshot buffers (`snapshot.Snapshot`; when ``step`` gets a
+keeps a copy of w and reduces g to its row sums (`snapshot.Snapshot`; when ``step`` gets a
 closure, as with LBFGS or Lightning, g is computed inside ``step`` and read after it); the post
-hook writes Δ = w' − w, takes per-row Gram matrices with one batched matmul per bucket of
-equal-length rows, turns them into every metric with `metrics.all_metrics`, and moves one small
-[metrics, tensors] block to the host. Steps the schedule skips cost one Python call.
+hook forms Δ = w' − w tile by tile and reduces it too, `metrics.all_metrics` turns the row sums
+into every metric, and one small [metrics, tensors] block goes to the host. Steps the schedule
+skips cost one Python call.
 
 The `Lens` orchestrates; each job lives in its own module: `naming` (tensor names through
-compile/DDP/FSDP wrappers), `tracked` (which tensors, their params-table rows), `snapshot`
-(buffers across the step), `metrics` (the math), `views` (the paper's test, the applied view),
-`group_fields` (param-group hyperparameters), `scaler` (GradScaler skips), `hooks` (closures,
-sparse gradients), `distributed` (sharded parameters), `record` (`Lens.latest`).
+compile/DDP/FSDP wrappers), `selection` (``tensors=``), `tracked` (which tensors, their
+params-table rows), `snapshot` and `row_stats` (the one copy of w, the passes), `metrics` (the
+math), `views` (the paper's test, the applied view), `group_fields` (param-group
+hyperparameters), `scaler` (GradScaler skips), `hooks` (closures, sparse gradients),
+`distributed` (sharded parameters), `device` (accelerator paths, transfers without waiting),
+`files` (where the run goes and how it is never lost), `record` (`Lens.latest`).
 
 Observing never changes training: the hooks only read parameters and gradients (they run under
 ``torch.no_grad`` and write only into the lens's own buffers).
+
+Lifetime: the lens holds its optimizer weakly, and the optimizer's hooks hold the lens, so a
+lens lives exactly as long as it is attached or referenced. Its final save runs through
+`weakref.finalize` (at close, when it is collected, or at interpreter exit) over the records
+alone, never over the lens, the model, the optimizer or the snapshot buffers. Attaching a new
+lens to an optimizer closes the one it had.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
+import sys
 import time
+import warnings
+import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,12 +43,27 @@ import torch
 from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
+from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
-from stepsize_lens.recording.group_fields import as_float, group_values, tensor_lrs
+from stepsize_lens.recording.files import (
+    DEFAULT_PATH,
+    RunFile,
+    default_path,
+    describe_lens,
+    ensure_free,
+)
+from stepsize_lens.recording.group_fields import (
+    as_float,
+    group_values,
+    split_group_values,
+    tensor_lrs,
+)
 from stepsize_lens.recording.hooks import closure_of, dense_grad
 from stepsize_lens.recording.metrics import all_metrics
+from stepsize_lens.recording.pending import PendingRecord, Records
 from stepsize_lens.recording.record import Record
 from stepsize_lens.recording.scaler import ScalerWatch
+from stepsize_lens.recording.selection import Selection, matcher
 from stepsize_lens.recording.snapshot import Snapshot
 from stepsize_lens.recording.tracked import TrackedParams
 from stepsize_lens.recording.views import ShapeTable, applied_views, live_test_views
@@ -47,20 +73,26 @@ if TYPE_CHECKING:
     from stepsize_lens.run import Run
 
 
+# optimizer -> its lens (weakly on both sides)
+_lens_of: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[Lens]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class Lens:
     """Records weight norms, update norms and effective step sizes of an optimizer's tensors.
 
     Use `attach` to create one. ``lens.step`` counts optimizer steps (and steps a GradScaler
     skipped) from 1. ``lens.log(loss=...)`` stores user scalars; ``lens.latest()`` is the last
     record; ``lens.flush()`` saves now; ``lens.close()`` detaches and saves a final time (also
-    at interpreter exit).
+    when the lens is collected and at interpreter exit).
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         model: torch.nn.Module | None = None,
-        path: str | os.PathLike[str] | None = "run.pt",
+        path: str | os.PathLike[str] | None = DEFAULT_PATH,
         schedule: schedules.Schedule | int | None = None,
         label: str | None = None,
         delta: float = DEFAULT_DELTA,
@@ -68,22 +100,35 @@ class Lens:
         scaler: Any | None = None,
         write: bool | None = None,
         probe_inputs: Any | None = None,
-        fused: bool = False,
+        tensors: Selection | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        self.optimizer = optimizer
-        self.model = model
+        self._optimizer = weakref.ref(optimizer)
+        self._optimizer_class = type(optimizer).__name__
         self.schedule = schedules.resolve(schedule)
         self.delta = float(delta)
         self.flush_every = flush_every
-        self.fused = bool(fused)
         self.step = 0
+        self.label = label or type(optimizer).__name__
         rank, world_size = process_rank()
         self.writing = (rank == 0) if write is None else bool(write)
+        announce = path is DEFAULT_PATH and self.writing
+        if path is DEFAULT_PATH:
+            path = default_path(self.label) if self.writing else None
         self.path = rank_path(path, rank, world_size)
+        if self.writing and self.path is not None:  # fail before replacing anything
+            ensure_free(Path(self.path), replacing=_previous_lens_file(optimizer))
+        self._replace_lens_of(optimizer)
+        self._file = (
+            RunFile(Path(self.path), describe_lens(optimizer, Path(self.path), self.label))
+            if self.writing and self.path is not None
+            else None
+        )
+        if self._file is not None:
+            self._file.claim()
         meta = {
-            "label": label or type(optimizer).__name__,
+            "label": self.label,
             "optimizer": {
                 "class": type(optimizer).__name__,
                 "module": type(optimizer).__module__,
@@ -97,20 +142,23 @@ class Lens:
             "metrics": list(METRICS),
         }
         self.writer = RunWriter(self.path if self.writing else None, meta)
-        self._tracked = TrackedParams(parameter_names(model))
+        self._records = Records(self.writer, self._file)
+        self._finalizer = weakref.finalize(self, self._records)
+        self._tracked = TrackedParams(parameter_names(model), matcher(tensors))
         self._snapshot: Snapshot | None = None
         self._shards: ShardedRows | None = None
+        self._device_inputs: dict[str, torch.Tensor] = {}
         self._shapes: ShapeTable | None = None
-        self._has_grad: torch.Tensor | None = None
+        self._has_grad: list[bool] = []
         self._armed = False
         self._grads_after_step = False
         self._post_calls = 0
         self._last_flush = time.monotonic()
         self._flushed_records = -1
         self._closed = False
-        self._sync_params()
+        self._sync_params(optimizer)
         if probe_inputs is not None:
-            self._store_probe(probe_inputs)
+            self._store_probe(model, probe_inputs)
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
@@ -120,34 +168,58 @@ class Lens:
             if scaler is not None
             else None
         )
-        atexit.register(self._at_exit)
+        _lens_of[optimizer] = weakref.ref(self)
+        if announce:
+            print(f"stepsize_lens: recording {self.label!r} to {self.path}", file=sys.stderr)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer this lens watches (None once it no longer exists)."""
+        return self._optimizer()
 
     @property
     def _params(self) -> list[torch.Tensor]:
         return self._tracked.params
 
+    @staticmethod
+    def _replace_lens_of(optimizer: torch.optim.Optimizer) -> None:
+        """Close the lens this optimizer already has (saying so once)."""
+        ref = _lens_of.get(optimizer)
+        previous = ref() if ref is not None else None
+        if previous is None or previous._closed:
+            return
+        where = f" (writing {previous.path})" if previous.path is not None else ""
+        warnings.warn(
+            f"stepsize_lens: this {type(optimizer).__name__} already had a lens "
+            f"{previous.label!r}{where}; closed it before attaching the new one",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        previous.close()
+
     # -- parameter bookkeeping ----------------------------------------------------------------
-    def _sync_params(self) -> bool:
+    def _sync_params(self, optimizer: torch.optim.Optimizer) -> bool:
         """Track params added since last time (e.g. `add_param_group`); True if anything changed."""
-        new_rows = self._tracked.sync(self.optimizer.param_groups)
+        new_rows = self._tracked.sync(optimizer.param_groups)
         if new_rows is None:
             return False
         if new_rows:
             self.writer.add_params(new_rows)
             if self.step > 0:
                 self.writer.add_event(self.step, "params_added", f"{len(new_rows)} tensors")
-        self.writer.set_num_groups(len(self.optimizer.param_groups))
+        self.writer.set_num_groups(len(optimizer.param_groups))
         self._snapshot = None  # rebuilt lazily at the next recorded step
         self._shapes = None
+        self._device_inputs = {}
         return True
 
-    def _store_probe(self, probe_inputs: Any) -> None:
+    def _store_probe(self, model: torch.nn.Module | None, probe_inputs: Any) -> None:
         """Run the functional scale-invariance probe once and store its verdicts per tensor."""
         from stepsize_lens.invariance import probe, probe_param_columns
 
-        if self.model is None:
+        if model is None:
             raise TypeError("attach(..., probe_inputs=...) needs the model")
-        model = unwrap_model(self.model)
+        model = unwrap_model(model)
         result = probe(model, probe_inputs)
         for column, values in probe_param_columns(model, self._params, result).items():
             self.writer.set_param_column(column, values)
@@ -157,17 +229,27 @@ class Lens:
         """Local shards of DTensors (FSDP2); the tensors themselves in a single process."""
         return tensors if self._shards is None else self._shards.local(tensors)
 
+    def _device_input(self, name: str, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A fixed small host tensor on ``device``, moved once per layout."""
+        if name not in self._device_inputs:
+            self._device_inputs[name] = to_device(host, device)
+        return self._device_inputs[name]
+
     # -- hooks --------------------------------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.step += 1
         self._armed = False
+        if self._records.pending:
+            self._records.drain(wait=False)
         if not self.schedule(self.step):
             return
-        self._sync_params()
+        self._sync_params(optimizer)
         if self._snapshot is None:
             self._shards = sharded_rows(self._params)  # None unless DTensor params (FSDP2)
-            self._snapshot = Snapshot(self._local(self._params), fused=self.fused)
-        self._snapshot.capture_weights(self._local(self._params))
+            local = self._local(self._params)
+            device = local[0].device if local else torch.device("cpu")
+            self._snapshot = Snapshot(local, paths_for(device))
+        self._snapshot.capture(self._local(self._params))
         # With a closure (LBFGS, Lightning) the gradient is computed inside step(): read it after
         self._grads_after_step = closure_of(args or (), kwargs or {}) is not None
         if not self._grads_after_step:
@@ -177,15 +259,15 @@ class Lens:
     def _capture_grads(self) -> None:
         assert self._snapshot is not None
         grads = [dense_grad(p) for p in self._params]
-        self._has_grad = torch.tensor([g is not None for g in grads], dtype=torch.bool)
-        self._snapshot.capture_grads(self._local(grads))
+        self._has_grad = [g is not None for g in grads]
+        self._snapshot.grad_sums(self._local(grads))
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._post_calls += 1
         if self._armed:
             self._armed = False
-            self._record()
-        if self.flush_every is not None and self.writing:
+            self._record(optimizer)
+        if self.flush_every is not None and self._file is not None:
             due = time.monotonic() - self._last_flush >= self.flush_every
             if due or self._flushed_records < 0:
                 self.flush()
@@ -194,15 +276,20 @@ class Lens:
         return self._post_calls
 
     @torch.no_grad()
-    def _record(self) -> None:
+    def _record(self, optimizer: torch.optim.Optimizer) -> None:
         if self._grads_after_step:
             self._capture_grads()
         snapshot = self._snapshot
-        assert snapshot is not None and self._has_grad is not None
+        assert snapshot is not None
         device = snapshot.device
-        lr = tensor_lrs(self.optimizer.param_groups, self._tracked.group_of, device)
-        has_grad = self._has_grad.to(device)
-        row_gram, row_perp2 = snapshot.grams(self._local(self._params))
+        # leave w' in the snapshot when the next step is recorded too: its capture is free
+        keep = bool(self.schedule(self.step + 1))
+        row_gram, row_perp2 = snapshot.update_sums(self._local(self._params), keep)
+        group_of = self._device_input(
+            "group_of", torch.tensor(self._tracked.group_of, dtype=torch.long), device
+        )
+        lr = tensor_lrs(optimizer.param_groups, group_of, device, to_device)
+        has_grad = to_device(torch.tensor(self._has_grad, dtype=torch.bool), device)
         row_tensor = snapshot.row_tensor(device)
         if self._shards is not None:  # merge shard pieces into whole rows before any sqrt/max/mean
             row_gram, row_perp2, row_tensor = self._shards.merge(row_gram, row_perp2, row_tensor)
@@ -210,31 +297,42 @@ class Lens:
             row_gram,
             row_perp2,
             row_tensor,
-            snapshot.multi_row.to(device),
+            self._device_input("multi_row", snapshot.multi_row, device),
             lr,
             has_grad,
         )
         if self._shapes is None:
-            self._shapes = ShapeTable(self.writer.params, device)
+            self._shapes = ShapeTable(self.writer.params, device, to_device)
         test_view = live_test_views(block, self._shapes, has_grad, self.delta)
-        applied_view = applied_views(self.optimizer.state, self._params, device)
-        host = torch.cat([block, test_view[None], applied_view[None]]).cpu()  # one transfer
-        num_metrics = len(METRICS)
-        self.writer.append(
-            step=self.step,
-            time=time.time(),
-            skipped=False,
-            metrics=host[:num_metrics].to(torch.float32),
-            views=host[num_metrics:].to(torch.int8),
-            groups=group_values(self.optimizer.param_groups),
+        applied = applied_views(optimizer.state, self._params, device, to_device)
+        # a tensor without a gradient at this step was not stepped: never report a stale view
+        applied = torch.where(has_grad, applied, torch.full_like(applied, float(View.UNTESTED)))
+        results = torch.cat([block, test_view[None], applied[None]]).reshape(-1)
+        groups, later = split_group_values(optimizer.param_groups)
+        if later:
+            values = [value.detach().to(device, torch.float64).reshape(1) for *_, value in later]
+            results = torch.cat([results, *values])
+        deferred = snapshot.paths.deferred_transfer
+        self._records.pending.append(
+            PendingRecord(
+                self.step,
+                time.time(),
+                groups,
+                [(field_index, group) for field_index, group, _ in later],
+                PendingCopy(results, deferred),
+            )
         )
+        if not deferred:
+            self._records.drain(wait=True)
 
     def _record_skip(self) -> None:
         """A step the GradScaler skipped: a record of NaN metrics and untested views."""
-        if self._closed:
+        optimizer = self.optimizer
+        if self._closed or optimizer is None:
             return
+        self._records.drain(wait=True)
         self.step += 1
-        self._sync_params()
+        self._sync_params(optimizer)
         num = len(self._params)
         self.writer.append(
             step=self.step,
@@ -242,9 +340,25 @@ class Lens:
             skipped=True,
             metrics=torch.full((len(METRICS), num), math.nan, dtype=torch.float32),
             views=torch.full((2, num), View.UNTESTED, dtype=torch.int8),
-            groups=group_values(self.optimizer.param_groups),
+            groups=group_values(optimizer.param_groups),
         )
         self.writer.add_event(self.step, "skipped_step", "GradScaler found inf/NaN gradients")
+
+    # -- memory ---------------------------------------------------------------------------------
+    @property
+    def tracked_bytes(self) -> int:
+        """Bytes of the tracked parameters (this process's shards under FSDP)."""
+        return sum(t.numel() * t.element_size() for t in self._local(self._params))
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the lens keeps between records for its parameter-sized state: the snapshot's
+        copy of w and a few numbers per tensor (0 before the first record and after close).
+        The records themselves grow with the run: about 50 bytes per tensor and record."""
+        if self._snapshot is None:
+            return 0
+        inputs = sum(t.numel() * t.element_size() for t in self._device_inputs.values())
+        return self._snapshot.held_bytes() + inputs
 
     # -- user API -------------------------------------------------------------------------------
     def log(self, step: int | None = None, **scalars: float | torch.Tensor) -> None:
@@ -254,11 +368,14 @@ class Lens:
 
     @property
     def num_records(self) -> int:
+        """Records that have reached the host (on an accelerator the latest may still be on
+        its way; `latest`, `run` and `flush` wait for it)."""
         return self.writer.num_records
 
     def latest(self) -> Record | None:
         """The latest record (step, skipped, every metric and view per tensor); None before the
         first. O(tensors): nothing of the run is rebuilt."""
+        self._records.drain(wait=True)
         last = self.writer.last_record()
         if last is None:
             return None
@@ -272,19 +389,26 @@ class Lens:
 
     def run(self) -> Run:
         """The records so far as a `Run`, without touching the file."""
+        self._records.drain(wait=True)
         return self.writer.to_run(path=self.path)
 
     def set_param_column(self, column: str, values: list[Any]) -> None:
         """Add a per-tensor column to the run's params table (e.g. probe verdicts)."""
         self.writer.set_param_column(column, values)
 
-    def flush(self) -> None:
-        """Save everything recorded so far, atomically (no-op on ranks that do not write)."""
+    def flush(self) -> bool:
+        """Save everything recorded so far, atomically. Never raises: a failed save warns
+        (once per streak of failures) and the next flush retries. True if the run is on disk
+        (False also on ranks that do not write)."""
+        self._records.drain(wait=True)
         self._last_flush = time.monotonic()
-        if not self.writing or self.path is None:
-            return
-        self.writer.save()
-        self._flushed_records = self.writer.num_records
+        if self._file is None or self._closed:
+            return False
+        saved = self._file.save(self.writer)
+        self.path = str(self._file.path)
+        if saved:
+            self._flushed_records = self.writer.num_records
+        return saved
 
     def detach(self) -> None:
         """Remove the hooks (and the GradScaler wrapper); the records stay available."""
@@ -295,22 +419,24 @@ class Lens:
             self._scaler.restore()
             self._scaler = None
 
-    def close(self) -> None:
-        """Detach and write the final run file. Safe to call twice."""
+    def close(self) -> Path | None:
+        """Detach, free the snapshot and write the final run file. Safe to call twice.
+
+        Never raises: if the final save fails, the run goes to a fallback file in the
+        temporary folder, and a warning names both; ``lens.run()`` keeps returning the records.
+        Returns where the run was saved (None if it was not, or on a rank that does not write).
+        """
         if self._closed:
-            return
+            return self._records.saved_to
+        self._records.drain(wait=True)
         self.detach()
         self._closed = True
-        self._snapshot = None  # free the snapshot buffers (about 3x the parameters' memory)
-        self.writer.meta["closed"] = True
-        self.flush()
-        atexit.unregister(self._at_exit)
-
-    def _at_exit(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - never fail interpreter shutdown
-            pass
+        self._snapshot = None  # free the copy of w
+        self._device_inputs = {}
+        self._finalizer()
+        if self._file is not None:
+            self.path = str(self._file.path)
+        return self._records.saved_to
 
     def __enter__(self) -> Lens:
         return self
@@ -320,15 +446,21 @@ class Lens:
 
     def __repr__(self) -> str:
         return (
-            f"Lens(optimizer={type(self.optimizer).__name__}, tensors={len(self._params)}, "
+            f"Lens(optimizer={self._optimizer_class}, tensors={len(self._params)}, "
             f"records={self.num_records}, path={self.path!r})"
         )
+
+
+def _previous_lens_file(optimizer: torch.optim.Optimizer) -> RunFile | None:
+    ref = _lens_of.get(optimizer)
+    previous = ref() if ref is not None else None
+    return None if previous is None or previous._closed else previous._file
 
 
 def attach(
     model: torch.nn.Module | torch.optim.Optimizer | None,
     optimizer: torch.optim.Optimizer | None = None,
-    path: str | os.PathLike[str] | None = "run.pt",
+    path: str | os.PathLike[str] | None = DEFAULT_PATH,
     schedule: schedules.Schedule | int | None = None,
     label: str | None = None,
     *,
@@ -337,16 +469,19 @@ def attach(
     scaler: Any | None = None,
     write: bool | None = None,
     probe_inputs: Any | None = None,
-    fused: bool = False,
+    tensors: Selection | None = None,
 ) -> Lens:
     """Attach a lens to ``optimizer`` (tensors named after ``model``'s parameters if given).
 
     - ``model``: the model (optional; ``attach(optimizer)`` names tensors ``group{g}.{i}``).
       Wrappers (`torch.compile`, DDP, DataParallel, FSDP) are looked through: tensors and the
       model class are named as in the plain model.
-    - ``path``: the run file; None keeps the records in memory only (`Lens.run`).
-    - ``schedule``: a callable ``step -> bool``, an int n (every n steps) or None for
-      `schedules.default_schedule` (dense early, sparse late).
+    - ``path``: the run file, written as given. Default: a new file
+      ``runs/<date-time>_<label>.pt`` of this run's own (printed once). None keeps the records
+      in memory only (`Lens.run`). Two live lenses never share a path: attaching a second one
+      raises.
+    - ``schedule``: a callable ``step -> bool`` (a pure function of the step), an int n (every
+      n steps) or None for `schedules.default_schedule` (dense early, sparse late).
     - ``label``: the run's label (default: the optimizer's class name).
     - ``delta``: the paper test's δ (default 0.1).
     - ``flush_every``: seconds between saves (default 30; None: only at close).
@@ -355,10 +490,13 @@ def attach(
       job; other ranks writing get ``run.rank<r>.pt``).
     - ``probe_inputs``: example inputs; the functional scale-invariance probe
       (`invariance.probe`) runs once and its verdicts go into the params table.
-    - ``fused``: reduce the snapshot with a `torch.compile`-generated float64 kernel (faster
-      per record, seconds of compilation at the first one; see `snapshot.Snapshot`).
+    - ``tensors``: which tensors to watch (default all): names, glob patterns, a compiled
+      regex, a module type, a callable ``(name, param) -> bool``, or a list of these
+      (`selection`). Tensors left out cost nothing; a selection matching nothing records an
+      empty run.
 
-    Returns the `Lens`, also a context manager.
+    An optimizer has at most one lens: attaching another closes the previous one (with a
+    warning). Returns the `Lens`, also a context manager.
     """
     if isinstance(model, torch.optim.Optimizer) and optimizer is None:
         model, optimizer = None, model
@@ -375,5 +513,5 @@ def attach(
         scaler=scaler,
         write=write,
         probe_inputs=probe_inputs,
-        fused=fused,
+        tensors=tensors,
     )

@@ -7,7 +7,8 @@ Gram matrix of (w_r, g_r, Δ_r), where w is the tensor before the step, g its gr
 
     G_r = [[<w,w>, <w,g>, <w,Δ>],
            [<g,w>, <g,g>, <g,Δ>],
-           [<Δ,w>, <Δ,g>, <Δ,Δ>]]      (restricted to row r)
+           [<Δ,w>, <Δ,g>, <Δ,Δ>]]      (restricted to row r; no metric uses <g,Δ>, and the
+                                         lens, which never keeps g and Δ together, leaves it NaN)
 
 plus each row's tangential part ‖Δ⊥_r‖² (measured directly, see `snapshot`). Summing the
 rows of a tensor gives its whole-tensor Gram matrix, from which (ŵ = w/‖w‖,

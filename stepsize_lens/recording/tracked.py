@@ -13,16 +13,22 @@ from typing import Any
 
 import torch
 
+from stepsize_lens.model_names import Naming
+from stepsize_lens.recording.selection import Matcher
+
 
 class TrackedParams:
     """The tracked tensors (``params``), the param group of each (``group_of``) and their rows.
 
-    ``names``: `naming.parameter_names` of the model (id(param) -> (names, module class)); a
-    tensor the model does not name is called ``group{g}.{i}``.
+    ``names``: `naming.parameter_names` of the model; a tensor the model does not name is
+    called ``group{g}.{i}``. ``select``: `selection.matcher` of ``attach(..., tensors=...)``;
+    tensors it rejects are never tracked.
     """
 
-    def __init__(self, names: Mapping[int, tuple[list[str], str]]) -> None:
+    def __init__(self, names: Mapping[int, Naming], select: Matcher | None = None) -> None:
         self.names = names
+        self.select = select
+        self._left_out: set[int] = set()
         self.params: list[torch.Tensor] = []
         self.group_of: list[int] = []
         self._index: dict[int, int] = {}
@@ -46,16 +52,26 @@ class TrackedParams:
                 if key in self._index:
                     self.group_of[self._index[key]] = group_index
                     continue
+                if key in self._left_out:
+                    continue
+                naming = self.names.get(key, Naming([], "", None))
+                name = naming.names[0] if naming.names else f"group{group_index}.{position}"
+                if self.select is not None and not self.select(name, param, naming.owner):
+                    self._left_out.add(key)
+                    continue
                 self._index[key] = len(self.params)
                 self.params.append(param)
                 self.group_of.append(group_index)
-                new_rows.append(self._row(param, group_index, position))
+                new_rows.append(self._row(param, name, naming, group_index, position))
         return new_rows
 
-    def _row(self, param: torch.Tensor, group_index: int, position: int) -> dict[str, Any]:
-        names, module_type = self.names.get(id(param), ([], ""))
+    @staticmethod
+    def _row(
+        param: torch.Tensor, name: str, naming: Naming, group_index: int, position: int
+    ) -> dict[str, Any]:
+        names, module_type = naming.names, naming.module_type
         return {
-            "name": names[0] if names else f"group{group_index}.{position}",
+            "name": name,
             "group": group_index,
             "index": position,
             "shape": list(param.shape),

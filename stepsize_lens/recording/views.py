@@ -8,7 +8,7 @@ Both are computed on the metrics' device, without a host synchronisation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,14 +16,26 @@ import torch
 from stepsize_lens._schema import METRICS, View
 from stepsize_lens.paper_test import paper_test
 
+Move = Callable[[torch.Tensor, torch.device], torch.Tensor]  # `device.to_device`
+
+
+def _stay(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return host.to(device)
+
 
 class ShapeTable:
-    """numel, rows and ndim of the tracked tensors as tensors on one device (built once)."""
+    """numel, rows and ndim of the tracked tensors as tensors on one device (built once).
+    ``move`` puts a host tensor on the device (`device.to_device`: without waiting)."""
 
-    def __init__(self, params_table: Mapping[str, Sequence[Any]], device: torch.device) -> None:
-        self.numel = torch.tensor(params_table["numel"], dtype=torch.float64, device=device)
-        self.rows = torch.tensor(params_table["rows"], dtype=torch.float64, device=device)
-        self.ndim = torch.tensor(params_table["ndim"], dtype=torch.int64, device=device)
+    def __init__(
+        self,
+        params_table: Mapping[str, Sequence[Any]],
+        device: torch.device,
+        move: Move = _stay,
+    ) -> None:
+        self.numel = move(torch.tensor(params_table["numel"], dtype=torch.float64), device)
+        self.rows = move(torch.tensor(params_table["rows"], dtype=torch.float64), device)
+        self.ndim = move(torch.tensor(params_table["ndim"], dtype=torch.int64), device)
 
 
 def live_test_views(
@@ -39,18 +51,28 @@ def live_test_views(
 
 
 def applied_views(
-    state: Mapping[Any, Mapping[str, Any]], params: Sequence[torch.Tensor], device: torch.device
+    state: Mapping[Any, Mapping[str, Any]],
+    params: Sequence[torch.Tensor],
+    device: torch.device,
+    move: Move = _stay,
 ) -> torch.Tensor:
-    """float64 [T]: the view AdamP/SGDP applied (``state[p]["projection"]``); -1 where unknown."""
-    values: list[torch.Tensor] = []
-    known = False
-    for param in params:
+    """float64 [T] on ``device``: the view AdamP/SGDP applied (``state[p]["projection"]``); -1
+    where unknown. Values held on an accelerator are gathered there, never read on the host."""
+    host = torch.full((len(params),), float(View.UNTESTED), dtype=torch.float64)
+    on_device: list[tuple[int, torch.Tensor]] = []
+    for index, param in enumerate(params):
         value = state[param].get("projection") if param in state else None
         if value is None:
-            values.append(torch.tensor(float(View.UNTESTED), dtype=torch.float64, device=device))
+            continue
+        if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            on_device.append((index, value))
         else:
-            known = True
-            values.append(torch.as_tensor(value).to(device=device, dtype=torch.float64).reshape(()))
-    if not known:
-        return torch.full((len(params),), float(View.UNTESTED), dtype=torch.float64, device=device)
-    return torch.stack(values)
+            host[index] = float(value)
+    out = move(host, device)
+    if on_device:
+        where = move(torch.tensor([index for index, _ in on_device], dtype=torch.long), device)
+        values = torch.stack(
+            [value.detach().to(device, torch.float64).reshape(()) for _, value in on_device]
+        )
+        out = out.index_put((where,), values)
+    return out

@@ -1,0 +1,209 @@
+"""The lens's run file: where it goes, and the rules that keep a run from ever being lost.
+
+- **A file of its own.** Without an explicit path a run goes to
+  ``runs/<YYYYmmdd-HHMMSS>_<label>.pt`` (a ``-2``, ``-3``... suffix if that is taken), like
+  TensorBoard's ``runs/`` folder; the path is printed once. An explicit path is used as given.
+- **One live lens per path.** A second lens attaching to a path that a live lens writes raises,
+  naming the first (`claim`). Before deciding, garbage that still holds a claim is collected.
+- **Never over a newer run.** A lens overwrites only the file it has seen: the one present when
+  it attached, or the one its own last save left. If anything else wrote the path since, the
+  lens saves to a sibling (``run-2.pt``...) instead and says so once.
+- **A failed save never kills training.** `RunFile.save` catches the error, warns once per
+  failure streak naming the path and the error, and keeps the records in memory; the next
+  flush retries, and the atomic write leaves the last good file intact. At close, a final
+  failure falls back to a file in the temporary folder, named in the warning; the records also
+  stay reachable through ``lens.run()``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import re
+import tempfile
+import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stepsize_lens.run import RunWriter
+
+RUNS_FOLDER = "runs"
+
+
+class _Default:
+    """The default ``path`` of `attach`: a new file under ``runs/`` (`default_path`)."""
+
+    def __repr__(self) -> str:
+        return "runs/<date-time>_<label>.pt"
+
+
+DEFAULT_PATH: Any = _Default()
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What a file looked like when this lens last saw it (None: there was no file)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def _look(path: Path) -> _Seen | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _Seen(stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "run"
+
+
+# resolved path -> the live RunFile writing it
+_claims: dict[str, weakref.ref[RunFile]] = {}
+
+
+def _key(path: Path) -> str:
+    return str(path.expanduser().resolve())
+
+
+def _claimed_by(path: Path) -> RunFile | None:
+    ref = _claims.get(_key(path))
+    owner = ref() if ref is not None else None
+    return owner if owner is not None and not owner.released else None
+
+
+def default_path(label: str, folder: str | os.PathLike[str] = RUNS_FOLDER) -> Path:
+    """``runs/<date-time>_<label>.pt``, made unique against existing files and live claims."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(folder) / f"{stamp}_{_slug(label)}"
+    return _free(base, ".pt")
+
+
+def _free(base: Path, suffix: str) -> Path:
+    candidate = base.with_name(base.name + suffix)
+    number = 1
+    while candidate.exists() or _claimed_by(candidate) is not None:
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}{suffix}")
+    return candidate
+
+
+def sibling(path: Path) -> Path:
+    """``run.pt`` -> the first free ``run-2.pt``, ``run-3.pt``..."""
+    suffix = path.suffix
+    return _free(path.with_name(path.name[: len(path.name) - len(suffix)]), suffix)
+
+
+def ensure_free(path: Path, replacing: RunFile | None = None) -> None:
+    """Raise if a live lens other than ``replacing`` (about to be closed) writes ``path``."""
+    owner = _claimed_by(path)
+    if owner is not None and owner is not replacing:
+        gc.collect()  # a lens that is only garbage no longer counts
+        owner = _claimed_by(path)
+    if owner is not None and owner is not replacing:
+        raise ValueError(
+            f"{path} is already being written by {owner.describe}; close that lens first or "
+            "choose another path"
+        )
+
+
+class RunFile:
+    """The file one lens writes, with the rules of this module. ``describe`` names the lens in
+    messages (a short string; the `RunFile` never holds the lens itself)."""
+
+    def __init__(self, path: Path, describe: str) -> None:
+        self.path = path
+        self.describe = describe
+        self.released = False
+        self._seen = _look(path)
+        self._failing = False
+        self._redirected = False
+
+    def claim(self) -> None:
+        """Register as the live writer of `path`; raise if another live lens writes it."""
+        if _claimed_by(self.path) is not self:
+            ensure_free(self.path)
+        _claims[_key(self.path)] = weakref.ref(self)
+
+    def release(self) -> None:
+        """Give the path up (at close); other lenses may claim it from now on."""
+        self.released = True
+        key = _key(self.path)
+        ref = _claims.get(key)
+        if ref is not None and ref() is self:
+            del _claims[key]
+
+    def save(self, writer: RunWriter) -> bool:
+        """Save ``writer``'s run; never raises. True when the run is on disk."""
+        target = self.path
+        now = _look(target)
+        if now is not None and now != self._seen:  # someone else wrote it since we looked
+            target = sibling(self.path)
+            if not self._redirected:
+                warnings.warn(
+                    f"stepsize_lens: {self.path} was written by someone else since "
+                    f"{self.describe} last saved it; saving this run to {target} instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self._redirected = True
+            self.release()
+            self.path = target
+            self._seen = _look(target)
+            _claims[_key(target)] = weakref.ref(self)
+            self.released = False
+        try:
+            writer.save(target)
+        except Exception as exc:  # a diagnostic must never take down the run it watches
+            if not self._failing:
+                warnings.warn(
+                    f"stepsize_lens: could not save the run to {target} ({type(exc).__name__}: "
+                    f"{exc}); the records stay in memory and the next flush retries",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self._failing = True
+            return False
+        self._failing = False
+        self._seen = _look(target)
+        return True
+
+    def save_final(self, writer: RunWriter) -> Path | None:
+        """The last save (close): on failure, save to a fallback file in the temporary folder.
+        Returns where the run is, or None if nowhere (then ``lens.run()`` still has it)."""
+        failing_before = self._failing
+        self._failing = True  # the final attempt reports below, not as a streak warning
+        if self.save(writer):
+            return self.path
+        self._failing = failing_before
+        fallback = _free(Path(tempfile.gettempdir()) / f"stepsize_lens-{self.path.stem}", ".pt")
+        try:
+            writer.save(fallback)
+        except Exception as exc:
+            warnings.warn(
+                f"stepsize_lens: the final save of the run to {self.path} failed, and so did "
+                f"the fallback {fallback} ({type(exc).__name__}: {exc}); the records are still "
+                "in memory: lens.run() returns them",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        warnings.warn(
+            f"stepsize_lens: the final save of the run to {self.path} failed; saved it to "
+            f"{fallback} instead (lens.run() also returns it)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return fallback
+
+
+def describe_lens(optimizer: Any, path: Path | None, label: str) -> str:
+    """How messages name a lens: its label, optimizer class and path."""
+    where = f" writing {path}" if path is not None else ""
+    return f"the lens {label!r} on {type(optimizer).__name__}{where}"
