@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from stepsize_lens.errors import UserInputError
+from stepsize_lens.experiments.specs import select as select_specs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,15 +192,7 @@ to show exactly that, ``reproduce schedules`` shows where it differs."""
 
 def select(names: Sequence[str] | None = None) -> list[OptimizerSpec]:
     """The specs for ``names`` (default: all of `OPTIMIZERS`, in their order)."""
-    if names is None:
-        return list(OPTIMIZERS)
-    by_name = {spec.name: spec for spec in OPTIMIZERS}
-    unknown = [name for name in names if name not in by_name]
-    if unknown:
-        raise UserInputError(
-            f"unknown optimizer(s) {', '.join(unknown)}; choose from {', '.join(by_name)}"
-        )
-    return [by_name[name] for name in names]
+    return select_specs(OPTIMIZERS, names)
 
 
 @contextlib.contextmanager
