@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.recording.device import ACCELERATOR_PATHS, CPU_PATHS, DevicePaths
 from stepsize_lens.recording.snapshot import Snapshot
 
@@ -38,6 +39,16 @@ def reference(weights, grads, after):
             )
         )
     return out
+
+
+@pytest.fixture(params=["eager", "kernel"], autouse=True)
+def record_path(request: pytest.FixtureRequest, cpu_kernel_loaded: bool):
+    """Every test on both CPU paths: the eager passes and the fused kernel (accelerator paths
+    forced on the CPU always take the eager passes)."""
+    if request.param == "kernel" and not cpu_kernel_loaded:
+        pytest.skip(f"the fused CPU kernel is unavailable: {cpu_kernel.status().error}")
+    with cpu_kernel.forced(request.param):
+        yield request.param
 
 
 def _record(snap: Snapshot, weights, grads, after, keep=False):

@@ -43,6 +43,7 @@ import torch
 from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
+from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.files import (
@@ -157,6 +158,7 @@ class Lens:
         self._flushed_records = -1
         self._closed = False
         self._sync_params(optimizer)
+        cpu_kernel.start_for(self._params)  # in the background; records use it once loaded
         if probe_inputs is not None:
             self._store_probe(model, probe_inputs)
         self._handles = [

@@ -24,8 +24,16 @@ Parameters written through ``.data`` bypass the version counter: code that edits
 between steps that way should record on a schedule with gaps, or the lens may compare w' with
 a stale w.
 
-Half-precision parameters are summed in float32 (their tiles are converted on the way), float32
-and float64 parameters in their own dtype (`row_stats` on precision).
+**Two paths on the CPU.** Once the fused kernel (`cpu_kernel`, compiled in the background at
+the first attach) is loaded, the CPU buckets of float32/float16/bfloat16 parameters take it:
+one pass before the step reads (w, g) into ⟨w_r, g_r⟩, ‖g_r‖², ‖w_r‖², one pass after it reads
+(W, w') into ‖w_r‖², ⟨w_r, Δ_r⟩, ‖Δ_r‖² with Δ formed in registers (and W ← w' in the same pass
+when kept), every sum in float64, so ‖Δ⊥_r‖² = ‖Δ_r‖² − ⟨w_r, Δ_r⟩²/‖w_r‖² needs no refinement
+(docs/design.md §3.5). Until then, for float64 parameters and on accelerators, the eager passes
+above run: half-precision parameters are summed in float32 (their tiles are converted on the
+way), float32 and float64 parameters in their own dtype (`row_stats` on precision), and the
+mostly radial rows are refined. All buckets of one device and dtype are views of a single
+allocation (many smaller buffers would fragment the allocator's heap).
 """
 
 from __future__ import annotations
@@ -33,11 +41,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 
 from stepsize_lens._rows import as_rows, row_order
-from stepsize_lens.recording import row_stats
+from stepsize_lens.recording import cpu_kernel, row_stats
 from stepsize_lens.recording.device import CPU_PATHS, DevicePaths, to_device
 
 # tile sizes (elements): a CPU tile (4 MB of float32) keeps a unit's w, w' and Δ in the cache
@@ -53,8 +62,13 @@ TILE_SHARE = 1 / 16
 # at the peak of a record (models of 20,000 rows); rounded up
 ROW_TABLE_BYTES = 96
 
-# columns of the per-row sums (WW, GG, DD hold norms until the end of a record)
-WW, WG, GG, WD, DD, PERP2 = range(6)
+# columns of the per-row sums (on the eager path WW, GG, DD hold norms until the end of a
+# record); the kernel's passes write (WG, GG, WW) and (WW, WD, DD), three adjacent columns each
+WG, GG, WW, WD, DD, PERP2 = range(6)
+# the kernel's tasks: runs of whole rows of about this many elements, and rows longer than
+# KERNEL_SEGMENT cut into segments (their threads then share a row)
+KERNEL_CHUNK = 1 << 15
+KERNEL_SEGMENT = 1 << 18
 
 
 @dataclass
@@ -75,7 +89,24 @@ class _Bucket:
     buffer: torch.Tensor  # [rows, K]: w of every member row
     stat_dtype: torch.dtype
     convert: bool  # half precision: every tile goes through a float32 scratch
+    first_row: int  # of the snapshot's rows
+    members: list[tuple[int, int]]  # (tensor index, rows), in row order
+    kernel: bool  # the fused CPU kernel can read it
     units: list[_Unit] = field(default_factory=list)
+
+
+@dataclass
+class _KernelPlan:
+    """The kernel's view of the snapshot: its tensors' rows of W, and the tasks (see
+    ``cpu_kernel.cpp``) that cover them."""
+
+    members: list[int]  # tensor indices
+    weights: list[torch.Tensor]  # their rows of the bucket buffers (views)
+    tasks: torch.Tensor  # int64 [tasks, 6]
+    starts: torch.Tensor  # int64 [tasks + 1]: element offset of each task
+
+    def nbytes(self) -> int:
+        return (self.tasks.numel() + self.starts.numel()) * 8 + len(self.members) * 16
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -117,27 +148,54 @@ class Snapshot:
         self.buckets: list[_Bucket] = []
         member_ids: list[int] = []
         member_rows: list[int] = []
+        # one allocation per (device, dtype), the buckets views of it: many separate buffers
+        # below the allocator's mmap threshold would fragment its heap, and the training
+        # step's temporaries then raise the process's peak by up to a tensor per step
+        sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+        for (device, dtype, width), members in groups.items():
+            rows = sum(shapes[i][0] for i in members)
+            sizes[(device, dtype)] = sizes.get((device, dtype), 0) + rows * width
+        memory = {key: torch.empty(n, device=key[0], dtype=key[1]) for key, n in sizes.items()}
+        taken = dict.fromkeys(sizes, 0)
         for (device, dtype, width), members in groups.items():
             rows = sum(shapes[i][0] for i in members)
             stat_dtype = _stat_dtype(dtype)
+            offset = taken[(device, dtype)]
+            taken[(device, dtype)] = offset + rows * width
             bucket = _Bucket(
-                torch.empty((rows, width), device=device, dtype=dtype),
+                memory[(device, dtype)][offset : offset + rows * width].view(rows, width),
                 stat_dtype,
                 convert=stat_dtype != dtype,
+                first_row=sum(member_rows),
+                members=[(i, shapes[i][0]) for i in members],
+                kernel=device.type == "cpu" and dtype in cpu_kernel.DTYPES,
             )
-            bucket.units = _units([(i, shapes[i][0]) for i in members], width, self.tile)
+            bucket.units = _units(bucket.members, width, self.tile)
             for index in members:
                 member_ids.append(index)
                 member_rows.append(shapes[index][0])
             self.buckets.append(bucket)
         self.num_rows = sum(member_rows)
+        # the fused kernel reads CPU buckets when no accelerator branch is forced
+        self._kernel_ok = (
+            self.device.type == "cpu"
+            and not paths.refine_all_rows
+            and not paths.elementwise_dots
+            and any(bucket.kernel for bucket in self.buckets)
+        )
+        self._plan: _KernelPlan | None = None
+        self._module: ModuleType | None = None  # this record's kernel (None: eager passes)
+        self._table: torch.Tensor | None = None  # this record's sums, float64 [6, rows]
+        self._no_grad = torch.empty(0)
+        if self._kernel_ok:
+            cpu_kernel.start_for(tensors)
         # row -> tensor map, as (tensor, rows) runs: it is rebuilt per record, never held
         self._member_ids = torch.tensor(member_ids, dtype=torch.long)
         self._member_rows = torch.tensor(member_rows, dtype=torch.long)
         self._members_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.multi_row = torch.tensor([t.ndim >= 2 for t in tensors], dtype=torch.bool)
         self._holds: list[tuple[int, int]] | None = None  # (version, data_ptr) W was taken at
-        self._sums: list[torch.Tensor] = []
+        self._sums: list[torch.Tensor | None] = []  # per bucket, eager path
 
     # -- bookkeeping ------------------------------------------------------------------------
     @property
@@ -157,17 +215,21 @@ class Snapshot:
 
     def held_bytes(self) -> int:
         """Bytes this snapshot keeps between records: the copy of w, plus a few numbers per
-        tensor."""
+        tensor (and the kernel's task table, about 50 bytes per 32K elements)."""
         buffers = sum(b.buffer.numel() * b.buffer.element_size() for b in self.buckets)
         per_tensor = self._member_ids.numel() * 16 * (1 + len(self._members_on))
-        return buffers + per_tensor + self.multi_row.numel()
+        plan = self._plan.nbytes() if self._plan is not None else 0
+        return buffers + per_tensor + self.multi_row.numel() + plan
 
     def record_bytes(self) -> int:
-        """Bytes a record allocates on top of `held_bytes`, at most at once: the per-row sums,
-        one bucket's scratch tiles (w converted, too, for half precision; refining a few rows
-        gathers at most 3/8 of a tile more), and the float64 per-row tables the metrics are
-        computed from (about `ROW_TABLE_BYTES` per row)."""
-        sums = sum(b.buffer.shape[0] * 6 * _itemsize(b.stat_dtype) for b in self.buckets)
+        """Bytes a record allocates on top of `held_bytes`, at most at once: the per-row sums
+        (float64, and the eager path's in the sums' dtype), one bucket's scratch tiles on the
+        eager path (w converted, too, for half precision; refining a few rows gathers at most
+        3/8 of a tile more; the kernel needs none), and the float64 per-row tables the metrics
+        are computed from (about `ROW_TABLE_BYTES` per row)."""
+        sums = self.num_rows * 6 * 8 + sum(
+            b.buffer.shape[0] * 6 * _itemsize(b.stat_dtype) for b in self.buckets
+        )
         scratch = max(
             (
                 max((u.rows for u in b.units), default=0)
@@ -197,7 +259,9 @@ class Snapshot:
 
     # -- before the step ----------------------------------------------------------------------
     def capture(self, weights: Sequence[torch.Tensor]) -> bool:
-        """W ← w, unless W still holds exactly these values. True if it copied."""
+        """Start a record: choose its path (the fused kernel once it is loaded, else the eager
+        passes) and W ← w, unless W still holds exactly these values. True if it copied."""
+        self._module = cpu_kernel.for_record() if self._kernel_ok else None
         if self._holds is not None and self._holds == self._marks(weights):
             return False
         views = self._row_views(weights)
@@ -213,14 +277,20 @@ class Snapshot:
     @torch.no_grad()
     def grad_sums(self, grads: Sequence[torch.Tensor | None]) -> None:
         """⟨w_r, g_r⟩ and ‖g_r‖ of every row, w read from W (zeros where g is None)."""
+        table = torch.zeros((6, self.num_rows), dtype=torch.float64, device=self.device)
+        table[PERP2] = math.nan  # refined rows only; the rest come from the sums
+        self._table = table
         self._sums = []
         views = self._row_views(grads)
         for bucket in self.buckets:
+            if self._module is not None and bucket.kernel:
+                self._sums.append(None)
+                continue
             # one contiguous row per sum: [6, rows]
             sums = torch.zeros(
                 (6, bucket.buffer.shape[0]), dtype=bucket.stat_dtype, device=bucket.buffer.device
             )
-            sums[PERP2] = math.nan  # refined rows only; the rest come from the sums
+            sums[PERP2] = math.nan
             wg_sum, g_norm = sums[WG], sums[GG]
             matmul = self._matmul(bucket)
             scratch = _Scratch(bucket)
@@ -233,6 +303,10 @@ class Snapshot:
                 row_stats.dots(w, g, wg_sum[rows], matmul)
                 row_stats.norms(g, g_norm[rows])
             self._sums.append(sums)
+        if self._module is not None:
+            plan = self._kernel_plan()
+            grads_in = [self._kernel_input(views[i], w) for i, w in zip(plan.members, plan.weights)]
+            self._module.pre_rows(plan.weights, grads_in, plan.tasks, plan.starts, table[WG:WD])
 
     # -- after the step -----------------------------------------------------------------------
     @torch.no_grad()
@@ -244,9 +318,14 @@ class Snapshot:
         ⟨g, Δ⟩ is not measured (no metric uses it; g is gone): its Gram entries are NaN.
         ``keep``: leave w' in W for the next record (its capture then copies nothing).
         """
-        assert len(self._sums) == len(self.buckets), "grad_sums must run first"
+        table = self._table
+        assert table is not None and len(self._sums) == len(self.buckets), (
+            "grad_sums must run first"
+        )
         views = self._row_views(weights_after)
         for bucket, sums in zip(self.buckets, self._sums, strict=True):
+            if sums is None:
+                continue  # the kernel's
             matmul = self._matmul(bucket)
             scratch = _Scratch(bucket)
             w_norm, wd_sum, d_norm, perp2 = sums[WW], sums[WD], sums[DD], sums[PERP2]
@@ -266,20 +345,52 @@ class Snapshot:
                     dst, src = [], []
                     _pieces_into(bucket.buffer[unit.start : unit.stop], unit, views, dst, src)
                     _foreach_copy(dst, src)
+            part = sums.to(self.device, torch.float64)
+            part[[WW, GG, DD]] = part[[WW, GG, DD]].square()  # norms to squared norms
+            table[:, bucket.first_row : bucket.first_row + bucket.buffer.shape[0]] = part
+        if self._module is not None:
+            plan = self._kernel_plan()
+            after = [self._kernel_input(views[i], w) for i, w in zip(plan.members, plan.weights)]
+            self._module.post_rows(
+                plan.weights, after, plan.tasks, plan.starts, table[WW:PERP2], keep
+            )
         self._holds = self._marks(weights_after) if keep else None
-        parts = [sums.to(self.device, torch.float64) for sums in self._sums]
-        self._sums = []
-        if not parts:
-            empty = torch.zeros((0, 3, 3), dtype=torch.float64, device=self.device)
-            return empty, torch.zeros(0, dtype=torch.float64, device=self.device)
-        sums = torch.cat(parts, dim=1)
-        ww, gg, dd = (sums[column].square() for column in (WW, GG, DD))
-        wg, wd = sums[WG], sums[WD]
-        refined = sums[PERP2]
+        self._sums, self._table, self._module = [], None, None
+        ww, gg, dd = table[WW], table[GG], table[DD]
+        wg, wd = table[WG], table[WD]
+        refined = table[PERP2]
+        # the kernel's float64 sums never need refining: its rows stay NaN here
         perp2 = torch.where(refined.isnan(), row_stats.tangential_sq(wd, ww, dd), refined)
         nan = torch.full_like(ww, math.nan)
         gram = torch.stack([ww, wg, wd, wg, gg, nan, wd, nan, dd], 1).view(-1, 3, 3)
         return gram, perp2
+
+    # -- the fused kernel ---------------------------------------------------------------------
+    def _kernel_plan(self) -> _KernelPlan:
+        if self._plan is None:
+            members, weights, shapes, first_rows = [], [], [], []
+            for bucket in self.buckets:
+                if not bucket.kernel:
+                    continue
+                row = 0
+                for index, rows in bucket.members:
+                    members.append(index)
+                    weights.append(bucket.buffer[row : row + rows])
+                    shapes.append((rows, bucket.buffer.shape[1]))
+                    first_rows.append(bucket.first_row + row)
+                    row += rows
+            tasks, starts = kernel_tasks(shapes, first_rows)
+            self._plan = _KernelPlan(members, weights, tasks, starts)
+        return self._plan
+
+    def _kernel_input(self, rows: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+        """A tensor's rows (of g or w') as the kernel reads them: dense, in W's dtype (an empty
+        tensor for a missing gradient)."""
+        if rows is None:
+            return self._no_grad
+        if rows.dtype != weights.dtype:
+            rows = rows.to(weights.dtype)
+        return rows if rows.is_contiguous() else rows.contiguous()
 
     # -- helpers ------------------------------------------------------------------------------
     def _matmul(self, bucket: _Bucket) -> bool:
@@ -376,6 +487,35 @@ def _units(members: Sequence[tuple[int, int]], width: int, tile: int) -> list[_U
         row += rows
     close_run()
     return units
+
+
+def kernel_tasks(
+    shapes: Sequence[tuple[int, int]], first_rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's task table for tensors of ``shapes`` [rows, K] whose sums go to columns
+    ``first_rows`` on: (tensor, first row, end row, first column, end column, output column)
+    per task, and each task's first element in the order of the tasks (plus the total).
+
+    A task is a run of whole rows of about `KERNEL_CHUNK` elements, or a segment of at most
+    `KERNEL_SEGMENT` elements of a longer row."""
+    tasks: list[tuple[int, int, int, int, int, int]] = []
+    for index, ((rows, width), first) in enumerate(zip(shapes, first_rows, strict=True)):
+        if width <= KERNEL_SEGMENT:
+            step = max(1, KERNEL_CHUNK // max(width, 1))
+            for row in range(0, rows, step):
+                end = min(rows, row + step)
+                tasks.append((index, row, end, 0, width, first + row))
+            continue
+        pieces = -(-width // KERNEL_SEGMENT)
+        length = -(-width // pieces)
+        for row in range(rows):
+            for col in range(0, width, length):
+                tasks.append((index, row, row + 1, col, min(width, col + length), first + row))
+    table = torch.tensor(tasks, dtype=torch.long).reshape(-1, 6)
+    sizes = (table[:, 2] - table[:, 1]) * (table[:, 4] - table[:, 3])
+    starts = torch.zeros(len(tasks) + 1, dtype=torch.long)
+    torch.cumsum(sizes, 0, out=starts[1:])
+    return table, starts
 
 
 def _pieces_into(
