@@ -198,7 +198,10 @@ def measured(index: np.ndarray, left_out: np.ndarray) -> np.ndarray:
 
 
 def set_effective_lr(
-    lr: np.ndarray, weight_norm: np.ndarray, reducer: str = "mean", weights: np.ndarray | None = None
+    lr: np.ndarray,
+    weight_norm: np.ndarray,
+    reducer: str = "mean",
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """η/‖w‖² of a set per record, [R], from η and ‖w‖ [R, k] of its k tensors:
     reduce(η) / reduce(‖w‖²) over the tensors where both are finite (module docstring); NaN
@@ -209,7 +212,9 @@ def set_effective_lr(
     numerator = reduce_values(np.where(both, lr, np.nan), reducer, weights)
     denominator = reduce_values(np.where(both, squared, np.nan), reducer, weights)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+        return np.where(
+            denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan
+        )
 
 
 def _set_values(

@@ -87,6 +87,7 @@ class StepSizeLensTrainerCallback(TrainerCallback):
             label=self.label,
             **{**resume_options(self.path, state.global_step, True, self.resume), **self.options},
         )
+        self._logged_records = self.lens.num_records  # a resumed run's were logged before
 
     def on_log(
         self,

@@ -9,8 +9,8 @@ closes them, which writes the final run file. A trainer resumed from a checkpoin
 (``fit(..., ckpt_path=...)``) has restored its global step by then: the lens continues the run
 file from that step (`integrations.resume_options`; ``resume=False`` starts a new file, still
 counting steps from there). With one optimizer the trainer's global step is the optimizer's;
-with several, each resumed run continues from its own last step. Under DDP or FSDP2 strategies the lens's own
-rules apply: rank 0 writes, sharded parameters are reduced exactly
+with several, each resumed run continues from its own last step. Under DDP or FSDP2
+strategies the lens's own rules apply: rank 0 writes, sharded parameters are reduced exactly
 (`stepsize_lens.recording.distributed`).
 
 Lightning runs forward and backward *inside* ``optimizer.step(closure)``, after the optimizer's
@@ -93,11 +93,14 @@ class StepSizeLensCallback(pl.Callback):
                 path=path,
                 schedule=self.schedule,
                 label=self.label,
-                **{**resume_options(path, trainer.global_step, single, self.resume), **self.options},
+                **{
+                    **resume_options(path, trainer.global_step, single, self.resume),
+                    **self.options,
+                },
             )
             self.lenses.append(lens)
             self._by_optimizer[id(optimizer)] = lens
-            self._logged_records[id(lens)] = 0
+            self._logged_records[id(lens)] = lens.num_records  # a resumed run's are logged
 
     def on_train_batch_end(
         self,

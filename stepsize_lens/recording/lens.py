@@ -186,6 +186,7 @@ class Lens:
             self.writer.meta["torch_version"] = str(torch.__version__)
         else:
             self.writer = RunWriter(target, meta)
+        self.writer.meta["last_step"] = self.step
         self._records = Records(self.writer, self._file, self.delta)
         self._finalizer = weakref.finalize(self, self._records)
         self._feed = (
@@ -300,6 +301,7 @@ class Lens:
     # -- hooks --------------------------------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.step += 1
+        self.writer.meta["last_step"] = self.step  # where a resumed run continues (`resume`)
         self._armed = False
         if self._records.pending:
             self._drain(wait=False)
@@ -394,6 +396,7 @@ class Lens:
             return
         self._drain(wait=True)
         self.step += 1
+        self.writer.meta["last_step"] = self.step
         self._sync_params(optimizer)
         num = len(self._params)
         self.writer.add_event(self.step, "skipped_step", "GradScaler found inf/NaN gradients")
@@ -455,7 +458,6 @@ class Lens:
     def run(self) -> Run:
         """The records so far as a `Run`, without touching the file."""
         self._drain(wait=True)
-        self.writer.meta["last_step"] = self.step
         return self.writer.to_run(path=self.path)
 
     def set_param_column(self, column: str, values: list[Any]) -> None:
@@ -470,7 +472,6 @@ class Lens:
         self._last_flush = time.monotonic()
         if self._file is None or self._closed:
             return False
-        self.writer.meta["last_step"] = self.step
         saved = self._file.save(self.writer)
         self.path = str(self._file.path)
         if saved:
@@ -500,7 +501,6 @@ class Lens:
         self._closed = True
         self._snapshot = None  # free the copy of w
         self._device_inputs = {}
-        self.writer.meta["last_step"] = self.step
         self._finalizer()
         if self._file is not None:
             self.path = str(self._file.path)
@@ -567,18 +567,24 @@ def attach(
       regex, a module type, a callable ``(name, param) -> bool``, or a list of these
       (`selection`). Tensors left out cost nothing; a selection matching nothing records an
       empty run.
-    - ``on_record``: a live feed for any logger: ``on_record(record)`` is called after each
-      record with a `record.Record` (the step, the key scalars per set in
-      ``record.key_scalars``, every metric per tensor), once the record's data is on the host:
-      at the recorded step on the CPU, a step or more later on an accelerator, where the lens
-      copies results to the host without waiting. If the callback has an ``on_close(lens)``
+    - ``on_record``: a live feed for any logger: ``on_record(record)`` is called once per
+      record, in record order, with a `record.Record` (the step, the key scalars per set in
+      ``record.key_scalars``, every metric per tensor via ``record.per_tensor(metric)``), once
+      the record's data is on the host: at the recorded step on the CPU, a step or more later
+      on an accelerator, where the lens copies results to the host without waiting.
+      ``lens.latest()`` returns that same `Record`. If the callback has an ``on_close(lens)``
       method, `Lens.close` calls it after the final save. An exception of the callback never
-      stops training: the first is reported as a warning, later ones counted
-      (`Lens.callback_errors`). `stepsize_lens.integrations.wandb.WandbWriter` and
-      `stepsize_lens.integrations.tensorboard.live_writer` are such callbacks.
+      stops training: the first is reported as one line on stderr naming it, the callback is
+      still called for later records, and later exceptions are only counted
+      (`Lens.callback_errors`). The W&B and live TensorBoard writers of
+      `stepsize_lens.integrations` are such callbacks.
     - ``resume``: continue the run file at ``path`` (`resume`): records append, steps continue
-      from ``step`` or from the run's last step, the schedule continues where it was; another
-      optimizer class or other tensors raise `resume.ResumeError`.
+      from ``step`` or from the run's last step (records after ``step`` in the file, from a
+      stretch the checkpoint discarded, are dropped), the schedule continues where it was (it
+      is a function of the global step: no dense re-recording). Another optimizer class or
+      other tensors (names, shapes) raise `resume.ResumeError` (a ``ValueError``) before the
+      file is touched. Where ``path`` holds no file yet, a new run starts there (said once on
+      stderr), so one script serves the first start and every restart.
     - ``step``: the optimizer steps taken before this lens (the trainer's global step); the
       first step the lens sees is ``step + 1``. Default: 0, or the resumed run's last step.
 

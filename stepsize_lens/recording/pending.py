@@ -47,6 +47,8 @@ class Records:
         self.saved_to: Path | None = None
         self.tally = SetTally(delta)
         self._delivering = False
+        self._latest: Record | None = None  # the Record of the last appended record, once built
+        self._latest_at = (-1, -1)  # (records, tensors) of the writer when it was built
 
     def drain(self, wait: bool, notify: Callable[[Record], None] | None = None) -> None:
         """Append the records whose results reached the host (all of them if ``wait``), each
@@ -93,7 +95,8 @@ class Records:
         if notify is None:
             return
         record = self.latest()
-        assert record is not None
+        if record is None:  # cannot happen right after an append; never fail training over it
+            return
         self._delivering = True
         try:
             notify(record)
@@ -101,8 +104,13 @@ class Records:
             self._delivering = False
 
     def latest(self) -> Record | None:
-        """The last appended record as a `Record` (None before the first)."""
-        return latest_record(self.writer, self.tally)
+        """The last appended record as a `Record` (None before the first): the one object the
+        ``on_record`` callback was handed, until the next record (or tensor) arrives."""
+        now = (self.writer.num_records, self.writer.num_tensors)
+        if self._latest is None or now != self._latest_at:
+            self._latest = latest_record(self.writer, self.tally)
+            self._latest_at = now
+        return self._latest
 
     def __call__(self) -> None:
         """The final save (once): mark the run closed and save it a last time."""

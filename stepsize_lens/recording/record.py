@@ -35,7 +35,7 @@ the first `Record` asked for after it: a lens nobody asks costs nothing here.
 from __future__ import annotations
 
 import math
-import warnings
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -228,7 +228,16 @@ class SetTally:
         first = finite.to(torch.int8).argmax(dim=0)
         found = finite.any(dim=0) & torch.isnan(self.first_norm)
         self.first_norm[found] = weight[first, torch.arange(weight.shape[1])][found]
-        no_gradient = torch.isnan(metrics["grad_norm"]) & (metrics["update_norm"] == 0)
+        # no gradient: NaN ‖g‖ with Δ = 0, or with any Δ where requires_grad was False (an
+        # optimizer that decays every tensor moves frozen ones too), as `frames.frozen_tensors`
+        frozen = torch.tensor(
+            [value is False for value in params.get("requires_grad") or []]
+            or [False] * writer.num_tensors,
+            dtype=torch.bool,
+        )
+        no_gradient = torch.isnan(metrics["grad_norm"]) & (
+            (metrics["update_norm"] == 0) | frozen[: weight.shape[1]]
+        )
         self.alive |= finite.any(dim=0)
         self.stepped |= (finite & ~no_gradient).any(dim=0)
 
@@ -273,8 +282,13 @@ def latest_record(writer: RunWriter, tally: SetTally) -> Record | None:
 
 class Feed:
     """Calls ``callback(record)`` for a lens's records and ``callback.on_close(lens)`` (when the
-    callback has one) at close. An exception of the callback never reaches training: the first
-    is reported as a warning naming it, later ones are counted in ``errors``."""
+    callback has one) at close.
+
+    A logger must never take down the run it watches: an exception of the callback is caught,
+    the first is reported as one line on stderr naming the lens and the exception, and the
+    callback keeps being called for later records (a logger that failed once, say on a network
+    hiccup, usually works again); later exceptions are only counted (``errors``,
+    `Lens.callback_errors`)."""
 
     def __init__(self, callback: Callable[[Record], Any], describe: str) -> None:
         if not callable(callback):
@@ -286,12 +300,13 @@ class Feed:
     def _failed(self, what: str, exc: Exception) -> None:
         self.errors += 1
         if self.errors == 1:
-            warnings.warn(
+            message = " ".join(str(exc).split())  # one line, whatever the exception says
+            print(
                 f"stepsize_lens: the on_record {what} of {self.describe} raised "
-                f"{type(exc).__name__}: {exc}; training goes on (later errors of this callback "
-                "are not reported)",
-                RuntimeWarning,
-                stacklevel=2,
+                f"{type(exc).__name__}: {message}; training goes on, the callback is still "
+                "called for later records, and its later errors are counted in "
+                "lens.callback_errors, not reported",
+                file=sys.stderr,
             )
 
     def __call__(self, record: Record) -> None:

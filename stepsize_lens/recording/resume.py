@@ -11,6 +11,9 @@ Long runs get preempted and resumed from checkpoints. A resumed lens reads the r
 - **The schedule continues.** A schedule is a function of the global step, so the first steps
   after a resume are recorded exactly when an uninterrupted run would have recorded them (no
   dense stretch again).
+- **No file yet: a new run.** ``resume=True`` where the path holds no file starts a new run
+  there (from ``step=`` or 0) and says so once on stderr, so one job script serves the first
+  start and every restart.
 - **Same optimizer, same tensors, or an error.** The optimizer class must be the file's, and
   the file's tensors (names and shapes, in order) must be the first tensors the lens now
   watches (tensors beyond them are added as in a growing run, with a ``params_added`` event).
@@ -25,6 +28,7 @@ The run records the resume as an event ``resumed`` at the step it continues from
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,18 +38,29 @@ from stepsize_lens.run import Run, load
 
 
 class ResumeError(UserInputError):
-    """A run file cannot be continued by this lens (missing, or another optimizer or model)."""
+    """A run file cannot be continued by this lens (unreadable, or recorded on another optimizer
+    or model). A `ValueError`, like every `UserInputError`."""
 
 
-def run_to_resume(path: str | os.PathLike[str] | None, step: int | None, writing: bool) -> Run | None:
-    """The run to continue (None on a rank that does not write and was given ``step=``).
+def run_to_resume(
+    path: str | os.PathLike[str] | None, step: int | None, writing: bool
+) -> Run | None:
+    """The run to continue, or None to start a new one: there is no file at ``path`` yet (a
+    first run started with ``resume=True``, as a restartable job script does; said once on
+    stderr), or this rank does not write and was given ``step=``.
 
-    ``path``: the file the run was written to (rank 0's file on other ranks)."""
+    ``path``: the file the run was written to (rank 0's file on other ranks). A file that exists
+    but cannot be read raises `ResumeError`: a run is never silently replaced."""
     if path is None:
-        raise ResumeError(
-            "attach(..., resume=True) continues a run file: give its path (path=...)"
-        )
+        raise ResumeError("attach(..., resume=True) continues a run file: give its path (path=...)")
     if not writing and step is not None:
+        return None
+    if not Path(path).exists():
+        if writing:
+            print(
+                f"stepsize_lens: no run file at {path} to resume; starting a new one",
+                file=sys.stderr,
+            )
         return None
     try:
         return load(path)

@@ -247,7 +247,9 @@ class RunWriter:
             _GrowingMatrix.holding(
                 data["groups"][name][keep]
                 if name in data["groups"]
-                else torch.full((int(keep.sum()), writer.num_groups), math.nan, dtype=torch.float64),
+                else torch.full(
+                    (int(keep.sum()), writer.num_groups), math.nan, dtype=torch.float64
+                ),
                 math.nan,
             )
             for name in GROUP_FIELDS
