@@ -39,6 +39,13 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test (tiny models: many times faster on shared CPUs)."""
+    with _one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def report_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Digits-CNN runs (40 steps, seed 0, loss and test accuracy logged) recorded with the lens:

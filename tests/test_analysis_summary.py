@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _runs import DEFAULT_TENSORS, Tensor, crafted_run, healthy_run
 
-from stepsize_lens.analysis import summary
+from stepsize_lens.analysis import frames, summary
 
 TENSORS = (
     Tensor("conv.weight", (4, 2, 3, 3), 0, "channel"),
@@ -118,7 +118,7 @@ def test_tensors_that_start_at_zero_have_undefined_ratios_and_stay_out_of_set_me
         angular_update=angle,
         overrides={"effective_lr": eff, "grad_norm": grad, "update_norm": update},
     )
-    assert list(summary.starts_at_zero(run.metric("weight_norm"))) == [False, False, False, True]
+    assert list(frames.starts_at_zero(run.metric("weight_norm"))) == [False, False, False, True]
     table = summary.summarize(run, by=["tensor", "class", "group"])
     assert (table["nonfinite"] == 0).all()
     numbers = table.select_dtypes("number").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -237,3 +237,33 @@ def test_lr_changes_skip_skipped_records() -> None:
     # a 1% move is not a change; the skipped last record does not count
     assert summary.lr_changes(run).tolist() == [4]
     assert summary.lr_changes(crafted_run(records=1)).tolist() == []
+
+
+def test_a_frozen_tensor_and_a_vanishing_one_do_not_skew_the_set_rows() -> None:
+    """The class row of two moving tensors, one frozen tensor (no gradient, Δθ = 0) and one
+    shrinking 1000-fold: angles from the moving ones only, η/‖w‖² = mean η / mean ‖w‖²."""
+    tensors = (
+        Tensor("a.weight", (4, 3), 0, "channel"),
+        Tensor("b.weight", (4, 3), 0, "channel"),
+        Tensor("frozen.weight", (4, 3), 0, "channel"),
+    )
+    records = 40
+    angle = np.tile([0.02, 0.04, 0.0], (records, 1))
+    weight = np.ones((records, 3))
+    weight[:, 1] = np.concatenate([np.ones(5), np.geomspace(1.0, 1e-3, 15), np.full(20, 1e-3)])
+    grad = np.ones((records, 3))
+    grad[:, 2] = np.nan
+    run = crafted_run(
+        tensors=tensors,
+        records=records,
+        weight_norm=weight,
+        angular_update=angle,
+        overrides={"grad_norm": grad, "update_norm": weight * np.tan(angle)},
+    )
+    row = summary.summarize(run, by="class").set_index("key").loc["channel"]
+    assert row["tensors"] == 3  # the counts include the frozen tensor
+    assert row["angular_update_initial"] == pytest.approx(0.03)
+    assert row["angular_update_final"] == pytest.approx(0.03)
+    assert row["effective_lr_initial"] == pytest.approx(0.1, rel=1e-5)
+    # the set's weights grew lighter by half: η/‖w‖² doubled, not a million-fold
+    assert row["effective_lr_final"] == pytest.approx(0.1 / ((1 + 1e-6) / 2), rel=1e-5)

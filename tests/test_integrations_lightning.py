@@ -13,7 +13,7 @@ from torch import nn
 
 import stepsize_lens
 from stepsize_lens._schema import METRICS
-from stepsize_lens.schedules import every
+from stepsize_lens.schedules import default_schedule, every
 
 pl = pytest.importorskip("lightning.pytorch")
 
@@ -120,7 +120,7 @@ def test_fit_records_the_same_run_as_a_plain_loop(tmp_path: Path) -> None:
     logged = {int(row["step"]): float(row[column]) for row in rows if row.get(column)}
     assert sorted(logged) == list(range(1, STEPS + 1))
     assert all(0.0 <= value <= 1.0 for value in logged.values())
-    angles = [float(row["stepsize_lens/angular_update"]) for row in rows if row.get(column)]
+    angles = [float(row["stepsize_lens/angular_update/group_0"]) for row in rows if row.get(column)]
     assert any(math.isfinite(a) and a > 0 for a in angles)
 
 
@@ -138,3 +138,55 @@ def test_optimizer_path() -> None:
     assert optimizer_path("out/run.pt", 0) == "out/run.pt"
     assert optimizer_path("out/run.pt", 2) == str(Path("out/run.opt2.pt"))
     assert optimizer_path(None, 1) is None
+
+
+class _LongModule(_Module):
+    """Ten batches an epoch of a fixed stream, for a fit of hundreds of steps."""
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(2)
+        x = torch.randn(10 * BATCH, 5, generator=generator)
+        y = torch.randint(0, 3, (10 * BATCH,), generator=generator)
+        dataset = torch.utils.data.TensorDataset(x, y)
+        return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=False)
+
+
+def _long_fit(tmp_path: Path, max_steps: int, ckpt_path: Path | None, **options) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[StepSizeLensCallback(tmp_path / "run.pt", label="long", **options)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(_LongModule(), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_fit_resumed_from_a_checkpoint_continues_the_run(tmp_path: Path) -> None:
+    """Stopped at step 300 and resumed from its checkpoint: one run of steps 1..600, the
+    default schedule keeping its place (every 10th step after 100: no dense stretch at 301)."""
+    first = _long_fit(tmp_path, 300, None)
+    assert first.global_step == 300
+    first.save_checkpoint(tmp_path / "step300.ckpt")
+    assert list(stepsize_lens.load(tmp_path / "run.pt").steps)[-1] == 300
+
+    second = _long_fit(tmp_path, 600, tmp_path / "step300.ckpt")  # a new process
+    assert second.global_step == 600
+    run = stepsize_lens.load(tmp_path / "run.pt")
+    assert list(run.steps) == [step for step in range(1, 601) if default_schedule()(step)]
+    assert [int(step) for step in run.steps if step > 300] == list(range(310, 601, 10))
+    assert [event["step"] for event in run.events if event["kind"] == "resumed"] == [300]
+    assert run.meta["closed"] and run.label == "long"
+    assert np.isfinite(run.metric("weight_norm")).all()
+
+    # resume=False: a new run in the file, still counting from the trainer's global step
+    _long_fit(tmp_path, 620, tmp_path / "step300.ckpt", resume=False, schedule=every(5))
+    fresh = stepsize_lens.load(tmp_path / "run.pt")
+    assert list(fresh.steps) == list(range(305, 621, 5))
+    assert not [event for event in fresh.events if event["kind"] == "resumed"]

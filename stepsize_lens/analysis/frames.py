@@ -10,6 +10,21 @@ Reducers over the tensors of a set, per record, ignoring NaN:
 - ``weighted``: Σ numel_i·x_i / Σ numel_i (the parameter-weighted mean)
 - ``median``
 
+How a set's figure is formed (`reduce`, `set_mean`, `summary.summarize`, and the lens's live
+`recording.record.Record.key_scalars`):
+
+- tensors that have *no gradient* at any non-skipped record (frozen with
+  ``requires_grad=False``, or never used: `frozen_tensors`) and tensors that *start at zero*
+  (`starts_at_zero`) are left out of the set's figures unless every tensor of the set is one
+  of them (`left_out_of_means`): the first would average Δθ = 0 into the set, the second
+  ratios to a norm that starts undefined;
+- ``effective_lr`` (η/‖w‖²) of a set of several tensors is reduce(η) / reduce(‖w‖²) over the
+  tensors where both are finite (`set_effective_lr`): the set's weights taken as one vector.
+  The reduction of the per-tensor ratios would be dominated by the tensor with the smallest
+  norm: one vanishing bias (a bias before a BatchNorm decays away) drives it up a
+  hundredfold while the set's norm grows. Every other metric is the reduction of its
+  per-tensor values.
+
 Skipped records (a GradScaler skipped the step; every metric is NaN) are left out unless
 ``include_skipped=True``. Frames always carry a ``run`` column (the run's label) so frames of
 several runs concatenate; `stack` does that for a list of runs, with an ``x`` column holding the
@@ -137,6 +152,93 @@ def starts_at_zero(weight_norm: np.ndarray) -> np.ndarray:
     return finite.any(axis=0) & (values == 0)
 
 
+def frozen_tensors(run: Run) -> np.ndarray:
+    """[T] bool: tensors that had no gradient at any non-skipped record where they existed
+    (finite ‖w‖): frozen, or never used. A record shows no gradient as a NaN ‖g‖ with Δ = 0,
+    or with any Δ where the params table says ``requires_grad`` was False (an optimizer that
+    decays every tensor moves frozen ones too); a NaN ‖g‖ with Δ ≠ 0 otherwise is a
+    non-finite gradient. Older files, without ``requires_grad``, are read from the data
+    alone."""
+    keep = ~run.skipped.astype(bool)
+    return _frozen(
+        run.metric("weight_norm")[keep],
+        run.metric("grad_norm")[keep],
+        run.metric("update_norm")[keep],
+        _requires_grad(run),
+    )
+
+
+def _requires_grad(run: Run) -> np.ndarray:
+    """[T] float: 1 / 0 where the params table knows ``requires_grad``, NaN where it does not."""
+    column = run.param_column("requires_grad") or [None] * run.num_tensors
+    return np.array([np.nan if v is None else float(bool(v)) for v in column], dtype=np.float64)
+
+
+def _frozen(
+    weight: np.ndarray, grad: np.ndarray, update: np.ndarray, requires_grad: np.ndarray
+) -> np.ndarray:
+    alive = np.isfinite(weight)
+    with np.errstate(invalid="ignore"):
+        no_gradient = np.isnan(grad) & ((update == 0) | (requires_grad == 0.0))
+    return alive.any(axis=0) & ~(alive & ~no_gradient).any(axis=0)
+
+
+def left_out_of_means(run: Run, include_skipped: bool = False) -> np.ndarray:
+    """[T] bool: tensors a set's figures leave out (module docstring): frozen or unused
+    (`frozen_tensors`) or starting at zero (`starts_at_zero`, over the records kept)."""
+    keep = _record_mask(run, include_skipped)
+    return frozen_tensors(run) | starts_at_zero(run.metric("weight_norm")[keep])
+
+
+def measured(index: np.ndarray, left_out: np.ndarray) -> np.ndarray:
+    """The tensors of a set (indices) its figures are formed from: ``index`` without the
+    ``left_out`` ones, unless that leaves none."""
+    kept = index[~left_out[index]]
+    return kept if kept.size else index
+
+
+def set_effective_lr(
+    lr: np.ndarray,
+    weight_norm: np.ndarray,
+    reducer: str = "mean",
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """η/‖w‖² of a set per record, [R], from η and ‖w‖ [R, k] of its k tensors:
+    reduce(η) / reduce(‖w‖²) over the tensors where both are finite (module docstring); NaN
+    where none is or the reduced ‖w‖² is 0. ``reducer`` and ``weights`` as `reduce_values`."""
+    lr = np.asarray(lr, dtype=np.float64)
+    squared = np.asarray(weight_norm, dtype=np.float64) ** 2
+    both = np.isfinite(lr) & np.isfinite(squared)
+    numerator = reduce_values(np.where(both, lr, np.nan), reducer, weights)
+    denominator = reduce_values(np.where(both, squared, np.nan), reducer, weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(
+            denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan
+        )
+
+
+def _set_values(
+    run: Run,
+    name: str,
+    index: np.ndarray,
+    keep: np.ndarray,
+    reducer: str,
+    arrays: Mapping[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the set's figure [R], the tensors with a finite value [R]) of metric ``name`` over the
+    tensors ``index`` (already `measured`) at the records ``keep``."""
+    block = (arrays[name] if arrays is not None and name in arrays else run.metric(name)[keep])[
+        :, index
+    ]
+    numel = run.numel[index]
+    if name == "effective_lr" and index.size > 1:
+        weight = run.metric("weight_norm")[keep][:, index]
+        lr = tensor_group_field(run, "lr")[keep][:, index]
+        both = np.isfinite(lr) & np.isfinite(weight)
+        return set_effective_lr(lr, weight, reducer, numel), both.sum(axis=1)
+    return reduce_values(block, reducer, numel), np.isfinite(block).sum(axis=1)
+
+
 def _record_mask(run: Run, include_skipped: bool) -> np.ndarray:
     return np.ones(run.num_records, bool) if include_skipped else ~run.skipped.astype(bool)
 
@@ -203,13 +305,16 @@ def record_frame(run: Run, columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
 
 
 def set_mean(run: Run, metric: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(steps float64, per-record mean of ``metric`` over the tensors selected by ``mask`` [T]),
-    on the non-skipped records; the plain mean of `reduce_values`, non-finite values left out
-    (NaN where none is finite). ``set_mean(run, m, is_invariant(tensor_classes(run)))`` is the
-    mean over the scale-invariant tensors."""
+    """(steps float64, per-record figure of ``metric`` over the set of tensors selected by
+    ``mask`` [T]), on the non-skipped records: the plain mean, non-finite values left out (NaN
+    where none is finite), formed as every set's figure is (module docstring: frozen and
+    zero-start tensors left out, η/‖w‖² from the set's mean squared norm).
+    ``set_mean(run, m, is_invariant(tensor_classes(run)))`` is the figure of the
+    scale-invariant tensors."""
     keep = _record_mask(run, False)
-    values = run.metric(metric)[keep][:, mask]
-    return run.steps[keep].astype(np.float64), reduce_values(values, "mean")
+    index = measured(np.flatnonzero(np.asarray(mask, dtype=bool)), left_out_of_means(run))
+    values, _ = _set_values(run, metric, index, keep, "mean")
+    return run.steps[keep].astype(np.float64), values
 
 
 def reduce(
@@ -225,10 +330,10 @@ def reduce(
 
     ``form="tidy"``: columns run, step, <by>, metric, value, tensors (how many tensors had a
     finite value). ``form="wide"``: run, step, <by>, a column per metric.
-    Values are float64 whatever the stored precision. As in `summary.summarize`, tensors whose
-    first recorded norm is 0 (zero-initialised biases) are left out of a set's averages unless
-    every tensor of the set starts at zero: their ratios to ‖w‖ start undefined and then
-    dominate any mean.
+    Values are float64 whatever the stored precision. Each set's figures are formed as the
+    module docstring says (as in `summary.summarize`): frozen tensors and tensors whose first
+    recorded norm is 0 are left out unless every tensor of the set is one of them, and a set's
+    ``effective_lr`` is reduce(η) / reduce(‖w‖²).
     """
     import pandas as pd
 
@@ -240,25 +345,23 @@ def reduce(
     keep = _record_mask(run, include_skipped)
     steps = run.steps[keep]
     sets = tensor_sets(run, by, None if classes is None else tensor_classes(run, classes))
-    numel = run.numel
     arrays = {name: run.metric(name)[keep] for name in names}
-    zero_start = starts_at_zero(run.metric("weight_norm")[keep])
+    left_out = left_out_of_means(run, include_skipped)
     parts = []
     for key, index in sets.items():
-        if zero_start[index].any() and not zero_start[index].all():
-            index = index[~zero_start[index]]
+        index = measured(index, left_out)
         columns: dict[str, object] = {"run": run.label, "step": steps, by: [key] * len(steps)}
         if form == "wide":
             for name in names:
-                columns[name] = reduce_values(arrays[name][:, index], reducer, numel[index])
+                columns[name] = _set_values(run, name, index, keep, reducer, arrays)[0]
             parts.append(pd.DataFrame(columns))
             continue
         for name in names:
-            block = arrays[name][:, index]
+            values, count = _set_values(run, name, index, keep, reducer, arrays)
             part = dict(columns)
             part["metric"] = name
-            part["value"] = reduce_values(block, reducer, numel[index])
-            part["tensors"] = np.isfinite(block).sum(axis=1)
+            part["value"] = values
+            part["tensors"] = count
             parts.append(pd.DataFrame(part))
     if not parts:
         empty = ["run", "step", by] + (names if form == "wide" else ["metric", "value", "tensors"])

@@ -10,10 +10,15 @@ series reduced over its tensors (`frames.reduce_values`, default the mean):
 - ratios with a zero or undefined denominator are NaN (docs/design.md §3), never inf;
 - tensors that *start at zero* (first finite ‖w‖ = 0, e.g. BatchNorm and other zero-initialised
   biases) have no scale to grow from: their η/‖w‖² is undefined at first, huge just after, then
-  falls by orders of magnitude, and their early angular updates are large. They are left out of
-  a set's weight norm, angular update and η/‖w‖² series (and so of every column built from them)
-  unless every tensor of the set starts at zero; ``tensors``, ``numel``, the shares and the
-  counts include them.
+  falls by orders of magnitude, and their early angular updates are large. Tensors with *no
+  gradient* at any record (frozen, ``requires_grad=False``, or unused; `frames.frozen_tensors`)
+  never move: they would average Δθ = 0 into their set. Both are left out of a set's weight
+  norm, angular update and η/‖w‖² series (and so of every column built from them) unless every
+  tensor of the set is one of them; ``tensors``, ``numel``, the shares and the counts include
+  them;
+- a set's η/‖w‖² is reduce(η) / reduce(‖w‖²) over its tensors (`frames.set_effective_lr`), not
+  the reduction of per-tensor ratios, which the tensor with the smallest norm dominates: one
+  bias shrinking 150-fold would show the set's η/‖w‖² rising 700-fold while its norm grew.
 - the fall of the angular update split into its three factors (`decay_split`): ``lr_part`` =
   η_initial/η_final, ``norm_part`` = (‖w‖_final/‖w‖_initial)^k (k = 2 for SGD-like updates:
   η/‖w‖²; k = 1 for adaptive ones: η/‖w‖; means over the same windows), ``gradient_part`` =
@@ -43,8 +48,10 @@ import numpy as np
 
 from stepsize_lens.analysis.frames import (
     default_window,
+    left_out_of_means,
+    measured,
     reduce_values,
-    starts_at_zero,
+    set_effective_lr,
     tensor_classes,
     tensor_group_field,
     tensor_sets,
@@ -230,21 +237,25 @@ def summarize(
     tested = recorded_test_views(run, delta)[keep]
     applied = run.view("applied_view")[keep]
     bad = nonfinite_mask(run)
-    zero_start = starts_at_zero(weight)
+    left_out = left_out_of_means(run)
     rows = []
     for by_name in keys:
         for key, index in tensor_sets(run, by_name, cls).items():
-            measured = index[~zero_start[index]] if not zero_start[index].all() else index
-            w = reduce_values(weight[:, measured], reducer, numel[measured])
-            a = reduce_values(angle[:, measured], reducer, numel[measured])
-            e = reduce_values(eff[:, measured], reducer, numel[measured])
-            crossings = decay_crossings(steps, a, lr[:, measured], (0.5, 0.1), win)
+            used = measured(index, left_out)
+            w = reduce_values(weight[:, used], reducer, numel[used])
+            a = reduce_values(angle[:, used], reducer, numel[used])
+            e = (
+                set_effective_lr(lr[:, used], weight[:, used], reducer, numel[used])
+                if used.size > 1
+                else reduce_values(eff[:, used], reducer, numel[used])
+            )
+            crossings = decay_crossings(steps, a, lr[:, used], (0.5, 0.1), win)
             t = tested[:, index]
             p = applied[:, index]
             w0, w1 = _first_finite(w), _last_finite(w)
             a0, a1 = _head_mean(a, win), _head_mean(a, win, tail=True)
             e0, e1 = _head_mean(e, win), _head_mean(e, win, tail=True)
-            eta = reduce_values(lr[:, measured], reducer, numel[measured])
+            eta = reduce_values(lr[:, used], reducer, numel[used])
             split = split_values(a[:, None], w[:, None], eta[:, None], power, win)
             with np.errstate(invalid="ignore", divide="ignore"):
                 rows.append(

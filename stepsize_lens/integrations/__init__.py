@@ -1,33 +1,33 @@
-"""Framework integrations: Lightning, the Hugging Face Trainer, TensorBoard export.
+"""Integrations: Lightning, the Hugging Face Trainer, Weights & Biases, TensorBoard.
 
 - `stepsize_lens.integrations.lightning.StepSizeLensCallback` (``lightning.pytorch``)
 - `stepsize_lens.integrations.huggingface.StepSizeLensTrainerCallback` (``transformers``)
-- `stepsize_lens.integrations.tensorboard.to_tensorboard`
+- `stepsize_lens.integrations.wandb.WandbWriter` (``wandb``): live, ``attach(...,
+  on_record=WandbWriter())``
+- `stepsize_lens.integrations.tensorboard.live_writer` (live) and
+  `stepsize_lens.integrations.tensorboard.to_tensorboard` (export of a finished run)
 
 Each framework is imported only by its own submodule: importing ``stepsize_lens`` or this
-package never imports lightning, transformers or tensorboard. The shared pieces live here:
-finding the torch optimizer inside a framework's wrapper, and the few key scalars a callback
-logs to the framework's logger.
+package never imports lightning, transformers, wandb or tensorboard. The shared pieces live
+here: finding the torch optimizer inside a framework's wrapper, the key scalars every logger
+gets (`key_scalars`: one computation, `stepsize_lens.recording.record.key_scalars`, for the
+callbacks, W&B and TensorBoard), and how a callback continues a run when its trainer resumes
+(`resume_options`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
     from stepsize_lens.recording.lens import Lens
+    from stepsize_lens.recording.record import Record
 
 PREFIX = "stepsize_lens/"
-KEY_SCALARS: tuple[str, ...] = (
-    "angular_update",
-    "weight_norm",
-    "effective_lr",
-    "invariant_fraction",
-)
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -49,37 +49,36 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def key_scalars(lens: Lens, prefix: str = PREFIX) -> dict[str, float]:
-    """A summary of the lens's latest record, for a training framework's logger.
-
-    Over the tensors the paper's test found scale-invariant at that record (channel or layer
-    view passed; docs/design.md §3): the mean ``angular_update`` (radians per step), ``weight_norm``
-    and ``effective_lr`` (η/‖w‖²), plus ``invariant_fraction`` = passed / tested. Means over an
-    empty set are NaN. Empty dict before the first record or when the latest step was skipped.
-    """
-    latest = _latest_record(lens)
-    if latest is None:
-        return {}
-    metrics, test_view = latest
-    tested = test_view >= 0
-    invariant = test_view > 0  # View.CHANNEL or View.LAYER
-    out = {
-        f"{prefix}{name}": _nanmean(metrics[name][invariant])
-        for name in ("angular_update", "weight_norm", "effective_lr")
-    }
-    count = int(tested.sum())
-    out[f"{prefix}invariant_fraction"] = int(invariant.sum()) / count if count else math.nan
-    return out
-
-
-def _latest_record(lens: Lens) -> tuple[Mapping[str, torch.Tensor], torch.Tensor] | None:
-    """(metric name -> [T] values, test_view [T]) of the lens's last record; None if none or
-    if that step was skipped. `Lens.latest` is O(tensors), unlike building a whole `Run`."""
+    """The key scalars of the lens's latest record, each name prefixed (``prefix``): per set
+    of tensors (the scale-invariant ones, each invariance class, each param group) the mean
+    angular update, the mean weight norm and the set's η/‖w‖², and the share of tested tensors
+    passing the paper's test (`stepsize_lens.recording.record` says how each is formed). Every
+    value is finite; empty before the first record and when the latest step was skipped."""
     record = lens.latest()
-    if record is None or record.skipped:
-        return None
-    return record.metrics, record.test_view
+    return {} if record is None else prefixed(record, prefix)
 
 
-def _nanmean(values: torch.Tensor) -> float:
-    finite = values[~values.isnan()]
-    return float(finite.double().mean()) if finite.numel() else math.nan
+def prefixed(record: Record, prefix: str = PREFIX) -> dict[str, float]:
+    """``record.key_scalars`` with every name prefixed: what a logger writes for one record."""
+    return {f"{prefix}{name}": value for name, value in record.key_scalars.items()}
+
+
+def resume_options(
+    path: str | os.PathLike[str] | None,
+    global_step: int,
+    counts_this_optimizer: bool = True,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """The `attach` options of a callback whose trainer starts at ``global_step``.
+
+    Nothing for a trainer starting afresh (step 0). For a trainer resumed from a checkpoint:
+    ``step=global_step`` (unless the trainer's step does not count this optimizer's steps,
+    ``counts_this_optimizer=False``) and, when ``resume`` and the run file exists,
+    ``resume=True``: the run continues, and its records after that step, from the stretch the
+    checkpoint discarded, are dropped (`stepsize_lens.recording.resume`)."""
+    if global_step <= 0:
+        return {}
+    step = int(global_step) if counts_this_optimizer else None
+    if resume and path is not None and Path(path).exists():
+        return {"resume": True, "step": step}
+    return {} if step is None else {"step": step}

@@ -8,7 +8,11 @@ or ``install(trainer, ...)``, which puts the callback first so the Trainer's rep
 the torch optimizer inside accelerate's wrapper; the Trainer calls that optimizer's ``step()``
 after backward and gradient clipping, so the lens's hooks see the gradient the optimizer uses,
 and only on real update steps (not on gradient-accumulation micro-steps). ``on_train_end``
-closes the lens, which writes the final run file; under DDP/FSDP2 rank 0 writes.
+closes the lens, which writes the final run file; under DDP/FSDP2 rank 0 writes. A Trainer
+resumed from a checkpoint (``train(resume_from_checkpoint=...)``) starts at its restored
+``state.global_step``: the lens continues the run file from there
+(`integrations.resume_options`; ``resume=False`` starts a new file, still counting steps from
+there).
 
 ``on_log``: the Trainer's numeric logs (loss, learning_rate, grad_norm, epoch...) are stored
 in the run's scalars at ``state.global_step``; with ``log_scalars=True`` the key scalars of the
@@ -26,7 +30,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from stepsize_lens.integrations import PREFIX, key_scalars, unwrap_optimizer
+from stepsize_lens.integrations import PREFIX, key_scalars, resume_options, unwrap_optimizer
 from stepsize_lens.recording.lens import Lens, attach
 
 
@@ -34,9 +38,11 @@ class StepSizeLensTrainerCallback(TrainerCallback):
     """Attach a stepsize_lens lens to the Trainer's optimizer for the length of ``train()``.
 
     ``path``, ``schedule`` and ``label`` are those of `stepsize_lens.attach`, as are ``options``
-    (``delta``, ``flush_every``, ``write``...). ``record_logs``: copy the Trainer's numeric logs
-    into the run; ``log_scalars``: add the lens's key scalars to the Trainer's logs. After
-    training, ``callback.lens`` holds the closed lens.
+    (``delta``, ``flush_every``, ``write``, ``on_record``...). ``record_logs``: copy the
+    Trainer's numeric logs into the run; ``log_scalars``: add the lens's key scalars to the
+    Trainer's logs; ``resume``: when the Trainer resumes from a checkpoint, continue the run file
+    (default) rather than start a new one. After training, ``callback.lens`` holds the closed
+    lens.
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class StepSizeLensTrainerCallback(TrainerCallback):
         label: str | None = None,
         log_scalars: bool = True,
         record_logs: bool = True,
+        resume: bool = True,
         **options: Any,
     ) -> None:
         self.path = path
@@ -53,6 +60,7 @@ class StepSizeLensTrainerCallback(TrainerCallback):
         self.label = label
         self.log_scalars = log_scalars
         self.record_logs = record_logs
+        self.resume = resume
         self.options = options
         self.lens: Lens | None = None
         self._logged_records = 0
@@ -77,8 +85,9 @@ class StepSizeLensTrainerCallback(TrainerCallback):
             path=self.path,
             schedule=self.schedule,
             label=self.label,
-            **self.options,
+            **{**resume_options(self.path, state.global_step, True, self.resume), **self.options},
         )
+        self._logged_records = self.lens.num_records  # a resumed run's were logged before
 
     def on_log(
         self,

@@ -3,20 +3,24 @@
     from stepsize_lens.integrations.lightning import StepSizeLensCallback
     trainer = lightning.pytorch.Trainer(callbacks=[StepSizeLensCallback("run.pt")])
 
-At fit start the callback attaches one lens per optimizer of the trainer (the first writes
+At train start the callback attaches one lens per optimizer of the trainer (the first writes
 ``path``, optimizer i > 0 writes ``<stem>.opt<i><suffix>``); at fit end (or on an exception) it
-closes them, which writes the final run file. Under DDP or FSDP2 strategies the lens's own
-rules apply: rank 0 writes, sharded parameters are reduced exactly
+closes them, which writes the final run file. A trainer resumed from a checkpoint
+(``fit(..., ckpt_path=...)``) has restored its global step by then: the lens continues the run
+file from that step (`integrations.resume_options`; ``resume=False`` starts a new file, still
+counting steps from there). With one optimizer the trainer's global step is the optimizer's;
+with several, each resumed run continues from its own last step. Under DDP or FSDP2
+strategies the lens's own rules apply: rank 0 writes, sharded parameters are reduced exactly
 (`stepsize_lens.recording.distributed`).
 
 Lightning runs forward and backward *inside* ``optimizer.step(closure)``, after the optimizer's
 step pre-hooks; the lens sees the closure and reads the gradients after the step, so the
 recorded g is the one the update used (after clipping and AMP unscaling).
 
-With ``log_scalars=True`` the key scalars of each new record (`integrations.key_scalars`: mean
-angular update, weight norm and effective lr of the scale-invariant tensors, and their share)
-go to every logger of the trainer at ``trainer.global_step``; the training loss of each recorded
-step goes into the run's scalars.
+With ``log_scalars=True`` the key scalars of each new record (`integrations.key_scalars`: per
+set of tensors, the mean angular update, weight norm and η/‖w‖², and the share of tensors
+passing the paper's test) go to every logger of the trainer at ``trainer.global_step``; the
+training loss of each recorded step goes into the run's scalars.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from stepsize_lens.integrations import key_scalars, unwrap_optimizer
+from stepsize_lens.integrations import key_scalars, resume_options, unwrap_optimizer
 from stepsize_lens.recording.lens import Lens, attach
 
 
@@ -45,8 +49,10 @@ class StepSizeLensCallback(pl.Callback):
     """Attach a stepsize_lens lens to the trainer's optimizer(s) for the length of a fit.
 
     ``path``, ``schedule`` and ``label`` are those of `stepsize_lens.attach`, as are ``options``
-    (``delta``, ``flush_every``, ``write``...). ``log_scalars``: send the key scalars of each
-    record to the trainer's loggers. After the fit, ``callback.lenses`` holds the closed lenses.
+    (``delta``, ``flush_every``, ``write``, ``on_record``...). ``log_scalars``: send the key
+    scalars of each record to the trainer's loggers. ``resume``: when the trainer resumes from
+    a checkpoint, continue the run file (default) rather than start a new one. After the fit,
+    ``callback.lenses`` holds the closed lenses.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class StepSizeLensCallback(pl.Callback):
         schedule: Any = None,
         label: str | None = None,
         log_scalars: bool = True,
+        resume: bool = True,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -62,6 +69,7 @@ class StepSizeLensCallback(pl.Callback):
         self.schedule = schedule
         self.label = label
         self.log_scalars = log_scalars
+        self.resume = resume
         self.options = options
         self.lenses: list[Lens] = []
         self._by_optimizer: dict[int, Lens] = {}
@@ -70,19 +78,29 @@ class StepSizeLensCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()
         self.lenses, self._by_optimizer, self._logged_records = [], {}, {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # here, unlike at fit start, a checkpoint's global step has been restored
+        self._close()
+        self.lenses, self._by_optimizer, self._logged_records = [], {}, {}
+        single = len(trainer.optimizers) == 1
         for index, wrapped in enumerate(trainer.optimizers):
             optimizer = unwrap_optimizer(wrapped)
+            path = optimizer_path(self.path, index)
             lens = attach(
                 pl_module,
                 optimizer,
-                path=optimizer_path(self.path, index),
+                path=path,
                 schedule=self.schedule,
                 label=self.label,
-                **self.options,
+                **{
+                    **resume_options(path, trainer.global_step, single, self.resume),
+                    **self.options,
+                },
             )
             self.lenses.append(lens)
             self._by_optimizer[id(optimizer)] = lens
-            self._logged_records[id(lens)] = 0
+            self._logged_records[id(lens)] = lens.num_records  # a resumed run's are logged
 
     def on_train_batch_end(
         self,

@@ -15,7 +15,9 @@ params-table rows), `snapshot` and `row_stats` (the one copy of w, the passes), 
 math), `views` (the paper's test, the applied view), `group_fields` (param-group
 hyperparameters), `scaler` (GradScaler skips), `hooks` (closures, sparse gradients),
 `distributed` (sharded parameters), `device` (accelerator paths, transfers without waiting),
-`files` (where the run goes and how it is never lost), `record` (`Lens.latest`).
+`files` (where the run goes and how it is never lost), `pending` (records on their way from the
+device), `record` (the `Record` a live logger gets: ``on_record=``, `Lens.latest`), `resume`
+(continuing a run file: ``resume=True``).
 
 Observing never changes training: the hooks only read parameters and gradients (they run under
 ``torch.no_grad`` and write only into the lens's own buffers).
@@ -35,6 +37,7 @@ import sys
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +45,7 @@ import torch
 
 from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
+from stepsize_lens._version import __version__
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
 from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
@@ -62,7 +66,15 @@ from stepsize_lens.recording.group_fields import (
 from stepsize_lens.recording.hooks import closure_of, dense_grad
 from stepsize_lens.recording.metrics import all_metrics
 from stepsize_lens.recording.pending import PendingRecord, Records
-from stepsize_lens.recording.record import Record
+from stepsize_lens.recording.record import Feed, Record
+from stepsize_lens.recording.resume import (
+    ResumeError,
+    check_same_optimizer,
+    check_same_tensors,
+    last_step,
+    resume_detail,
+    run_to_resume,
+)
 from stepsize_lens.recording.scaler import ScalerWatch
 from stepsize_lens.recording.selection import Selection, matcher
 from stepsize_lens.recording.snapshot import Snapshot
@@ -84,9 +96,10 @@ class Lens:
     """Records weight norms, update norms and effective step sizes of an optimizer's tensors.
 
     Use `attach` to create one. ``lens.step`` counts optimizer steps (and steps a GradScaler
-    skipped) from 1. ``lens.log(loss=...)`` stores user scalars; ``lens.latest()`` is the last
-    record; ``lens.flush()`` saves now; ``lens.close()`` detaches and saves a final time (also
-    when the lens is collected and at interpreter exit).
+    skipped) from 1 (from ``step + 1`` or a resumed run's last step). ``lens.log(loss=...)``
+    stores user scalars; ``lens.latest()`` is the last record; ``lens.flush()`` saves now;
+    ``lens.close()`` detaches, saves a final time (also when the lens is collected and at
+    interpreter exit) and then calls the ``on_record`` callback's ``on_close(lens)``, if any.
     """
 
     def __init__(
@@ -102,18 +115,27 @@ class Lens:
         write: bool | None = None,
         probe_inputs: Any | None = None,
         tensors: Selection | None = None,
+        on_record: Callable[[Record], Any] | None = None,
+        resume: bool = False,
+        step: int | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"step must be a whole number of steps >= 0, not {step!r}")
         self._optimizer = weakref.ref(optimizer)
         self._optimizer_class = type(optimizer).__name__
         self.schedule = schedules.resolve(schedule)
         self.delta = float(delta)
         self.flush_every = flush_every
-        self.step = 0
-        self.label = label or type(optimizer).__name__
+        self.step = 0 if step is None else step
         rank, world_size = process_rank()
         self.writing = (rank == 0) if write is None else bool(write)
+        if resume and (path is DEFAULT_PATH or path is None):
+            raise ResumeError(
+                "attach(..., resume=True) continues a run file: give its path (path=...)"
+            )
+        self.label = label or type(optimizer).__name__
         announce = path is DEFAULT_PATH and self.writing
         if path is DEFAULT_PATH:
             path = default_path(self.label) if self.writing else None
@@ -121,6 +143,20 @@ class Lens:
         if self.writing and self.path is not None:  # fail before replacing anything
             ensure_free(Path(self.path), replacing=_previous_lens_file(optimizer))
         self._replace_lens_of(optimizer)
+        # what the lens watches, and the run it continues: checked before the file is claimed
+        self._tracked = TrackedParams(parameter_names(model), matcher(tensors))
+        first_rows = self._tracked.sync(optimizer.param_groups) or []
+        resumed = None
+        if resume:
+            resumed = run_to_resume(
+                self.path if self.writing else rank_path(path, 0, world_size), step, self.writing
+            )
+        if resumed is not None:
+            check_same_optimizer(resumed, self._optimizer_class, Path(self.path or path))
+            check_same_tensors(resumed, first_rows, Path(self.path or path))
+            stopped = last_step(resumed)
+            self.step = stopped if step is None else step
+            self.label = label or resumed.label
         self._file = (
             RunFile(Path(self.path), describe_lens(optimizer, Path(self.path), self.label))
             if self.writing and self.path is not None
@@ -142,10 +178,23 @@ class Lens:
             "world_size": world_size,
             "metrics": list(METRICS),
         }
-        self.writer = RunWriter(self.path if self.writing else None, meta)
-        self._records = Records(self.writer, self._file)
+        target = self.path if self.writing else None
+        if resumed is not None:
+            self.writer = RunWriter.from_run(resumed, target, until_step=self.step)
+            self.writer.meta.update(meta)
+            self.writer.meta["closed"] = False
+            self.writer.meta["stepsize_lens_version"] = __version__
+            self.writer.meta["torch_version"] = str(torch.__version__)
+        else:
+            self.writer = RunWriter(target, meta)
+        self.writer.meta["last_step"] = self.step
+        self._records = Records(self.writer, self._file, self.delta)
         self._finalizer = weakref.finalize(self, self._records)
-        self._tracked = TrackedParams(parameter_names(model), matcher(tensors))
+        self._feed = (
+            Feed(on_record, describe_lens(optimizer, None, self.label))
+            if on_record is not None
+            else None
+        )
         self._snapshot: Snapshot | None = None
         self._shards: ShardedRows | None = None
         self._device_inputs: dict[str, torch.Tensor] = {}
@@ -157,7 +206,16 @@ class Lens:
         self._last_flush = time.monotonic()
         self._flushed_records = -1
         self._closed = False
-        self._sync_params(optimizer)
+        if resumed is not None:
+            known = self.writer.num_tensors
+            self.writer.set_param_column(
+                "requires_grad", [row.get("requires_grad") for row in first_rows[:known]]
+            )
+            self.writer.add_event(
+                self.step, "resumed", resume_detail(self.step, stopped, self.writer.dropped)
+            )
+            first_rows = first_rows[known:]
+        self._add_params(first_rows, len(optimizer.param_groups), event=resumed is not None)
         cpu_kernel.start_for(self._params)  # in the background; records use it once loaded
         if probe_inputs is not None:
             self._store_probe(model, probe_inputs)
@@ -205,15 +263,20 @@ class Lens:
         new_rows = self._tracked.sync(optimizer.param_groups)
         if new_rows is None:
             return False
+        self._add_params(new_rows, len(optimizer.param_groups), event=self.step > 0)
+        return True
+
+    def _add_params(self, new_rows: list[dict[str, Any]], num_groups: int, event: bool) -> None:
+        """Give newly tracked tensors their params-table rows (``event``: say so in the run's
+        events); the snapshot is rebuilt."""
         if new_rows:
             self.writer.add_params(new_rows)
-            if self.step > 0:
+            if event:
                 self.writer.add_event(self.step, "params_added", f"{len(new_rows)} tensors")
-        self.writer.set_num_groups(len(optimizer.param_groups))
+        self.writer.set_num_groups(num_groups)
         self._snapshot = None  # rebuilt lazily at the next recorded step
         self._shapes = None
         self._device_inputs = {}
-        return True
 
     def _store_probe(self, model: torch.nn.Module | None, probe_inputs: Any) -> None:
         """Run the functional scale-invariance probe once and store its verdicts per tensor."""
@@ -240,9 +303,10 @@ class Lens:
     # -- hooks --------------------------------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.step += 1
+        self.writer.meta["last_step"] = self.step  # where a resumed run continues (`resume`)
         self._armed = False
         if self._records.pending:
-            self._records.drain(wait=False)
+            self._drain(wait=False)
         if not self.schedule(self.step):
             return
         self._sync_params(optimizer)
@@ -325,26 +389,33 @@ class Lens:
             )
         )
         if not deferred:
-            self._records.drain(wait=True)
+            self._drain(wait=True)
 
     def _record_skip(self) -> None:
         """A step the GradScaler skipped: a record of NaN metrics and untested views."""
         optimizer = self.optimizer
         if self._closed or optimizer is None:
             return
-        self._records.drain(wait=True)
+        self._drain(wait=True)
         self.step += 1
+        self.writer.meta["last_step"] = self.step
         self._sync_params(optimizer)
         num = len(self._params)
-        self.writer.append(
-            step=self.step,
-            time=time.time(),
-            skipped=True,
-            metrics=torch.full((len(METRICS), num), math.nan, dtype=torch.float32),
-            views=torch.full((2, num), View.UNTESTED, dtype=torch.int8),
-            groups=group_values(optimizer.param_groups),
-        )
         self.writer.add_event(self.step, "skipped_step", "GradScaler found inf/NaN gradients")
+        self._records.append(
+            self.step,
+            time.time(),
+            True,
+            torch.full((len(METRICS), num), math.nan, dtype=torch.float32),
+            torch.full((2, num), View.UNTESTED, dtype=torch.int8),
+            group_values(optimizer.param_groups),
+            self._feed,
+        )
+
+    def _drain(self, wait: bool) -> None:
+        """Append the records that reached the host (`pending.Records.drain`), each handed to
+        the ``on_record`` callback."""
+        self._records.drain(wait, self._feed)
 
     # -- memory ---------------------------------------------------------------------------------
     @property
@@ -375,23 +446,20 @@ class Lens:
         return self.writer.num_records
 
     def latest(self) -> Record | None:
-        """The latest record (step, skipped, every metric and view per tensor); None before the
-        first. O(tensors): nothing of the run is rebuilt."""
-        self._records.drain(wait=True)
-        last = self.writer.last_record()
-        if last is None:
-            return None
-        return Record(
-            step=int(last["step"]),
-            skipped=bool(last["skipped"]),
-            tensor_names=tuple(self.writer.params["name"]),
-            metrics={name: values.clone() for name, values in last["metrics"].items()},
-            views={name: values.clone() for name, values in last["views"].items()},
-        )
+        """The latest record (`record.Record`: step, every metric and view per tensor, the key
+        scalars per set), what ``on_record`` was handed last; None before the first. Waits for a
+        record still on its way from an accelerator. O(tensors): nothing of the run is rebuilt."""
+        self._drain(wait=True)
+        return self._records.latest()
+
+    @property
+    def callback_errors(self) -> int:
+        """Exceptions the ``on_record`` callback raised so far (the first was reported)."""
+        return self._feed.errors if self._feed is not None else 0
 
     def run(self) -> Run:
         """The records so far as a `Run`, without touching the file."""
-        self._records.drain(wait=True)
+        self._drain(wait=True)
         return self.writer.to_run(path=self.path)
 
     def set_param_column(self, column: str, values: list[Any]) -> None:
@@ -402,7 +470,7 @@ class Lens:
         """Save everything recorded so far, atomically. Never raises: a failed save warns
         (once per streak of failures) and the next flush retries. True if the run is on disk
         (False also on ranks that do not write)."""
-        self._records.drain(wait=True)
+        self._drain(wait=True)
         self._last_flush = time.monotonic()
         if self._file is None or self._closed:
             return False
@@ -430,7 +498,7 @@ class Lens:
         """
         if self._closed:
             return self._records.saved_to
-        self._records.drain(wait=True)
+        self._drain(wait=True)
         self.detach()
         self._closed = True
         self._snapshot = None  # free the copy of w
@@ -438,6 +506,8 @@ class Lens:
         self._finalizer()
         if self._file is not None:
             self.path = str(self._file.path)
+        if self._feed is not None:
+            self._feed.close(self)
         return self._records.saved_to
 
     def __enter__(self) -> Lens:
@@ -472,6 +542,9 @@ def attach(
     write: bool | None = None,
     probe_inputs: Any | None = None,
     tensors: Selection | None = None,
+    on_record: Callable[[Record], Any] | None = None,
+    resume: bool = False,
+    step: int | None = None,
 ) -> Lens:
     """Attach a lens to ``optimizer`` (tensors named after ``model``'s parameters if given).
 
@@ -484,7 +557,7 @@ def attach(
       raises.
     - ``schedule``: a callable ``step -> bool`` (a pure function of the step), an int n (every
       n steps) or None for `schedules.default_schedule` (dense early, sparse late).
-    - ``label``: the run's label (default: the optimizer's class name).
+    - ``label``: the run's label (default: the optimizer's class name; a resumed run's own).
     - ``delta``: the paper test's δ (default 0.1).
     - ``flush_every``: seconds between saves (default 30; None: only at close).
     - ``scaler``: a `torch.amp.GradScaler` whose skipped steps to record.
@@ -496,6 +569,26 @@ def attach(
       regex, a module type, a callable ``(name, param) -> bool``, or a list of these
       (`selection`). Tensors left out cost nothing; a selection matching nothing records an
       empty run.
+    - ``on_record``: a live feed for any logger: ``on_record(record)`` is called once per
+      record, in record order, with a `record.Record` (the step, the key scalars per set in
+      ``record.key_scalars``, every metric per tensor via ``record.per_tensor(metric)``), once
+      the record's data is on the host: at the recorded step on the CPU, a step or more later
+      on an accelerator, where the lens copies results to the host without waiting.
+      ``lens.latest()`` returns that same `Record`. If the callback has an ``on_close(lens)``
+      method, `Lens.close` calls it after the final save. An exception of the callback never
+      stops training: the first is reported as one line on stderr naming it, the callback is
+      still called for later records, and later exceptions are only counted
+      (`Lens.callback_errors`). The W&B and live TensorBoard writers of
+      `stepsize_lens.integrations` are such callbacks.
+    - ``resume``: continue the run file at ``path`` (`resume`): records append, steps continue
+      from ``step`` or from the run's last step (records after ``step`` in the file, from a
+      stretch the checkpoint discarded, are dropped), the schedule continues where it was (it
+      is a function of the global step: no dense re-recording). Another optimizer class or
+      other tensors (names, shapes) raise `resume.ResumeError` (a ``ValueError``) before the
+      file is touched. Where ``path`` holds no file yet, a new run starts there (said once on
+      stderr), so one script serves the first start and every restart.
+    - ``step``: the optimizer steps taken before this lens (the trainer's global step); the
+      first step the lens sees is ``step + 1``. Default: 0, or the resumed run's last step.
 
     An optimizer has at most one lens: attaching another closes the previous one (with a
     warning). Returns the `Lens`, also a context manager.
@@ -516,4 +609,7 @@ def attach(
         write=write,
         probe_inputs=probe_inputs,
         tensors=tensors,
+        on_record=on_record,
+        resume=resume,
+        step=step,
     )

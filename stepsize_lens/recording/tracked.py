@@ -81,4 +81,5 @@ class TrackedParams:
             "module_type": module_type,
             "dtype": str(param.dtype).replace("torch.", ""),
             "aliases": names[1:],
+            "requires_grad": bool(param.requires_grad),
         }

@@ -7,16 +7,17 @@ A run file is a plain dict saved with ``torch.save`` that loads with
       "format": "stepsize_lens/run", "version": 2,
       "meta":    {label, created, torch_version, stepsize_lens_version, optimizer: {class, module,
                   defaults}, schedule, delta, model_class, rank, world_size, closed,
+                  last_step (the lens's step counter: where a resumed run continues),
                   upgraded_from (a file saved from an older version), ...},
       "params":  {name: [str], group: [int], index: [int], shape: [[int]], numel: [int],
                   ndim: [int], rows: [int], module_type: [str], dtype: [str], aliases: [[str]],
-                  ... optional extra columns such as probe verdicts},
+                  requires_grad: [bool], ... optional extra columns such as probe verdicts},
       "records": {step: int64 [R], time: float64 [R], skipped: bool [R]},
       "metrics": {metric name: float32 [R, T]},             # docs/design.md §3, NaN = undefined
       "views":   {"test_view": int8 [R, T], "applied_view": int8 [R, T]},
       "groups":  {field: float64 [R, G]},                  # lr, weight_decay, momentum, ...
       "scalars": {name: {"step": int64 [S], "value": float64 [S]}},
-      "events":  [{"step": int, "kind": str, "detail": str}],
+      "events":  [{"step": int, "kind": str, "detail": str}],  # params_added, skipped_step, resumed
     }
 
 R = records, T = parameter tensors, G = param groups. Columns that did not exist yet at a record

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stepsize_lens._schema import GROUP_FIELDS, METRICS, PARAM_COLUMNS, VIEWS, View
-from stepsize_lens.run.format import FORMAT, VERSION, plain, validate
+from stepsize_lens.run.format import FORMAT, VERSION, plain, upgrade, validate
 from stepsize_lens.run.storage import save_run_dict
 
 if TYPE_CHECKING:
@@ -31,6 +31,14 @@ class _GrowingMatrix:
         self.fill = fill
         self.data = torch.full((capacity, cols), fill, dtype=dtype)
         self.rows = 0
+
+    @classmethod
+    def holding(cls, rows: torch.Tensor, fill: float) -> _GrowingMatrix:
+        """A matrix whose first rows are a copy of ``rows`` [n, cols] (room for more)."""
+        matrix = cls(rows.shape[1], rows.dtype, fill, capacity=max(64, rows.shape[0]))
+        matrix.data[: rows.shape[0]] = rows
+        matrix.rows = rows.shape[0]
+        return matrix
 
     def append(self, row: torch.Tensor) -> None:
         if self.rows == self.data.shape[0]:
@@ -79,6 +87,7 @@ class RunWriter:
         self.scalars: dict[str, tuple[list[int], list[float]]] = {}
         self.events: list[dict[str, Any]] = []
         self.saves = 0
+        self.dropped = 0  # records of a resumed run left out after its resume step (`from_run`)
 
     # -- layout --------------------------------------------------------------------------------
     @property
@@ -141,16 +150,31 @@ class RunWriter:
             mat.append(row)
 
     def last_record(self) -> dict[str, Any] | None:
-        """The latest record without copying the run: step, skipped, metrics and views as [T]
-        tensors (views of the writer's buffers: read, don't keep). None before the first."""
+        """The latest record without copying the run: step, time, skipped, metrics and views as
+        [T] tensors, groups as [G] tensors (views of the writer's buffers: read, don't keep).
+        None before the first."""
         last = self.num_records - 1
         if last < 0:
             return None
         return {
             "step": self._steps[last],
+            "time": self._times[last],
             "skipped": self._skipped[last],
             "metrics": {name: mat.data[last] for name, mat in zip(METRICS, self._metric_mats)},
             "views": {name: mat.data[last] for name, mat in zip(VIEWS, self._views)},
+            "groups": {name: mat.data[last] for name, mat in zip(GROUP_FIELDS, self._groups)},
+        }
+
+    def record_rows(self, start: int, stop: int | None = None) -> dict[str, Any]:
+        """Records ``start`` to ``stop`` (default: the last) without copying: ``skipped`` bool
+        [n] and ``metrics`` {name: float32 [n, T]} (views of the writer's buffers: read, don't
+        keep). For running summaries that fold in each record once (`recording.record`)."""
+        stop = self.num_records if stop is None else stop
+        return {
+            "skipped": torch.tensor(self._skipped[start:stop], dtype=torch.bool),
+            "metrics": {
+                name: mat.data[start:stop] for name, mat in zip(METRICS, self._metric_mats)
+            },
         }
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -186,6 +210,67 @@ class RunWriter:
             },
             "events": list(self.events),
         }
+
+    # -- continuing a saved run ----------------------------------------------------------------
+    @classmethod
+    def from_run(
+        cls,
+        run: Run,
+        path: str | os.PathLike[str] | None = None,
+        until_step: int | None = None,
+    ) -> RunWriter:
+        """A writer holding ``run``'s records (in the current format version), to append to:
+        ``attach(..., resume=True)``. ``until_step``: keep only the records, user scalars and
+        events up to that step (a run resumed from an earlier checkpoint drops what came after
+        it; `dropped` says how many records went)."""
+        data = upgrade(run.to_dict())
+        writer = cls(path, data["meta"])
+        step = data["records"]["step"]
+        keep = (
+            torch.ones(step.shape[0], dtype=torch.bool)
+            if until_step is None
+            else step <= int(until_step)
+        )
+        writer.dropped = int((~keep).sum())
+        writer.params = {column: list(values) for column, values in data["params"].items()}
+        writer.num_groups = max((t.shape[1] for t in data["groups"].values()), default=0)
+        writer._steps = step[keep].tolist()
+        writer._times = data["records"]["time"][keep].tolist()
+        writer._skipped = data["records"]["skipped"][keep].tolist()
+        writer._metric_mats = [
+            _GrowingMatrix.holding(data["metrics"][name][keep], math.nan) for name in METRICS
+        ]
+        writer._views = [
+            _GrowingMatrix.holding(data["views"][name][keep], View.UNTESTED) for name in VIEWS
+        ]
+        writer._groups = [
+            _GrowingMatrix.holding(
+                data["groups"][name][keep]
+                if name in data["groups"]
+                else torch.full(
+                    (int(keep.sum()), writer.num_groups), math.nan, dtype=torch.float64
+                ),
+                math.nan,
+            )
+            for name in GROUP_FIELDS
+        ]
+        for name, series in data["scalars"].items():
+            kept = (
+                torch.ones_like(series["step"], dtype=torch.bool)
+                if until_step is None
+                else series["step"] <= int(until_step)
+            )
+            if kept.any():
+                writer.scalars[name] = (
+                    series["step"][kept].tolist(),
+                    series["value"][kept].tolist(),
+                )
+        writer.events = [
+            dict(event)
+            for event in data["events"]
+            if until_step is None or int(event["step"]) <= int(until_step)
+        ]
+        return writer
 
     def to_run(self, path: str | os.PathLike[str] | None = None) -> Run:
         """The records so far as a `Run` (a copy: later records do not change it)."""
