@@ -1,4 +1,5 @@
-"""TensorBoard export, read back with tensorboard's own EventAccumulator; import hygiene."""
+"""TensorBoard live writer and export, read back with tensorboard's own EventAccumulator;
+import hygiene."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from _lens_models import batches, small_model
 from _runs import crafted_run
+from torch import nn
 from typer.testing import CliRunner
 
+import stepsize_lens
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.integrations.tensorboard import (
+    TensorBoardWriter,
     exported_event_files,
+    live_writer,
     other_event_files,
     to_tensorboard,
 )
@@ -44,7 +51,7 @@ def _run():
 
 
 def _read(logdir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(logdir))
+    events = EventAccumulator(str(logdir), size_guidance={"histograms": 0})  # 0: keep all
     events.Reload()
     return events
 
@@ -187,7 +194,7 @@ def test_importing_never_imports_the_frameworks() -> None:
         "import sys, stepsize_lens, stepsize_lens.integrations; "
         "stepsize_lens.attach; stepsize_lens.load; "
         "heavy = [m for m in ('lightning', 'pytorch_lightning', 'transformers', 'tensorboard', "
-        "'torch.utils.tensorboard', 'accelerate') if m in sys.modules]; "
+        "'torch.utils.tensorboard', 'accelerate', 'wandb') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run(
@@ -199,3 +206,131 @@ def test_importing_never_imports_the_frameworks() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- live writer ------------------------------------------------------------------------------
+LIVE_STEPS = 7
+PREFIX = "stepsize_lens/"
+
+
+class Tee:
+    """Hands each record to the writer and keeps it; forwards ``on_close``."""
+
+    def __init__(self, writer: TensorBoardWriter) -> None:
+        self.writer, self.records = writer, []
+
+    def __call__(self, record) -> None:
+        self.records.append(record)
+        self.writer(record)
+
+    def on_close(self, lens) -> None:
+        self.writer.on_close(lens)
+
+
+def _train_live(path, writer: TensorBoardWriter, close: bool = True):
+    """LIVE_STEPS seeded steps recorded at every step; a GradScaler skips step 3."""
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    tee = Tee(writer)
+    lens = stepsize_lens.attach(
+        model, optimizer, path=path, schedule=1, scaler=scaler, on_record=tee
+    )
+    for i, (x, y) in enumerate(batches(LIVE_STEPS)):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        if i == 2:
+            loss = loss * float("inf")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    if close:
+        lens.close()
+        assert lens.callback_errors == 0
+    return tee.records, lens
+
+
+def test_live_writer_key_scalars_and_histograms(tmp_path: Path) -> None:
+    writer = live_writer(tmp_path / "tb", per_tensor="histogram", every=2, flush_secs=3600)
+    flushes = []
+    flush = writer.writer.flush
+    writer.writer.flush = lambda: (flushes.append(1), flush())[1]
+    records, lens = _train_live(tmp_path / "run.pt", writer)
+    assert flushes == []  # not due within the hour: close wrote everything
+    assert writer.closed  # Lens.close closed it (on_close)
+    kept = [r for r in records if not r.skipped]
+    assert [r.step for r in kept] == [1, 2, 4, 5, 6, 7]
+    events = _read(tmp_path / "tb")
+    tags = set(events.Tags()["scalars"])
+    names = set().union(*(r.key_scalars for r in kept))
+    assert {"angular_update/invariant", "weight_norm/class_channel", "invariant_fraction"} <= names
+    assert tags == {PREFIX + name for name in names}
+    for name in names:
+        steps, values = _series(events, PREFIX + name)
+        having = [r for r in kept if name in r.key_scalars]
+        assert steps == [r.step for r in having], name  # nothing at the skipped step 3
+        expected = [r.key_scalars[name] for r in having]
+        np.testing.assert_allclose(values, expected, rtol=1e-6, err_msg=name)
+    first = events.Scalars(PREFIX + "angular_update/invariant")[0]
+    assert first.wall_time == pytest.approx(kept[0].time)
+    # histograms over the tensors at the 1st, 3rd and 5th written record: steps 1, 4, 6
+    assert set(events.Tags()["histograms"]) == {
+        PREFIX + f"tensors/{m}" for m in ("angular_update", "weight_norm", "effective_lr")
+    }
+    histograms = events.Histograms(PREFIX + "tensors/weight_norm")
+    assert [h.step for h in histograms] == [1, 4, 6]
+    for histogram in histograms:
+        record = next(r for r in kept if r.step == histogram.step)
+        norms = record.metrics["weight_norm"].double()
+        assert histogram.histogram_value.num == len(record.tensor_names)
+        assert histogram.histogram_value.min == pytest.approx(float(norms.min()), rel=1e-6)
+        assert histogram.histogram_value.sum == pytest.approx(float(norms.sum()), rel=1e-5)
+    # a later export into the same folder replaces only its own files, not the live log
+    to_tensorboard(stepsize_lens.load(lens.path), tmp_path / "tb")
+    assert len(other_event_files(tmp_path / "tb")) == 1
+    assert len(_series(_read(tmp_path / "tb"), PREFIX + "invariant_fraction")[0]) == len(kept)
+
+
+def test_live_writer_per_tensor_scalars_into_the_loops_own_writer(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    mine = SummaryWriter(log_dir=str(tmp_path / "tb"), flush_secs=3600, max_queue=10_000)
+    flushes = []
+    flush = mine.flush
+    mine.flush = lambda: (flushes.append(1), flush())[1]
+    writer = TensorBoardWriter(
+        mine, prefix="lens/", per_tensor="scalars", every=3, metrics=["cos_grad"], flush_secs=0
+    )
+    records, lens = _train_live(None, writer, close=False)
+    kept = [r for r in records if not r.skipped]
+    # flush_secs=0: flushed after every written record, so all are in the file mid-run
+    assert len(flushes) == len(kept)
+    events = _read(tmp_path / "tb")
+    assert _series(events, "lens/invariant_fraction")[0] == [r.step for r in kept]
+    lens.close()
+    assert len(flushes) == len(kept) + 1
+    mine.add_scalar("train/loss", 0.5, global_step=8)  # still the loop's: flushed, not closed
+    mine.close()
+    events = _read(tmp_path / "tb")
+    assert _series(events, "train/loss") == ([8], [0.5])
+    per_tensor = {tag for tag in events.Tags()["scalars"] if tag.startswith("lens/tensors/")}
+    names = kept[0].tensor_names
+    assert per_tensor == {f"lens/tensors/cos_grad/{name}" for name in names}
+    for name in names:
+        steps, values = _series(events, f"lens/tensors/cos_grad/{name}")
+        expected = [kept[0], kept[3]]  # the 1st and 4th written record: steps 1 and 5
+        finite = [r for r in expected if np.isfinite(r.per_tensor("cos_grad")[name])]
+        assert steps == [r.step for r in finite], name
+        want = [r.per_tensor("cos_grad")[name] for r in finite]
+        np.testing.assert_allclose(values, want, rtol=1e-6)
+
+
+def test_live_writer_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="per_tensor"):
+        live_writer(tmp_path / "tb", per_tensor="table")
+    with pytest.raises(ValueError, match="every"):
+        live_writer(tmp_path / "tb", every=0)
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        live_writer(tmp_path / "tb", metrics=["nope"])
+    with pytest.raises(TypeError, match="log folder or a SummaryWriter"):
+        live_writer(3)

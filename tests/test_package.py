@@ -131,8 +131,8 @@ FLOORS = {
     "<root>": 5,
     "analysis": 5,
     "plots": 6,
-    "integrations": 6,
     "report": 7,
+    "integrations": 8,  # above report: the W&B artifact holds the HTML report
     "experiments": 8,
     "demo": 9,
     "cli": 10,
