@@ -18,6 +18,7 @@ callbacks, W&B and TensorBoard), and how a callback continues a run when its tra
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,30 @@ def key_scalars(lens: Lens, prefix: str = PREFIX) -> dict[str, float]:
 def prefixed(record: Record, prefix: str = PREFIX) -> dict[str, float]:
     """``record.key_scalars`` with every name prefixed: what a logger writes for one record."""
     return {f"{prefix}{name}": value for name, value in record.key_scalars.items()}
+
+
+def writer_options(
+    per_tensor: str | None,
+    allowed: tuple[str | None, ...],
+    every: int,
+    metrics: Iterable[str] | None,
+) -> tuple[str, ...]:
+    """Check a live writer's per-tensor options (one of ``allowed``; ``every`` a whole number
+    >= 1; every metric known) and return the metrics to show (default the key metrics);
+    ValueError naming the first bad one."""
+    from stepsize_lens._schema import METRICS
+    from stepsize_lens.recording.record import KEY_METRICS
+
+    if per_tensor not in allowed:
+        words = ", ".join(repr(a) if a is not None else "None" for a in allowed)
+        raise ValueError(f"per_tensor must be one of {words}, not {per_tensor!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a whole number >= 1, not {every!r}")
+    shown = tuple(KEY_METRICS if metrics is None else metrics)
+    unknown = [name for name in shown if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+    return shown
 
 
 def resume_options(

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.integrations import PREFIX, prefixed
+from stepsize_lens.integrations import PREFIX, prefixed, writer_options
 
 if TYPE_CHECKING:
     from stepsize_lens.recording.lens import Lens
@@ -176,19 +176,7 @@ class TensorBoardWriter:
         metrics: Iterable[str] | None = None,
         flush_secs: float = 10.0,
     ) -> None:
-        from stepsize_lens._schema import METRICS
-        from stepsize_lens.recording.record import KEY_METRICS
-
-        if per_tensor not in PER_TENSOR:
-            raise ValueError(
-                f"per_tensor must be None, 'scalars' or 'histogram', not {per_tensor!r}"
-            )
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a whole number >= 1, not {every!r}")
-        self.metrics = tuple(KEY_METRICS if metrics is None else metrics)
-        unknown = [name for name in self.metrics if name not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+        self.metrics = writer_options(per_tensor, PER_TENSOR, every, metrics)
         self.prefix = prefix
         self.per_tensor = per_tensor
         self.every = every

@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from stepsize_lens._schema import METRICS, View
-from stepsize_lens.integrations import PREFIX, prefixed
+from stepsize_lens._schema import View
+from stepsize_lens.integrations import PREFIX, prefixed, writer_options
 from stepsize_lens.recording.record import KEY_METRICS
 
 try:
@@ -106,14 +106,7 @@ class WandbWriter:
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty: '<prefix>*' is given the x-axis")
-        if per_tensor not in PER_TENSOR:
-            raise ValueError(f"per_tensor must be None, 'table' or 'histogram', not {per_tensor!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a whole number >= 1, not {every!r}")
-        self.metrics = tuple(metrics)
-        unknown = [name for name in self.metrics if name not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+        self.metrics = writer_options(per_tensor, PER_TENSOR, every, metrics)
         self.run = run
         self.prefix = prefix
         self.per_tensor = per_tensor
