@@ -41,7 +41,8 @@ def _plan(shapes):
     return tasks, starts, row
 
 
-SHAPES = [(3, 5), (1, 1), (40, 27), (2, 2 * KERNEL_SEGMENT + 17), (1, 7), (5000, 9)]
+# (1, 0) and (0, 4): empty tensors, as a rank's empty shard of a sharded parameter
+SHAPES = [(3, 5), (1, 1), (40, 27), (2, 2 * KERNEL_SEGMENT + 17), (1, 0), (0, 4), (5000, 9)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -49,7 +50,7 @@ def test_pre_rows_match_float64_brute_force(kernel, dtype):
     w, g = _inputs(SHAPES, dtype)
     g[1] = torch.empty(0, dtype=dtype)  # a missing gradient
     tasks, starts, rows = _plan(SHAPES)
-    out = torch.full((3, rows), float("nan"), dtype=torch.float64)
+    out = torch.zeros((3, rows), dtype=torch.float64)  # rows of empty tensors stay 0
     kernel.pre_rows(w, g, tasks, starts, out)
     want = []
     for a, b in zip(w, g):
@@ -68,7 +69,7 @@ def test_post_rows_form_the_update_in_float64_and_keep_w_after(kernel, dtype, ke
     after = [(a.float() + 1e-3 * n.float()).to(dtype) for a, n in zip(w, noise)]
     held = [a.clone() for a in w]
     tasks, starts, rows = _plan(SHAPES)
-    out = torch.empty((3, rows), dtype=torch.float64)
+    out = torch.zeros((3, rows), dtype=torch.float64)  # rows of empty tensors stay 0
     kernel.post_rows(held, after, tasks, starts, out, keep)
     want = []
     for a, b in zip(w, after):
@@ -87,7 +88,7 @@ def test_results_do_not_depend_on_the_thread_count(kernel):
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            out = torch.empty((3, rows), dtype=torch.float64)
+            out = torch.zeros((3, rows), dtype=torch.float64)
             kernel.pre_rows(w, g, tasks, starts, out)
             outs.append(out)
     finally:
@@ -96,7 +97,7 @@ def test_results_do_not_depend_on_the_thread_count(kernel):
 
 
 def test_tasks_cover_every_element_once():
-    shapes = [(3, 5), (2, 2 * KERNEL_SEGMENT + 17), (5000, 9), (1, KERNEL_SEGMENT)]
+    shapes = [(3, 5), (2, 2 * KERNEL_SEGMENT + 17), (5000, 9), (1, KERNEL_SEGMENT), (1, 0), (0, 3)]
     tasks, starts, rows = _plan(shapes)
     covered = [torch.zeros(s, dtype=torch.int32) for s in shapes]
     for tensor, row0, row1, k0, k1, _ in tasks.tolist():

@@ -497,9 +497,11 @@ def kernel_tasks(
     per task, and each task's first element in the order of the tasks (plus the total).
 
     A task is a run of whole rows of about `KERNEL_CHUNK` elements, or a segment of at most
-    `KERNEL_SEGMENT` elements of a longer row."""
+    `KERNEL_SEGMENT` elements of a longer row; empty tensors get none."""
     tasks: list[tuple[int, int, int, int, int, int]] = []
     for index, ((rows, width), first) in enumerate(zip(shapes, first_rows, strict=True)):
+        if rows == 0 or width == 0:
+            continue  # an empty tensor (a rank's empty shard): its sums stay 0
         if width <= KERNEL_SEGMENT:
             step = max(1, KERNEL_CHUNK // max(width, 1))
             for row in range(0, rows, step):
