@@ -51,7 +51,7 @@ def test_pre_rows_match_float64_brute_force(kernel, dtype):
     g[1] = torch.empty(0, dtype=dtype)  # a missing gradient
     tasks, starts, rows = _plan(SHAPES)
     out = torch.zeros((3, rows), dtype=torch.float64)  # rows of empty tensors stay 0
-    kernel.pre_rows(w, g, tasks, starts, out)
+    kernel.pre_rows(w, g, tasks, starts, out, [])
     want = []
     for a, b in zip(w, g):
         a64 = a.double()
@@ -60,6 +60,21 @@ def test_pre_rows_match_float64_brute_force(kernel, dtype):
     want = torch.cat(want, 1)
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
     assert (out[:2, 3] == 0).all() and out[2, 3] > 0  # the missing gradient's row
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pre_rows_with_sources_copy_w_in_the_same_pass(kernel, dtype):
+    w, g = _inputs(SHAPES, dtype, seed=4)
+    g[1] = torch.empty(0, dtype=dtype)
+    held = [torch.full_like(a, 7) for a in w]
+    tasks, starts, rows = _plan(SHAPES)
+    copied, plain = (torch.zeros((3, rows), dtype=torch.float64) for _ in range(2))
+    kernel.pre_rows(held, g, tasks, starts, copied, w)
+    kernel.pre_rows(w, g, tasks, starts, plain, [])
+    assert torch.equal(copied, plain)  # the sums read the sources
+    assert all(torch.equal(h, a) for h, a in zip(held, w))  # and W ← w
+    with pytest.raises(RuntimeError, match="source 0 must match"):
+        kernel.pre_rows(held, g, tasks, starts, copied, [a.double() for a in w])
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -89,7 +104,7 @@ def test_results_do_not_depend_on_the_thread_count(kernel):
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             out = torch.zeros((3, rows), dtype=torch.float64)
-            kernel.pre_rows(w, g, tasks, starts, out)
+            kernel.pre_rows(w, g, tasks, starts, out, [])
             outs.append(out)
     finally:
         torch.set_num_threads(before)
@@ -115,13 +130,13 @@ def test_bad_inputs_are_refused_before_any_thread_starts(kernel):
     with pytest.raises(RuntimeError, match="out of bounds"):
         bad = tasks.clone()
         bad[0, 2] = 99
-        kernel.pre_rows(w, g, bad, starts, out)
+        kernel.pre_rows(w, g, bad, starts, out, [])
     with pytest.raises(RuntimeError, match="match the first"):
-        kernel.pre_rows(w, [g[0].double()], tasks, starts, out)
+        kernel.pre_rows(w, [g[0].double()], tasks, starts, out, [])
     with pytest.raises(RuntimeError, match="float64"):
-        kernel.pre_rows(w, g, tasks, starts, out.float())
+        kernel.pre_rows(w, g, tasks, starts, out.float(), [])
     with pytest.raises(RuntimeError, match="contiguous"):
-        kernel.pre_rows([w[0].t()], [g[0].t()], tasks, starts, out)
+        kernel.pre_rows([w[0].t()], [g[0].t()], tasks, starts, out, [])
 
 
 def test_the_loader_never_blocks_and_reports_a_failure_once(capsys):

@@ -41,18 +41,25 @@ def reference(weights, grads, after):
     return out
 
 
-@pytest.fixture(params=["eager", "kernel"], autouse=True)
+DEFER = {"defer": False}
+
+
+@pytest.fixture(params=["eager", "kernel", "kernel, copy in the gradient pass"], autouse=True)
 def record_path(request: pytest.FixtureRequest, cpu_kernel_loaded: bool):
-    """Every test on both CPU paths: the eager passes and the fused kernel (accelerator paths
-    forced on the CPU always take the eager passes)."""
-    if request.param == "kernel" and not cpu_kernel_loaded:
+    """Every test on every CPU path: the eager passes, the fused kernel, and the kernel copying
+    w in its pass over (w, g) (accelerator paths forced on the CPU always take the eager
+    passes)."""
+    mode = request.param.split(",")[0]
+    if mode == "kernel" and not cpu_kernel_loaded:
         pytest.skip(f"the fused CPU kernel is unavailable: {cpu_kernel.status().error}")
-    with cpu_kernel.forced(request.param):
+    DEFER["defer"] = "," in request.param
+    with cpu_kernel.forced(mode):
         yield request.param
+    DEFER["defer"] = False
 
 
 def _record(snap: Snapshot, weights, grads, after, keep=False):
-    snap.capture(weights)
+    snap.capture(weights, defer=DEFER["defer"])
     snap.grad_sums(grads)
     return snap.update_sums(after, keep)
 
@@ -142,7 +149,7 @@ def test_untouched_parameters_are_not_copied_again():
     weights, grads, after = _tensors()
     params = [torch.nn.Parameter(w.clone()) for w in weights]
     snap = Snapshot(params)
-    assert snap.capture(params)  # the first capture copies
+    assert snap.capture(params, defer=DEFER["defer"])  # the first capture copies
     snap.grad_sums(grads)
     with torch.no_grad():
         for p, a in zip(params, after):

@@ -1,7 +1,9 @@
 // The lens's fused per-row passes on the CPU (built at run time by cpu_kernel.py).
 //
 // Each pass reads its two [rows, K] inputs once and writes three float64 sums per row:
-//   pre_rows:  (w, g)  -> <w_r, g_r>, |g_r|^2, |w_r|^2 (an empty g: 0, 0, |w_r|^2)
+//   pre_rows:  (w, g)  -> <w_r, g_r>, |g_r|^2, |w_r|^2 (an empty g: 0, 0, |w_r|^2); given
+//              sources, w is read from them and copied into the first inputs in the same pass
+//              (the snapshot's W <- w and the gradient's sums in one read of w)
 //   post_rows: (W, w') -> |w_r|^2, <w_r, d_r>, |d_r|^2 with d = w' - W formed in registers,
 //              and W <- w' in the same pass when `keep` (the next record's copy of w).
 // Inputs are float32, float16 or bfloat16, widened to double: the product of two such values
@@ -87,8 +89,16 @@ Sums post_segment(T* w, const T* after, int64_t n, bool keep) {
   return {ww, wd, dd};
 }
 
+// `source` (when not null) holds w: the sums read it, and it is copied into `a` afterwards
 template <typename T>
-Sums segment(bool post, bool keep, void* a, const void* b, int64_t n) {
+Sums segment(bool post, bool keep, void* a, const void* b, const void* source, int64_t n) {
+  if (source != nullptr) {
+    const T* w = static_cast<const T*>(source);
+    const Sums s = b == nullptr ? Sums{0, 0, norm_segment(w, n)}
+                                : pre_segment(w, static_cast<const T*>(b), n);
+    std::memcpy(a, w, n * sizeof(T));  // still in cache from the sums
+    return s;
+  }
   if (b == nullptr) {
     return {0, 0, post ? 0 : norm_segment(static_cast<const T*>(a), n)};
   }
@@ -98,14 +108,15 @@ Sums segment(bool post, bool keep, void* a, const void* b, int64_t n) {
   return pre_segment(static_cast<const T*>(a), static_cast<const T*>(b), n);
 }
 
-Sums dispatch(at::ScalarType type, bool post, bool keep, void* a, const void* b, int64_t n) {
+Sums dispatch(at::ScalarType type, bool post, bool keep, void* a, const void* b,
+              const void* source, int64_t n) {
   switch (type) {
     case at::kFloat:
-      return segment<float>(post, keep, a, b, n);
+      return segment<float>(post, keep, a, b, source, n);
     case at::kHalf:
-      return segment<c10::Half>(post, keep, a, b, n);
+      return segment<c10::Half>(post, keep, a, b, source, n);
     case at::kBFloat16:
-      return segment<c10::BFloat16>(post, keep, a, b, n);
+      return segment<c10::BFloat16>(post, keep, a, b, source, n);
     default:
       return {};  // unreachable: check() accepts only the types above
   }
@@ -117,8 +128,17 @@ bool supported(at::ScalarType type) {
 
 // Every pointer the pass will touch is checked here, before any thread starts.
 void check(const std::vector<at::Tensor>& first, const std::vector<at::Tensor>& second,
-           const at::Tensor& tasks, const at::Tensor& starts, const at::Tensor& out) {
+           const std::vector<at::Tensor>& sources, const at::Tensor& tasks,
+           const at::Tensor& starts, const at::Tensor& out) {
   TORCH_CHECK(first.size() == second.size(), "row passes: one second input per first input");
+  TORCH_CHECK(sources.empty() || sources.size() == first.size(),
+              "row passes: no sources, or one per first input");
+  for (size_t i = 0; i < sources.size(); ++i) {
+    TORCH_CHECK(sources[i].sizes() == first[i].sizes() && sources[i].is_contiguous() &&
+                    sources[i].device().is_cpu() &&
+                    sources[i].scalar_type() == first[i].scalar_type(),
+                "row passes: source ", i, " must match the first input in shape and dtype");
+  }
   TORCH_CHECK(tasks.dtype() == at::kLong && tasks.dim() == 2 && tasks.size(1) == COLUMNS &&
                   tasks.is_contiguous() && tasks.device().is_cpu(),
               "row passes: tasks must be a contiguous int64 [tasks, 6] CPU tensor");
@@ -161,9 +181,9 @@ void check(const std::vector<at::Tensor>& first, const std::vector<at::Tensor>& 
 }
 
 void run(bool post, bool keep, const std::vector<at::Tensor>& first,
-         const std::vector<at::Tensor>& second, const at::Tensor& tasks,
-         const at::Tensor& starts, at::Tensor& out) {
-  check(first, second, tasks, starts, out);
+         const std::vector<at::Tensor>& second, const std::vector<at::Tensor>& sources,
+         const at::Tensor& tasks, const at::Tensor& starts, at::Tensor& out) {
+  check(first, second, sources, tasks, starts, out);
   const int64_t count = tasks.size(0);
   if (count == 0) {
     return;
@@ -183,10 +203,13 @@ void run(bool post, bool keep, const std::vector<at::Tensor>& first,
     const size_t item = a.element_size();
     char* a0 = static_cast<char*>(a.data_ptr());
     const char* b0 = b.numel() == 0 ? nullptr : static_cast<const char*>(b.data_ptr());
+    const char* s0 =
+        sources.empty() ? nullptr : static_cast<const char*>(sources[row[TENSOR]].data_ptr());
     for (int64_t r = row[ROW0]; r < row[ROW1]; ++r) {
       const int64_t offset = (r * width + k0) * static_cast<int64_t>(item);
       const Sums s = dispatch(a.scalar_type(), post, keep, a0 + offset,
-                              b0 == nullptr ? nullptr : b0 + offset, n);
+                              b0 == nullptr ? nullptr : b0 + offset,
+                              s0 == nullptr ? nullptr : s0 + offset, n);
       if (!whole) {
         partial[t] = s;
         continue;
@@ -222,20 +245,22 @@ void run(bool post, bool keep, const std::vector<at::Tensor>& first,
 }
 
 void pre_rows(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
-              const at::Tensor& tasks, const at::Tensor& starts, at::Tensor out) {
-  run(false, false, weights, grads, tasks, starts, out);
+              const at::Tensor& tasks, const at::Tensor& starts, at::Tensor out,
+              const std::vector<at::Tensor>& sources) {
+  run(false, false, weights, grads, sources, tasks, starts, out);
 }
 
 void post_rows(const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& after,
                const at::Tensor& tasks, const at::Tensor& starts, at::Tensor out, bool keep) {
-  run(true, keep, weights, after, tasks, starts, out);
+  run(true, keep, weights, after, {}, tasks, starts, out);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pre_rows", &pre_rows,
-        "per row <w, g>, |g|^2, |w|^2 into out[0..2] (float64)",
+        "per row <w, g>, |g|^2, |w|^2 into out[0..2] (float64); with sources, w is read "
+        "from them and copied into weights in the same pass",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("post_rows", &post_rows,
         "per row |w|^2, <w, d>, |d|^2 with d = after - w into out[0..2] (float64); "

@@ -315,9 +315,9 @@ class Lens:
             local = self._local(self._params)
             device = local[0].device if local else torch.device("cpu")
             self._snapshot = Snapshot(local, paths_for(device))
-        self._snapshot.capture(self._local(self._params))
         # With a closure (LBFGS, Lightning) the gradient is computed inside step(): read it after
         self._grads_after_step = closure_of(args or (), kwargs or {}) is not None
+        self._snapshot.capture(self._local(self._params), defer=not self._grads_after_step)
         if not self._grads_after_step:
             self._capture_grads()
         self._armed = True

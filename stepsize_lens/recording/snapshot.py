@@ -12,7 +12,8 @@ small tensors (gathered through a scratch tile) or a slice of rows of a large on
 place). Per unit, with `row_stats`:
 
 - before the step (`capture`, `grad_sums`): W ← w, unless W still holds w (see below); then
-  ‖w_r‖², ⟨w_r, g_r⟩, ‖g_r‖²;
+  ‖w_r‖², ⟨w_r, g_r⟩, ‖g_r‖² (the kernel copies w in the same pass when the gradient is
+  known before the step);
 - after the step (`update_sums`): Δ = w' − W into a scratch tile, ⟨w_r, Δ_r⟩, ‖Δ_r‖² and the
   tangential part ‖Δ_r − c_r·w_r‖² while Δ is in cache; then, if the next step will be
   recorded too, W ← w' from the same cache-warm tile.
@@ -196,6 +197,7 @@ class Snapshot:
         self.multi_row = torch.tensor([t.ndim >= 2 for t in tensors], dtype=torch.bool)
         self._holds: list[tuple[int, int]] | None = None  # (version, data_ptr) W was taken at
         self._sums: list[torch.Tensor | None] = []  # per bucket, eager path
+        self._deferred: list[torch.Tensor | None] | None = None  # w's rows, copied by grad_sums
 
     # -- bookkeeping ------------------------------------------------------------------------
     @property
@@ -258,19 +260,29 @@ class Snapshot:
         return [(t._version, t.data_ptr()) for t in tensors]
 
     # -- before the step ----------------------------------------------------------------------
-    def capture(self, weights: Sequence[torch.Tensor]) -> bool:
+    def capture(self, weights: Sequence[torch.Tensor], defer: bool = False) -> bool:
         """Start a record: choose its path (the fused kernel once it is loaded, else the eager
-        passes) and W ← w, unless W still holds exactly these values. True if it copied."""
+        passes) and W ← w, unless W still holds exactly these values. True if it copied.
+
+        ``defer``: `grad_sums` follows before ``weights`` change (the gradient is known before
+        the step), so the kernel's buckets are copied in its pass over w and g, one read of w
+        instead of two."""
         self._module = cpu_kernel.for_record() if self._kernel_ok else None
+        self._deferred = None
         if self._holds is not None and self._holds == self._marks(weights):
             return False
         views = self._row_views(weights)
+        fused = defer and self._module is not None
         dst, src = [], []
         for bucket in self.buckets:
+            if fused and bucket.kernel:
+                continue  # copied by the kernel's pass in `grad_sums`
             for unit in bucket.units:
                 _pieces_into(bucket.buffer[unit.start : unit.stop], unit, views, dst, src)
         with torch.no_grad():
             _foreach_copy(dst, src)
+        if fused:
+            self._deferred = views
         self._holds = None
         return True
 
@@ -305,8 +317,15 @@ class Snapshot:
             self._sums.append(sums)
         if self._module is not None:
             plan = self._kernel_plan()
-            grads_in = [self._kernel_input(views[i], w) for i, w in zip(plan.members, plan.weights)]
-            self._module.pre_rows(plan.weights, grads_in, plan.tasks, plan.starts, table[WG:WD])
+            pairs = list(zip(plan.members, plan.weights, strict=True))
+            grads_in = [self._kernel_input(views[i], w) for i, w in pairs]
+            deferred, self._deferred = self._deferred, None
+            sources = []
+            if deferred is not None:  # W ← w in this pass
+                sources = [self._kernel_input(deferred[i], w) for i, w in pairs]
+            self._module.pre_rows(
+                plan.weights, grads_in, plan.tasks, plan.starts, table[WG:WD], sources
+            )
 
     # -- after the step -----------------------------------------------------------------------
     @torch.no_grad()
@@ -322,6 +341,7 @@ class Snapshot:
         assert table is not None and len(self._sums) == len(self.buckets), (
             "grad_sums must run first"
         )
+        assert self._deferred is None
         views = self._row_views(weights_after)
         for bucket, sums in zip(self.buckets, self._sums, strict=True):
             if sums is None:
