@@ -35,3 +35,18 @@ def train(model, optimizer, steps, lens=None):
         if lens is not None:
             lens.log(loss=loss)
     return model
+
+
+class Tee:
+    """An ``on_record`` callback that hands each record to ``writer`` and keeps it in
+    ``records``; forwards ``on_close`` (for tests of the live writers)."""
+
+    def __init__(self, writer) -> None:
+        self.writer, self.records = writer, []
+
+    def __call__(self, record) -> None:
+        self.records.append(record)
+        self.writer(record)
+
+    def on_close(self, lens) -> None:
+        self.writer.on_close(lens)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _lens_models import batches, small_model
+from _lens_models import Tee, batches, small_model
 from _runs import crafted_run
 from torch import nn
 from typer.testing import CliRunner
@@ -211,20 +211,6 @@ def test_importing_never_imports_the_frameworks() -> None:
 # -- live writer ------------------------------------------------------------------------------
 LIVE_STEPS = 7
 PREFIX = "stepsize_lens/"
-
-
-class Tee:
-    """Hands each record to the writer and keeps it; forwards ``on_close``."""
-
-    def __init__(self, writer: TensorBoardWriter) -> None:
-        self.writer, self.records = writer, []
-
-    def __call__(self, record) -> None:
-        self.records.append(record)
-        self.writer(record)
-
-    def on_close(self, lens) -> None:
-        self.writer.on_close(lens)
 
 
 def _train_live(path, writer: TensorBoardWriter, close: bool = True):

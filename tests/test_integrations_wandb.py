@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _lens_models import batches, small_model
+from _lens_models import Tee, batches, small_model
 from torch import nn
 
 import stepsize_lens
@@ -90,20 +90,6 @@ def _rows(records: list) -> list[dict[tuple[str, ...], object]]:
 
 
 # -- a short training run ---------------------------------------------------------------------
-class Tee:
-    """Hands each record to the writer and keeps it; forwards ``on_close``."""
-
-    def __init__(self, writer: WandbWriter) -> None:
-        self.writer, self.records = writer, []
-
-    def __call__(self, record) -> None:
-        self.records.append(record)
-        self.writer(record)
-
-    def on_close(self, lens) -> None:
-        self.writer.on_close(lens)
-
-
 def _train(tmp_path: Path, run, writer: WandbWriter) -> tuple[list, object]:
     """STEPS seeded steps recorded at every step, step 3 skipped by a GradScaler; the loop
     logs its own loss to wandb at every step, as loops do."""
