@@ -51,13 +51,20 @@ def test_requested_keys_compile_in_the_background_and_then_run():
     torch.testing.assert_close(out, -2 * x)
 
 
-def test_each_dtype_and_variant_has_its_own_code_object():
+def test_each_key_runs_its_own_graph_and_rejects_other_shapes():
+    """Keys of one family share nothing compiled; a call never goes through dynamo's guards,
+    so inductor's size checks must catch arguments of another shape."""
     kernel = _kernel()
-    a = kernel._family(_key(2, 2).family)
-    b = kernel._family(_key(2, 2, dtype=torch.float64).family)
-    c = kernel._family(_key(2, 2, variant=True).family)
-    assert a is kernel._family(_key(9, 9).family)
-    assert len({id(a), id(b), id(c)}) == 3
+    small, large = _key(2, 3), _key(9, 11)
+    kernel.request([small, large])
+    assert kernel.wait([small, large], timeout=120)
+    for key in (small, large):
+        x, out = torch.randn(key.rows, key.cols), torch.empty(key.rows, key.cols)
+        scale = torch.arange(float(key.rows))
+        kernel(key, x, out, scale)
+        torch.testing.assert_close(out, x * scale[:, None])
+    with pytest.raises(AssertionError):
+        kernel(small, torch.randn(9, 11), torch.empty(9, 11), torch.ones(9))
 
 
 def test_keys_never_compiled_settle_at_once():

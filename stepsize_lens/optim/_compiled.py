@@ -10,13 +10,15 @@ state and sums the row statistics of the test, and one that projects and writes 
 
 `RowKernel` compiles such a function with ``torch.compile(dynamic=True)`` in one background
 thread per process, for the exact (device, dtype, shape, variant) keys it is asked for, using
-freshly allocated example tensors, never the parameters. A step only calls the kernel for keys
-that are ready, through ``torch._dynamo.run``, which never compiles: an unexpected guard miss
-runs the plain function eagerly (same result, slower). So no step waits for the compiler;
-until a key is ready its tensors take the multi-tensor path. Inductor caches what it compiles
-on disk, so later processes are ready in a second or two. If compiling fails (no C++
-compiler, an unsupported platform), the kernel warns once and reports the keys as failed;
-those tensors keep the multi-tensor path.
+freshly allocated example tensors, never the parameters. Each key gets its own graph, and a step
+calls inductor's compiled function of that graph directly (`compile_direct`), past dynamo's
+frame evaluation and guards, which cost tens of microseconds per call, as much as the kernel
+itself on small tensors; inductor still checks the sizes and strides of every tensor. A step
+only calls the kernel for keys that are ready, so no step waits for the compiler; until a key
+is ready its tensors take the multi-tensor path. Inductor caches what it compiles on disk, so
+later processes are ready after a short trace per key. If compiling fails (no C++ compiler, an
+unsupported platform), the kernel warns once and reports the keys of that device, dtype and
+variant (a `Key.family`) as failed; those tensors keep the multi-tensor path.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ COMPILER_DEVICES: dict[str, str] = {"cpu": "a C++ compiler"}
 #: Inductor options: compile in the background thread itself (a pool of compiler processes
 #: costs more to start than these small kernels take to compile).
 _OPTIONS = {"compile_threads": 1}
+
+#: Kernels of keys with at most this many elements run in the calling thread: on tensors this
+#: small, the barriers between the kernel's parallel loops cost more than the second thread
+#: saves (and much more when another process holds the other core).
+SERIAL_NUMEL = 1 << 16
 
 #: Tensors with more elements are never compiled for (the examples would be as large): they
 #: keep the multi-tensor path.
@@ -70,7 +77,7 @@ class Key:
 
     @property
     def family(self) -> tuple[str, torch.dtype, Hashable]:
-        """Keys of one family share a code object, hence dynamo's cache and recompile limit."""
+        """Keys that compile alike: one failed compilation settles the whole family."""
         return (self.device.type, self.dtype, self.variant)
 
 
@@ -107,7 +114,7 @@ class RowKernel:
         self._ready: set[Key] = set()
         self._pending: set[Key] = set()
         self._failed: dict[tuple, str] = {}
-        self._families: dict[tuple, tuple[Callable, Callable]] = {}
+        self._compiled: dict[Key, Callable[..., Any]] = {}
 
     # --- asking and waiting --------------------------------------------------------------------
 
@@ -152,28 +159,12 @@ class RowKernel:
     # --- calling -------------------------------------------------------------------------------
 
     def __call__(self, key: Key, *args: Any) -> Any:
-        """Run the compiled kernel for a ready ``key`` (never compiles; see the module doc)."""
-        return self._family(key.family)[1](*args, **self.variant_kwargs(key))
+        """Run the compiled kernel of a ready ``key`` (never compiles; see the module doc)."""
+        return self._compiled[key](*args)
 
     def traced(self, key: Key, *args: Any) -> Any:
         """The plain function, for a step being traced by an outer ``torch.compile``."""
         return self.fn(*args, **self.variant_kwargs(key))
-
-    def _family(self, family: tuple) -> tuple[Callable, Callable]:
-        """(compiling, run-only) wrappers of a private copy of ``fn`` for one key family.
-
-        A copy of the code object per family gives each dtype/device/variant its own dynamo
-        cache, so the shape classes of one family never count against another's limit.
-        """
-        with self._lock:
-            if family not in self._families:
-                code = self.fn.__code__.replace()
-                fn = types.FunctionType(
-                    code, self.fn.__globals__, self.fn.__name__, self.fn.__defaults__
-                )
-                compiling = torch.compile(fn, dynamic=True, fullgraph=True, options=_OPTIONS)
-                self._families[family] = (compiling, torch._dynamo.run(fn))
-            return self._families[family]
 
     # --- the background side -------------------------------------------------------------------
 
@@ -181,10 +172,10 @@ class RowKernel:
         if key.family in self._failed:
             return self._settle(key, ok=False)
         try:
-            args = self.example(key)
-            compiling = self._family(key.family)[0]
-            with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64):
-                compiling(*args, **self.variant_kwargs(key))
+            options = dict(_OPTIONS)
+            if key.rows * key.cols <= SERIAL_NUMEL:
+                options["cpp.threads"] = 1
+            compiled = compile_direct(self.fn, self.example(key), self.variant_kwargs(key), options)
         except Exception as exc:  # no compiler, an inductor limitation, memory
             first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
             with self._lock:
@@ -197,6 +188,8 @@ class RowKernel:
                 stacklevel=2,
             )
             return self._settle(key, ok=False)
+        with self._lock:
+            self._compiled[key] = compiled
         self._settle(key, ok=True)
 
     def _settle(self, key: Key, ok: bool) -> None:
@@ -205,6 +198,56 @@ class RowKernel:
             if ok:
                 self._ready.add(key)
             self._lock.notify_all()
+
+
+def compile_direct(
+    fn: Callable[..., Any],
+    args: tuple[torch.Tensor, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """Compile ``fn(*args, **kwargs)`` with inductor; return a caller of the compiled graph alone.
+
+    ``options``: inductor's config for this graph. Dynamo traces a private copy of ``fn`` (its
+    cache lives on the code object, so a shared one would hand this shape's call to a graph
+    compiled for another) and gives the graph to inductor, whose compiled function is kept. It
+    takes the graph's inputs: tensors that are ``args`` (found by identity) and size symbols,
+    whose values are those of ``args`` (the caller only ever passes arguments of these shapes,
+    dtypes and layouts). Calling it skips dynamo's frame evaluation and guards, tens of
+    microseconds per call; inductor still checks every tensor's sizes and strides.
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    graphs: list[tuple[Callable[..., Any], list[Any]]] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        compiled = compile_fx(gm, example_inputs, config_patches=options or {})
+        graphs.append((compiled, list(example_inputs)))
+        return compiled
+
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
+    with torch.no_grad():
+        torch.compile(copy, backend=backend, dynamic=True, fullgraph=True)(*args, **kwargs)
+    if len(graphs) != 1:
+        raise RuntimeError(f"dynamo made {len(graphs)} graphs of {fn.__name__}, not one")
+    compiled, inputs = graphs[0]
+    plan: list[tuple[bool, Any]] = []  # (from args, index or value)
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            index = next((i for i, a in enumerate(args) if a is x), None)
+            if index is None:
+                raise RuntimeError(f"an input of the {fn.__name__} graph is not an argument")
+            plan.append((True, index))
+        elif isinstance(x, torch.SymInt):
+            plan.append((False, int(x.node.hint)))
+        elif isinstance(x, int):
+            plan.append((False, x))
+        else:
+            raise RuntimeError(f"an input of the {fn.__name__} graph is a {type(x).__name__}")
+    if all(from_args for from_args, _ in plan):
+        order = [i for _, i in plan]
+        return lambda *a: compiled(*[a[i] for i in order])
+    return lambda *a: compiled(*[a[v] if from_args else v for from_args, v in plan])
 
 
 class _Worker:
