@@ -35,7 +35,7 @@ from stepsize_lens._rows import row_order, rows_view
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim._compiled import COMPILER_DEVICES, Key, RowKernel
-from stepsize_lens.optim._projection import projectable, row_pieces
+from stepsize_lens.optim._projection import projectable, row_pieces, stats_dtype
 
 H = TypeVar("H")
 
@@ -324,6 +324,17 @@ def row_key(
 ) -> Key:
     """The row-kernel key of a [rows, cols] tensor (its rows cut as `row_pieces` says)."""
     return Key(device, dtype, rows, cols, variant, row_pieces(cols))
+
+
+def row_example(key: Key, tensors: int, hyper: Sequence[float]) -> tuple[Tensor, ...]:
+    """Arguments of one row-kernel call for ``key``, fresh tensors whose values do not matter:
+    ``tensors`` zero tensors of the key's piece shape (w, g and the state), the projection slot,
+    ones of its unit shape in the statistics' dtype, and ``hyper`` as float64."""
+    kw = dict(device=key.device, dtype=key.dtype)
+    zeros = (torch.zeros(key.piece_shape, **kw) for _ in range(tensors))  # type: ignore[arg-type]
+    projection = torch.zeros((), dtype=torch.long, device=key.device)
+    unit = torch.ones(key.unit_shape, device=key.device, dtype=stats_dtype(key.dtype))
+    return (*zeros, projection, unit, torch.tensor(hyper, dtype=torch.float64, device=key.device))
 
 
 _UNITS: dict[tuple[tuple[int, int], torch.device, torch.dtype], Tensor] = {}

@@ -307,15 +307,8 @@ def _sgdp_rows(
 
 
 def _example(key: Key) -> tuple[Tensor, ...]:
-    """Arguments of one `_sgdp_rows` call for ``key`` (fresh tensors; any values will do)."""
-    kw = dict(device=key.device, dtype=key.dtype)
-    tensors = (torch.zeros(key.piece_shape, **kw) for _ in range(3))  # type: ignore[arg-type]
-    unit = torch.ones(key.unit_shape, device=key.device, dtype=P.stats_dtype(key.dtype))
-    projection = torch.zeros((), dtype=torch.long, device=key.device)
-    hyper = torch.tensor(
-        [0.9, 0.1, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01], dtype=torch.float64, device=key.device
-    )
-    return (*tensors, projection, unit, hyper)
+    """Arguments of one `_sgdp_rows` call for ``key`` (`_base.row_example`)."""
+    return B.row_example(key, 3, [0.9, 0.1, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01])
 
 
 _ROW_KERNEL = RowKernel("SGDP", _sgdp_rows, _example, lambda key: {"nesterov": key.variant})
