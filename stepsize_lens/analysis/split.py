@@ -32,9 +32,10 @@ import numpy as np
 
 from stepsize_lens.analysis.frames import (
     default_window,
+    left_out_of_means,
+    measured,
     reduce_values,
     set_name,
-    starts_at_zero,
     tensor_classes,
     tensor_group_field,
     tensor_sets,
@@ -106,6 +107,31 @@ def split_values(
     }
 
 
+def _set_series(
+    run: Run,
+    by: str,
+    classes: pd.Series | Mapping[str, str] | None,
+    window: int | None,
+) -> tuple[np.ndarray, int, list[tuple[str, int, tuple[np.ndarray, np.ndarray, np.ndarray]]]]:
+    """The series a split is taken from, over the non-skipped records: their steps, the window
+    (``window`` or `frames.default_window`), and per set of tensors its name, its size and the
+    means of angular_update, weight_norm and lr over the tensors its figures use
+    (`frames.measured`: frozen and zero-start tensors left out unless all are)."""
+    cls = tensor_classes(run, classes)
+    keep = ~run.skipped.astype(bool)
+    win = window if window is not None else default_window(int(keep.sum()))
+    angle = run.metric("angular_update")[keep]
+    weight = run.metric("weight_norm")[keep]
+    lr = tensor_group_field(run, "lr")[keep]
+    left_out = left_out_of_means(run)
+    sets = []
+    for key, index in tensor_sets(run, by, cls).items():
+        used = measured(index, left_out)
+        series = tuple(reduce_values(x[:, used], "mean") for x in (angle, weight, lr))
+        sets.append((set_name(by, key), len(index), series))
+    return run.steps[keep], win, sets
+
+
 def decay_split(
     run: Run,
     by: str = "class",
@@ -118,30 +144,23 @@ def decay_split(
 
     Columns: set, tensors, power (k), angle_early, angle_late, total (Δθ early/late), lr_part,
     norm_part ((‖w‖_late/‖w‖_early)^k), gradient_part (the rest), norm_growth. A set's series
-    is the mean over its tensors, leaving out tensors that start at zero unless all do;
+    is the mean over its tensors, leaving out frozen tensors and tensors that start at zero
+    unless all are (`frames.measured`, as every set figure);
     ``window`` defaults to `frames.default_window` of the non-skipped records.
     """
     import pandas as pd
 
-    cls = tensor_classes(run, classes)
-    keep = ~run.skipped.astype(bool)
-    win = window if window is not None else default_window(int(keep.sum()))
+    _, win, sets = _set_series(run, by, classes, window)
     power = norm_power(run, family)
-    angle = run.metric("angular_update")[keep]
-    weight = run.metric("weight_norm")[keep]
-    lr = tensor_group_field(run, "lr")[keep]
-    zero = starts_at_zero(weight)
     rows = []
-    for key, index in tensor_sets(run, by, cls).items():
-        measured = index[~zero[index]] if not zero[index].all() else index
-        series = [reduce_values(x[:, measured], "mean")[:, None] for x in (angle, weight, lr)]
-        parts = split_values(*series, power=power, window=win)
+    for name, tensors, series in sets:
+        parts = split_values(*(x[:, None] for x in series), power=power, window=win)
         rows.append(
             {
-                "set": set_name(by, key),
-                "tensors": len(index),
+                "set": name,
+                "tensors": tensors,
                 "power": power,
-                **{name: float(values[0]) for name, values in parts.items()},
+                **{key: float(values[0]) for key, values in parts.items()},
             }
         )
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -161,19 +180,10 @@ def split_series(
     ``gradient`` total/(lr·norm). Long form: step, set, part, value."""
     import pandas as pd
 
-    cls = tensor_classes(run, classes)
-    keep = ~run.skipped.astype(bool)
-    win = window if window is not None else default_window(int(keep.sum()))
+    steps, win, sets = _set_series(run, by, classes, window)
     power = norm_power(run, family)
-    steps = run.steps[keep]
-    angle = run.metric("angular_update")[keep]
-    weight = run.metric("weight_norm")[keep]
-    lr = tensor_group_field(run, "lr")[keep]
-    zero = starts_at_zero(weight)
     frames = []
-    for key, index in tensor_sets(run, by, cls).items():
-        measured = index[~zero[index]] if not zero[index].all() else index
-        a, w, eta = (reduce_values(x[:, measured], "mean") for x in (angle, weight, lr))
+    for name, _, (a, w, eta) in sets:
         a0, w0, e0 = (_window_mean(x[:, None], win, False)[0] for x in (a, w, eta))
         with np.errstate(divide="ignore", invalid="ignore"):
             total = a / a0
@@ -186,11 +196,7 @@ def split_series(
             ("norm", norm),
             ("gradient", gradient),
         ):
-            frames.append(
-                pd.DataFrame(
-                    {"step": steps, "set": set_name(by, key), "part": part, "value": values}
-                )
-            )
+            frames.append(pd.DataFrame({"step": steps, "set": name, "part": part, "value": values}))
     if not frames:
         return pd.DataFrame({"step": [], "set": [], "part": [], "value": []})
     return pd.concat(frames, ignore_index=True)
