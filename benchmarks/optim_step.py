@@ -5,9 +5,8 @@ feed a BatchNorm get the tangential gradients that make AdamP/SGDP project), CPU
 one process. Every optimizer owns a copy of the parameters; repetitions are interleaved
 (one step of each optimizer per round, in rotating order) and the median is reported, with
 ratios to the torch peer of the same family measured in the same rounds. Our ``fused=True``
-optimizers are timed once their compiled kernels are ready (`fused_ready(timeout=None)`; the
-wait is printed: it is the background compilation, cached on disk by torch after the first
-time).
+optimizers are timed once their C++ kernel is loaded (`fused_ready(timeout=None)`; the wait
+is printed: it is the background build, kept in torch's extension cache after the first time).
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 \\
         python benchmarks/optim_step.py
@@ -114,8 +113,8 @@ def bench_model(
         opt.fused_ready(timeout=None) for opt, _ in made.values() if hasattr(opt, "fused_ready")
     )
     print(
-        f"fused kernels {'ready' if ready else 'NOT ready (multi-tensor fallback)'} after "
-        f"{time.perf_counter() - start:.1f} s of waiting for the background compilation"
+        f"fused C++ kernel {'loaded' if ready else 'NOT loaded (multi-tensor fallback)'} after "
+        f"{time.perf_counter() - start:.1f} s of waiting for the background build"
     )
     opt, params = made["ours AdamP (multi-tensor)"]
     opt.step()

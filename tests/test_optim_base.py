@@ -3,7 +3,6 @@ state dicts, closures, gradient checks and the exports."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import threading
 
@@ -31,10 +30,9 @@ from _optim_cases import (  # noqa: F401 (one_thread: an autouse fixture)
 from torch import nn
 
 import stepsize_lens
+from stepsize_lens import _native
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.optim import SGDP, AdamP, _blocked, _compiled
-from stepsize_lens.optim import adamp as adamp_module
-from stepsize_lens.optim import sgdp as sgdp_module
+from stepsize_lens.optim import SGDP, AdamP, _blocked, _cpu_kernel
 
 
 @pytest.mark.parametrize(
@@ -191,10 +189,11 @@ def test_odd_layouts_and_float64_use_the_fallback_correctly(opt_name):
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
 def test_long_rows_cut_into_pieces_on_the_fused_path(opt_name):
-    """Rows longer than the kernels' piece limit: 2 and 3 pieces, and a row with no split."""
+    """Rows longer than the traced function's piece limit (2 and 3 pieces, a row with no
+    split) and longer than the C++ kernel's task (segments summed in order)."""
     kwargs, _ = config(opt_name, "nesterov")
     gen = torch.Generator().manual_seed(9)
-    shapes = [(3, 2, 48, 48), (4, 9000), (2, 4099 * 2)]
+    shapes = [(3, 2, 48, 48), (4, 9000), (2, 4099 * 2), (2, 3 * (1 << 14) + 5)]
     base = [torch.randn(s, generator=gen) for s in shapes]
 
     def tangential(w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -210,7 +209,7 @@ def test_long_rows_cut_into_pieces_on_the_fused_path(opt_name):
             for p, n in zip(params, step):
                 p.grad = tangential(p.detach(), n).reshape(p.shape)
             opt.step()
-        assert [int(opt.state[p]["projection"]) for p in params] == [1, 1, 1]
+        assert [int(opt.state[p]["projection"]) for p in params] == [1, 1, 1, 1]
         runs.append(params)
     for a, b in zip(*runs):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
@@ -404,60 +403,72 @@ def test_fused_and_foreach_follow_torchs_rules(opt_name):
     assert len(opt.param_groups) == 1
 
 
-MODULES = {"AdamP": adamp_module, "SGDP": sgdp_module}
-
-
-def _swap_kernel(monkeypatch, opt_name: str, fn=None) -> _compiled.RowKernel:
-    """Give ``opt_name`` a fresh row kernel (of ``fn``, default its own): nothing compiled."""
-    module = MODULES[opt_name]
-    real = module._ROW_KERNEL
-    kernel = _compiled.RowKernel(real.name, fn or real.fn, real.example, real.variant_kwargs)
-    monkeypatch.setattr(module, "_ROW_KERNEL", kernel)
-    rows = dataclasses.replace(module._KERNELS.rows, kernel=kernel)
-    monkeypatch.setattr(module, "_KERNELS", dataclasses.replace(module._KERNELS, rows=rows))
-    return kernel
-
-
-@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
-def test_fused_steps_never_wait_for_the_compiler(opt_name, monkeypatch):
-    """While the kernels compile, steps take the multi-tensor path (same numbers, bit for bit)
-    and the compiled kernels take over once ready."""
-    kernel = _swap_kernel(monkeypatch, opt_name)
-    release, compiled = threading.Event(), []
-    real_compile = kernel._compile
-
-    def slow_compile(key):  # the background thread blocks until the test lets it go
-        release.wait(timeout=120)
-        compiled.append(key)
-        real_compile(key)
-
-    monkeypatch.setattr(kernel, "_compile", slow_compile)
-    kwargs, _ = config(opt_name, "nesterov")
+def _train_pair(opt_name: str, fused, multi, net, twin, steps: int = 3) -> None:
     x, y = data("cnn")
-    net, twin = model("cnn"), model("cnn")
-    fused = OURS[opt_name](net.parameters(), fused=True, **kwargs)
-    multi = OURS[opt_name](twin.parameters(), foreach=True, **kwargs)
-    assert not fused.fused_ready()
-    for _ in range(3):
+    for _ in range(steps):
         for n, o in ((net, fused), (twin, multi)):
             o.zero_grad()
             F.cross_entropy(n(x), y).backward()
             o.step()
+
+
+@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
+def test_fused_steps_never_wait_for_the_kernel(opt_name, monkeypatch):
+    """While the C++ kernel loads, fused steps take the multi-tensor path (same numbers, bit
+    for bit); once it is loaded, it steps every tensor in one call per dtype."""
+    module = _cpu_kernel.wait()
+    if module is None:
+        pytest.skip(f"the fused CPU kernel is unavailable: {_cpu_kernel.status().error}")
+    release, calls = threading.Event(), []
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append((name, len(args[0])))
+                return getattr(module, name)(*args)
+
+            return call
+
+    def slow_load():  # the background thread blocks until the test lets it go
+        release.wait(timeout=120)
+        return Spy(), "built"
+
+    monkeypatch.setattr(_cpu_kernel, "_loader", _native.Loader(slow_load))
+    kwargs, _ = config(opt_name, "nesterov")
+    net, twin = model("cnn"), model("cnn")
+    fused = OURS[opt_name](net.parameters(), fused=True, **kwargs)
+    multi = OURS[opt_name](twin.parameters(), foreach=True, **kwargs)
+    assert not fused.fused_ready()
+    _train_pair(opt_name, fused, multi, net, twin)
     for a, b in zip(net.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+    assert calls == []
     release.set()
-    assert fused.fused_ready(timeout=120) and compiled
+    assert fused.fused_ready(timeout=120)
+    _train_pair(opt_name, fused, multi, net, twin, steps=2)
+    native = f"{opt_name.lower()}_step"
+    assert calls == [(native, len(list(net.parameters())))] * 2
+    assert_close_params(net, twin)
 
 
-def test_a_kernel_that_cannot_compile_warns_and_falls_back(monkeypatch):
-    def broken(w, g, buf, projection, unit, hyper, *, nesterov):
-        raise RuntimeError("no compiler here")
+def test_a_kernel_that_cannot_be_built_says_so_once_and_falls_back(monkeypatch, capsys):
+    def unavailable():
+        raise _native.Unavailable("no C++ compiler: 'c++' not found")
 
-    _swap_kernel(monkeypatch, "SGDP", broken)
+    monkeypatch.setattr(
+        _cpu_kernel,
+        "_loader",
+        _native.Loader(unavailable, "the fused AdamP/SGDP CPU kernel", "fused=True steps ..."),
+    )
     p, q = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4, 3))
-    with pytest.warns(RuntimeWarning, match="fused SGDP kernel is unavailable"):
-        opt = SGDP([p], lr=0.1, momentum=0.9, fused=True)
-        assert not opt.fused_ready(timeout=120)
+    opt = SGDP([p], lr=0.1, momentum=0.9, fused=True)
+    assert not opt.fused_ready(timeout=120)
+    assert not SGDP([nn.Parameter(torch.randn(2))], lr=0.1, fused=True).fused_ready(timeout=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "stepsize_lens: the fused AdamP/SGDP CPU kernel is unavailable (no C++ compiler: "
+        "'c++' not found); fused=True steps ..."
+    ]
     ref = SGDP([q], lr=0.1, momentum=0.9, foreach=True)
     with torch.no_grad():
         q.copy_(p)
@@ -466,6 +477,14 @@ def test_a_kernel_that_cannot_compile_warns_and_falls_back(monkeypatch):
         opt.step()
         ref.step()
     assert torch.equal(p, q)
+
+
+def test_fused_ready_has_nothing_to_wait_for_without_cpu_tensors_or_fused_groups(monkeypatch):
+    monkeypatch.setattr(
+        _cpu_kernel, "_loader", _native.Loader(lambda: pytest.fail("must not load"))
+    )
+    assert AdamP([nn.Parameter(torch.randn(3, 3))], fused=False).fused_ready(timeout=None)
+    assert _cpu_kernel.status().state == "idle"
 
 
 @pytest.mark.slow

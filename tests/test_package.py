@@ -116,6 +116,7 @@ FLOORS = {
     "_version": 0,
     "_files": 0,
     "_jsonable": 0,
+    "_native": 0,
     "errors": 0,
     "schedules": 0,
     "model_names": 0,

@@ -8,21 +8,22 @@ tensors along one of three paths (`PATHS`, docs/design.md §4):
 
 - ``per-tensor``: the reference, one tensor at a time, any tensor;
 - ``multi-tensor``: per device and dtype, each tensor along its `_blocked.Partition` route;
-- ``fused``: like multi-tensor, but every projectable tensor with a rows view whose compiled
-  row kernel is ready (`_compiled.RowKernel`, CPU) runs it: one call that reads the tensor
-  about twice. Until a kernel is ready (it compiles in the background), and where none is
-  compiled (other devices, a missing compiler), those tensors take the multi-tensor route.
+- ``fused``: on the CPU, once the C++ kernel is loaded (`_cpu_kernel`, built in the
+  background), every tensor with a rows view in one call of two passes over the data;
+  until then, where it cannot be built, and on other devices (CUDA), the multi-tensor route.
+  A step traced by ``torch.compile`` runs the optimizer's row function (`RowStep.fn`) on
+  each tensor instead, which the compiler fuses.
 
 Half-precision tensors (`HALF_DTYPES`) are computed in float32 and rounded once when written,
-as torch's fused kernels do: the compiled kernels load and store them directly, the other paths
-run on float32 copies.
+as torch's fused kernels do: the C++ kernel and the traced row functions load and store them
+directly, the other paths run on float32 copies.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -31,11 +32,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
-from stepsize_lens._rows import row_order, rows_view
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.optim import _blocked
-from stepsize_lens.optim._compiled import COMPILER_DEVICES, Key, RowKernel
-from stepsize_lens.optim._projection import projectable, row_pieces, stats_dtype
+from stepsize_lens.optim import _blocked, _cpu_kernel
+from stepsize_lens.optim._projection import row_pieces, stats_dtype
 
 H = TypeVar("H")
 
@@ -49,11 +48,10 @@ PATHS: dict[str, str] = {
     PER_TENSOR: "foreach=False: the reference, one tensor at a time; any device, dtype, layout",
     MULTI_TENSOR: "foreach=True, or foreach=None when every parameter is a torch.Tensor or "
     "nn.Parameter: any device; tensors without a rows view run the per-tensor code",
-    FUSED: "fused=True: compiled row kernels on "
-    + ", ".join(f"{dev} (needs {need})" for dev, need in COMPILER_DEVICES.items())
-    + ", for every tensor with a rows view once its kernel is ready; everything else, and "
-    "every tensor on other devices (CUDA), the multi-tensor path. Also what a step traced by "
-    "torch.compile runs",
+    FUSED: "fused=True: on the CPU, a C++ kernel (built at run time; needs a C++ compiler and "
+    "ninja) steps every tensor with a rows view in one call of two passes once it is loaded; "
+    "until then, where it cannot be built, and on other devices (CUDA), the multi-tensor path. "
+    "A step traced by torch.compile runs each tensor's step in torch ops for the compiler",
 }
 
 #: Devices ``fused=True`` accepts (torch's fused optimizers' main ones).
@@ -65,18 +63,21 @@ PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 #: Parameter dtypes that every path computes in float32 (state stays in the parameter's dtype).
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
+#: Parameter dtypes the C++ kernel steps (others take the multi-tensor path).
+NATIVE_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
+
 
 class ProjectedOptimizer(Optimizer):
     """Base of AdamP and SGDP.
 
-    Subclasses implement `_validate_group`, `_init_state`, `_update` and `_kernel_keys`, and
-    pass ``foreach`` and ``fused`` (checked by `check_paths`) in their defaults.
+    Subclasses implement `_validate_group`, `_init_state` and `_update`, and pass ``foreach``
+    and ``fused`` (checked by `check_paths`) in their defaults.
     """
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, plus one clear error for a missing required value and the group's checks.
 
-        With ``fused=True`` the group's row kernels start compiling in the background.
+        With ``fused=True`` on CPU tensors, the C++ kernel starts loading in the background.
         """
         missing = [k for k, v in self.defaults.items() if v is required and k not in param_group]
         if missing:
@@ -94,8 +95,8 @@ class ProjectedOptimizer(Optimizer):
         except Exception:
             self.param_groups.pop()
             raise
-        if group["fused"]:
-            self._request_kernels(group)
+        if group["fused"] and _on_cpu(group):
+            _cpu_kernel.start()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -116,20 +117,17 @@ class ProjectedOptimizer(Optimizer):
         restore_projection_dtype(self.state)
 
     def fused_ready(self, timeout: float | None = 0.0) -> bool:
-        """Whether the compiled kernels of every ``fused=True`` group are ready to run.
+        """Whether the C++ kernel that ``fused=True`` groups of CPU tensors run is loaded.
 
-        Waits up to ``timeout`` seconds (None: until each is compiled or has failed) for the
-        background compilation. Steps never wait; call this before training when the first
-        steps must already take the fused path (reproducible runs, benchmarks). True when
-        there is nothing to compile (no fused group; tensors on devices without compiled
-        kernels), False when a kernel failed to compile.
+        Waits up to ``timeout`` seconds (None: until it is loaded or has failed) for the
+        background build. Steps never wait; call this before training when the first steps
+        must already take the fused path (reproducible runs, benchmarks). True when there is
+        nothing to load (no fused group of CPU tensors), False when the kernel is unavailable
+        (no compiler or ``ninja``, ``STEPSIZE_LENS_CPU_KERNEL=0``, a failed build).
         """
-        ready = True
-        for group in self.param_groups:
-            if group["fused"]:
-                kernel, keys = self._kernel_keys(group)
-                ready &= kernel.wait(keys, timeout)
-        return ready
+        if not any(group["fused"] and _on_cpu(group) for group in self.param_groups):
+            return True
+        return _cpu_kernel.wait(timeout) is not None
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise `UserInputError` for invalid hyperparameters of ``group`` (defaults filled)."""
@@ -142,14 +140,6 @@ class ProjectedOptimizer(Optimizer):
     def _update(self, group: dict[str, Any], tensors: GroupTensors, path: str) -> None:
         """The step on the parameters of ``group`` that have a gradient (`_gather`)."""
         raise NotImplementedError
-
-    def _kernel_keys(self, group: dict[str, Any]) -> tuple[RowKernel, list[Key]]:
-        """The row kernel of this optimizer and the keys the parameters of ``group`` need."""
-        raise NotImplementedError
-
-    def _request_kernels(self, group: dict[str, Any]) -> None:
-        kernel, keys = self._kernel_keys(group)
-        kernel.request(keys)
 
     def _gather(self, group: dict[str, Any]) -> GroupTensors:
         params, grads, states = [], [], []
@@ -215,17 +205,22 @@ ListStep = Callable[[list[Tensor], list[Tensor], list[dict], H], None]
 
 @dataclass(frozen=True)
 class RowStep(Generic[H]):
-    """How an optimizer calls its compiled row kernel on one tensor.
+    """How an optimizer's fused step runs, in C++ and in torch ops.
 
-    ``kernel(key, w, g, *state tensors, projection, unit, hyper)`` runs the step of one
-    tensor (as ``key.piece_shape`` views, ``unit`` of ones in ``key.unit_shape``) and writes
-    its view into ``projection``; ``floats(hyper, state, numel, rows)`` gives the values of
-    its float64 ``hyper`` tensor; ``variant(hyper)`` what else a kernel is specialised on.
+    ``native``: the name of its function in ``optim/cpu_kernel.cpp``, which steps all tensors
+    of one dtype in one call (weights, gradients, state tensors in the order of
+    `Kernels.state_keys`, projection slots, the float64 hyper table, nesterov).
+    ``floats(hyper, state, numel, rows)``: one tensor's row of that table (a function of
+    ``state["step"]`` where there is one, ``numel`` and ``rows``), also the ``hyper`` of
+    ``fn``. ``fn(w, g, *state, projection, unit, hyper, nesterov=...)``: the same step of one
+    tensor in torch ops (arguments as `traced_call` makes them), run by a step that
+    ``torch.compile`` traces. ``nesterov(hyper)``: whether the Nesterov form is used.
     """
 
-    kernel: RowKernel
+    native: str
     floats: Callable[[H, dict, int, int], Sequence[float]]
-    variant: Callable[[H], Hashable]
+    fn: Callable[..., None]
+    nesterov: Callable[[H], bool]
 
 
 @dataclass(frozen=True)
@@ -235,7 +230,7 @@ class Kernels(Generic[H]):
     ``reference``: the per-tensor path, for any tensor. ``plain``: a multi-tensor step for
     tensors that are never projected. ``blocked``: pass 1 (`BlockedTensors.first_pass`) and
     pass 2 on blocked tensors; returns each tensor's view. ``state_keys``: the state tensors
-    ``blocked`` and the row kernel read as rows. ``rows``: the fused path's row kernel.
+    ``blocked`` and the fused step read as rows. ``rows``: the fused step.
     """
 
     reference: ListStep[H]
@@ -250,8 +245,9 @@ class Kernels(Generic[H]):
         """The step along ``path`` (`PATHS`); the multi-tensor and fused paths never sync.
 
         Per device and dtype, each tensor goes along its `Partition` route (fallback:
-        ``reference``, plain: ``plain``, blocked: the row kernel on the fused path when it is
-        ready, else ``blocked``).
+        ``reference``, plain: ``plain``, blocked: ``blocked``), except on the fused path where
+        the C++ kernel is loaded (it takes the plain and blocked tensors) or the step is being
+        traced (blocked tensors run ``rows.fn``).
         """
         if path == PER_TENSOR:
             in_float32(self.reference, params, grads, states, hyper, self.state_keys)
@@ -260,14 +256,26 @@ class Kernels(Generic[H]):
         for (ps, dev_grads), indices in grouped.values():
             gs = cast(list[Tensor], dev_grads)
             sts = [states[i] for i in indices]
+            if path == FUSED and not torch.compiler.is_compiling():
+                module = native_module(ps[0])
+                if module is not None:
+                    rest = self._native(module, ps, gs, sts, hyper)
+                    ps, gs, sts = (
+                        [ps[i] for i in rest],
+                        [gs[i] for i in rest],
+                        [sts[i] for i in rest],
+                    )
+                    if not ps:
+                        continue
             route = _blocked.Partition(ps)
-            blocked = route.blocked
-            if path == FUSED:
-                ran = [self._fused(route, i, ps[i], gs[i], sts[i], hyper) for i in blocked]
-                blocked = [i for i, done in zip(blocked, ran) if not done]
+            plain, blocked = route.plain, route.blocked
+            if path == FUSED and torch.compiler.is_compiling():
+                for i in blocked:
+                    self._traced(route, i, ps[i], gs[i], sts[i], hyper)
+                blocked = []
             for ids, step in (
                 (route.fallback, self.reference),
-                (route.plain, self.plain),
+                (plain, self.plain),
                 (blocked, self._blocked_step),
             ):
                 if ids:
@@ -287,65 +295,109 @@ class Kernels(Generic[H]):
         part = route.blocked_tensors(params, grads, states, self.state_keys)
         part.save_views(self.blocked(part, hyper))
 
-    def _fused(
+    def _native(
+        self,
+        module: Any,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict],
+        hyper: H,
+    ) -> list[int]:
+        """One call of the C++ kernel on every tensor it can read in place (one device and
+        dtype; `native_layout`); returns the indices of those it did not step.
+
+        A gradient in another layout than its parameter is copied into the parameter's for
+        this step, a state tensor replaced (once) by such a copy, as the multi-tensor path does.
+        """
+        rest: list[int] = []
+        done: list[int] = []
+        state: list[list[Tensor]] = [[] for _ in self.state_keys]
+        g: list[Tensor] = []
+        floats: list[Sequence[float]] = []
+        cached: dict[tuple, Sequence[float]] = {}
+        for i, (p, grad, st) in enumerate(zip(params, grads, states)):
+            if not native_layout(p):
+                rest.append(i)
+                continue
+            strides = p.stride()
+            if grad.stride() != strides:
+                grad = torch.empty_like(p).copy_(grad)
+            for column, k in zip(state, self.state_keys):
+                if st[k].stride() != strides:
+                    st[k] = torch.empty_like(p).copy_(st[k])
+                column.append(st[k])
+            done.append(i)
+            g.append(grad)
+            rows = p.shape[0] if p.ndim > 1 else 1
+            key = (st.get("step"), p.numel(), rows)  # all a row of the table depends on
+            if key not in cached:
+                cached[key] = self.rows.floats(hyper, st, p.numel(), rows)
+            floats.append(cached[key])
+        if done:
+            getattr(module, self.rows.native)(
+                [params[i].detach() for i in done],
+                g,
+                *state,
+                [states[i]["projection"] for i in done],
+                torch.tensor(floats, dtype=torch.float64),
+                self.rows.nesterov(hyper),
+            )
+        return rest
+
+    def _traced(
         self, route: _blocked.Partition, i: int, p: Tensor, g: Tensor, state: dict, hyper: H
-    ) -> bool:
-        """Run the compiled row kernel on tensor ``i`` if it is ready; False if not run."""
-        w = route.rows[i]
-        rows, cols = w.shape
-        key = row_key(p.device, p.dtype, rows, cols, self.rows.variant(hyper))
-        compiling = torch.compiler.is_compiling()
-        if not compiling and not self.rows.kernel.ready(key):
-            self.rows.kernel.request([key])  # e.g. a parameter cast after construction
-            return False
-        sdt = torch.float64 if p.dtype == torch.float64 else torch.float32
+    ) -> None:
+        """``rows.fn`` on blocked tensor ``i``, for a step traced by ``torch.compile``."""
         tensors = (
-            w,
+            route.rows[i],
             route.grad_rows(i, p, g),
             *(route.state_rows(i, p, state, k) for k in self.state_keys),
         )
-        floats = self.rows.floats(hyper, state, p.numel(), rows)
+        floats = self.rows.floats(hyper, state, p.numel(), route.rows[i].shape[0])
         row_hyper = torch.tensor(floats, dtype=torch.float64, device=p.device)
-        if compiling:
-            unit = torch.ones(key.unit_shape, device=p.device, dtype=sdt)
-            pieces = (t.view(key.piece_shape) for t in tensors)
-            self.rows.kernel.traced(key, *pieces, state["projection"], unit, row_hyper)
-        else:
-            # detached: no autograd flag and no view base for the compiled kernel's guards to
-            # follow (the [rows, K] views of 4-D tensors would make every shape a new kernel)
-            unit = unit_rows(key.unit_shape, p.device, sdt)
-            pieces = (t.detach().view(key.piece_shape) for t in tensors)
-            self.rows.kernel(key, *pieces, state["projection"], unit, row_hyper)
+        args = traced_call(tensors, state["projection"], row_hyper)
+        self.rows.fn(*args, nesterov=self.rows.nesterov(hyper))
+
+
+def traced_call(tensors: Sequence[Tensor], projection: Tensor, hyper: Tensor) -> tuple[Tensor, ...]:
+    """The arguments of a row function (`RowStep.fn`) for [rows, K] ``tensors`` (w, g, state).
+
+    Each row is cut into `row_pieces` consecutive pieces, so the tensors become
+    [rows * pieces, K / pieces] views (inductor sums short rows faster), followed by the
+    projection slot, ``unit``: ones of [rows, pieces] in the statistics' dtype, and ``hyper``.
+    """
+    w = tensors[0]
+    rows, cols = w.shape
+    pieces = row_pieces(cols)
+    unit = torch.ones((rows, pieces), device=w.device, dtype=stats_dtype(w.dtype))
+    shape = (rows * pieces, cols // pieces)
+    return (*(t.view(shape) for t in tensors), projection, unit, hyper)
+
+
+def native_layout(p: Tensor) -> bool:
+    """Whether the C++ kernel reads ``p`` in place: a plain tensor, contiguous or channels_last
+    (dense with dim 0 outermost, so each row is one block of memory). Other dense layouts with
+    a rows view take the multi-tensor path."""
+    if type(p) not in PLAIN_TYPES:
+        return False
+    if p.is_contiguous():
         return True
+    if p.ndim == 4:
+        return p.is_contiguous(memory_format=torch.channels_last)
+    if p.ndim == 5:
+        return p.is_contiguous(memory_format=torch.channels_last_3d)
+    return False
 
 
-def row_key(
-    device: torch.device, dtype: torch.dtype, rows: int, cols: int, variant: Hashable
-) -> Key:
-    """The row-kernel key of a [rows, cols] tensor (its rows cut as `row_pieces` says)."""
-    return Key(device, dtype, rows, cols, variant, row_pieces(cols))
+def native_module(p: Tensor) -> Any:
+    """The loaded C++ kernel if it steps tensors like ``p`` (CPU, `NATIVE_DTYPES`), else None."""
+    if p.device.type != "cpu" or p.dtype not in NATIVE_DTYPES:
+        return None
+    return _cpu_kernel.ready()
 
 
-def row_example(key: Key, tensors: int, hyper: Sequence[float]) -> tuple[Tensor, ...]:
-    """Arguments of one row-kernel call for ``key``, fresh tensors whose values do not matter:
-    ``tensors`` zero tensors of the key's piece shape (w, g and the state), the projection slot,
-    ones of its unit shape in the statistics' dtype, and ``hyper`` as float64."""
-    kw = dict(device=key.device, dtype=key.dtype)
-    zeros = (torch.zeros(key.piece_shape, **kw) for _ in range(tensors))  # type: ignore[arg-type]
-    projection = torch.zeros((), dtype=torch.long, device=key.device)
-    unit = torch.ones(key.unit_shape, device=key.device, dtype=stats_dtype(key.dtype))
-    return (*zeros, projection, unit, torch.tensor(hyper, dtype=torch.float64, device=key.device))
-
-
-_UNITS: dict[tuple[tuple[int, int], torch.device, torch.dtype], Tensor] = {}
-
-
-def unit_rows(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Cached ones of ``shape`` ([rows, pieces]), the row kernels' shape hint (`_adamp_rows`)."""
-    key = (shape, device, dtype)
-    if key not in _UNITS:
-        _UNITS[key] = torch.ones(shape, device=device, dtype=dtype)
-    return _UNITS[key]
+def _on_cpu(group: dict[str, Any]) -> bool:
+    return any(p.device.type == "cpu" for p in group["params"])
 
 
 def in_float32(
@@ -402,18 +454,6 @@ def restore_projection_dtype(state: dict) -> None:
         proj = entry.get("projection")
         if isinstance(proj, Tensor) and proj.dtype != torch.long:
             entry["projection"] = proj.to(torch.long)
-
-
-def kernel_keys(params: Sequence[Tensor], variant: Hashable) -> list[Key]:
-    """The row-kernel keys of the projectable parameters that have a rows view."""
-    keys = []
-    for p in params:
-        if not projectable(p) or type(p) not in PLAIN_TYPES:
-            continue
-        rows = rows_view(p, row_order(p))
-        if rows is not None:
-            keys.append(row_key(p.device, p.dtype, rows.shape[0], rows.shape[1], variant))
-    return keys
 
 
 def validate_common(group: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
-from stepsize_lens.optim._compiled import Key, RowKernel
 from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 __all__ = ["AdamP", "adamp"]
@@ -65,12 +64,12 @@ class AdamP(B.ProjectedOptimizer):
               tensor): the multi-tensor path. It never synchronises with the device, works on
               cache-sized blocks of rows and, without nesterov, computes the Adam direction
               with torch's fused Adam kernel (CPU, CUDA).
-            - ``fused=True``: on CPU, one compiled kernel per tensor (``torch.compile``;
-              needs a C++ compiler) that updates the moments and sums the test's row
-              statistics in one pass, then projects and writes the weight in a second;
-              1-D tensors take torch's fused AdamW kernel. The kernels compile in a
-              background thread from construction on (seconds; torch caches them on disk);
-              until they are ready, where they cannot be compiled, and on CUDA, the
+            - ``fused=True``: on CPU, a C++ kernel steps every tensor in one call: one pass
+              updates the moments and sums the test's row statistics, a second projects and
+              writes the weight, recomputing the direction from the moments (1-D tensors
+              are written in the first). It is built in the background from construction
+              on (seconds, once: torch's extension cache keeps it; needs a C++ compiler and
+              ``ninja``); until it is loaded, where it cannot be built, and on CUDA, the
               multi-tensor path runs, so no step waits. `fused_ready(timeout=None)` waits.
     """
 
@@ -111,9 +110,6 @@ class AdamP(B.ProjectedOptimizer):
             B.check_number(name, beta)
             if not beta < 1.0:
                 raise UserInputError(f"invalid betas: {tuple(betas)}")
-
-    def _kernel_keys(self, group: dict[str, Any]) -> tuple[RowKernel, list[Key]]:
-        return _ROW_KERNEL, B.kernel_keys(group["params"], bool(group["nesterov"]))
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         if len(state) == 0:
@@ -158,12 +154,13 @@ class _Hyper:
         return 1 - self.lr * self.weight_decay, 1 - self.lr * self.weight_decay * self.wd_ratio
 
     def row_floats(self, state: dict, numel: int, rows: int) -> tuple[float, ...]:
-        """``hyper`` of `_adamp_rows` for one tensor, computed in double like the reference."""
+        """One tensor's row of the fused step's hyper table (`_adamp_rows`, ``adamp_step`` in
+        ``cpu_kernel.cpp``), computed in double like the reference."""
         step = state["step"]
         return (
             self.beta1,
             self.beta2,
-            1 / math.sqrt(1 - self.beta2**step),
+            math.sqrt(1 - self.beta2**step),
             self.lr / (1 - self.beta1**step),
             self.eps,
             *self.decays(),
@@ -343,42 +340,35 @@ def _adamp_rows(
     *,
     nesterov: bool,
 ) -> None:
-    """The fused path's row kernel: one AdamP step of one tensor.
+    """The fused step of one tensor in torch ops, for a step traced by ``torch.compile``.
 
-    ``w``, ``g`` and the moments as [rows * pieces, K / pieces] (`P.row_pieces`); ``unit``:
-    ones of shape [rows, pieces]; ``hyper`` (float64, `_Hyper.row_floats`): beta1, beta2,
-    1 / sqrt(1 - beta2^t), lr / (1 - beta1^t), eps, the two decays and the two thresholds of
-    the test. The view goes into ``projection``. The class docstring's algorithm in the
+    The same computation as ``adamp_step`` of ``cpu_kernel.cpp``. ``w``, ``g`` and the moments
+    as [rows * pieces, K / pieces] (`_base.traced_call`); ``unit``: ones of shape
+    [rows, pieces]; ``hyper`` (float64, `_Hyper.row_floats`): beta1, beta2,
+    sqrt(1 - beta2^t), lr / (1 - beta1^t), eps, the two decays and the two thresholds of the
+    test. The view goes into ``projection``. The class docstring's algorithm in the
     statistics' dtype (``unit``'s: float32, or float64 for float64 tensors), written so that
     inductor makes it two loops: moments, direction u and the four row sums of the test; then
-    w <- w (decay + step_size c_r) - step_size u. Multiplying u by ``unit`` (one per piece)
+    w <- w decay - step_size (u - c_r w) (not w (decay + step_size c_r) - step_size u: see
+    docs/design.md §4.4). Multiplying u by ``unit`` (one per piece)
     keeps the first loop [pieces, K / pieces]-shaped, which lets inductor fuse the moment
     update into the row sums instead of a separate flat pass.
     """
-    beta1, beta2, inv_sqrt_bc2, step_size, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(
-        0
-    )
+    beta1, beta2, sqrt_bc2, step_size, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(0)
     sdt = unit.dtype
     w_, g_ = w.to(sdt), g.to(sdt)
     m = exp_avg.to(sdt) * beta1 + g_ * (1 - beta1)
     v = exp_avg_sq.to(sdt) * beta2 + g_ * g_ * (1 - beta2)
     numer = m * beta1 + g_ * (1 - beta1) if nesterov else m
-    u = numer / (v.sqrt() * inv_sqrt_bc2 + eps) * unit.reshape(-1)[:, None]
+    u = numer / (v.sqrt() / sqrt_bc2 + eps) * unit.reshape(-1)[:, None]
     views, coefs = P.project_rows(w_, g_, u, unit.shape[0], (thr_c, thr_l), eps)
     decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
-    scale = (decay_rows + step_size * coefs)[:, None].expand(unit.shape).reshape(-1)
-    w.copy_(w_ * scale[:, None] - step_size * u)
+    c = coefs.to(sdt)[:, None].expand(unit.shape).reshape(-1)[:, None]
+    w.copy_(w_ * decay_rows - step_size.to(sdt) * (u - c * w_))
     exp_avg.copy_(m)
     exp_avg_sq.copy_(v)
     projection.copy_(views[0])
 
-
-def _example(key: Key) -> tuple[Tensor, ...]:
-    """Arguments of one `_adamp_rows` call for ``key`` (`_base.row_example`)."""
-    return B.row_example(key, 4, [0.9, 0.999, 0.5, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01])
-
-
-_ROW_KERNEL = RowKernel("AdamP", _adamp_rows, _example, lambda key: {"nesterov": key.variant})
 
 #: Per device and dtype: a plain multi-tensor AdamW step for tensors that are never projected,
 #: `_blocked_adamp` (multi-tensor) or `_adamp_rows` (fused) for the others, the reference path
@@ -389,8 +379,9 @@ _KERNELS = B.Kernels(
     blocked=_blocked_adamp,
     state_keys=("exp_avg", "exp_avg_sq"),
     rows=B.RowStep(
-        kernel=_ROW_KERNEL,
+        native="adamp_step",
         floats=lambda h, state, numel, rows: h.row_floats(state, numel, rows),
-        variant=lambda h: bool(h.nesterov),
+        fn=_adamp_rows,
+        nesterov=lambda h: bool(h.nesterov),
     ),
 )

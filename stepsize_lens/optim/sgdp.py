@@ -21,7 +21,6 @@ from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
-from stepsize_lens.optim._compiled import Key, RowKernel
 from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 __all__ = ["SGDP", "sgdp"]
@@ -67,13 +66,13 @@ class SGDP(B.ProjectedOptimizer):
             - ``foreach=True`` (and the default ``None`` when every parameter is a plain
               tensor): the multi-tensor path. It never synchronises with the device and works
               on cache-sized blocks of rows.
-            - ``fused=True``: on CPU, one compiled kernel per tensor (``torch.compile``;
-              needs a C++ compiler) that updates the buffer and sums the test's row
-              statistics in one pass, then projects and writes weight and buffer in a second.
-              The kernels compile in a background thread from construction on (seconds;
-              torch caches them on disk); until they are ready, where they cannot be
-              compiled, and on CUDA, the multi-tensor path runs, so no step waits.
-              `fused_ready(timeout=None)` waits for them.
+            - ``fused=True``: on CPU, a C++ kernel steps every tensor in one call: one pass
+              updates the buffer and sums the test's row statistics, a second projects and
+              writes weight and buffer (1-D tensors are written in the first). It is built
+              in the background from construction on (seconds, once: torch's extension
+              cache keeps it; needs a C++ compiler and ``ninja``); until it is loaded, where
+              it cannot be built, and on CUDA, the multi-tensor path runs, so no step waits.
+              `fused_ready(timeout=None)` waits for it.
     """
 
     def __init__(
@@ -116,9 +115,6 @@ class SGDP(B.ProjectedOptimizer):
                 "SGDP scales weight decay by 1/(1 - momentum): momentum must be < 1 in every "
                 f"parameter group with weight decay (got momentum {momentum})"
             )
-
-    def _kernel_keys(self, group: dict[str, Any]) -> tuple[RowKernel, list[Key]]:
-        return _ROW_KERNEL, B.kernel_keys(group["params"], bool(group["nesterov"]))
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         if "momentum" in state:  # loaded from the reference package
@@ -168,7 +164,7 @@ class _Hyper:
         return 1 - lr * wd * 1 / (1 - mu), 1 - lr * wd * self.wd_ratio / (1 - mu)
 
     def row_floats(self, state: dict, numel: int, rows: int) -> tuple[float, ...]:
-        """``hyper`` of `_sgdp_rows` for one tensor."""
+        """One tensor's row of the fused step's hyper table (`_sgdp_rows`, ``sgdp_step``)."""
         return (
             self.momentum,
             self.dampening,
@@ -284,9 +280,10 @@ def _sgdp_rows(
     *,
     nesterov: bool,
 ) -> None:
-    """The fused path's row kernel: one SGDP step of one tensor.
+    """The fused step of one tensor in torch ops, for a step traced by ``torch.compile``.
 
-    Shapes and ``unit`` as in `adamp._adamp_rows`; ``hyper`` (float64, `_Hyper.row_floats`):
+    The same computation as ``sgdp_step`` of ``cpu_kernel.cpp``. Shapes and ``unit`` as in
+    `adamp._adamp_rows`; ``hyper`` (float64, `_Hyper.row_floats`):
     momentum, dampening, lr, eps, the two decays and the two thresholds of the test; the view
     goes into ``projection``. The class docstring's algorithm in the statistics' dtype,
     written so that inductor makes it two loops: buffer, direction d and the four row sums of
@@ -306,13 +303,6 @@ def _sgdp_rows(
     projection.copy_(views[0])
 
 
-def _example(key: Key) -> tuple[Tensor, ...]:
-    """Arguments of one `_sgdp_rows` call for ``key`` (`_base.row_example`)."""
-    return B.row_example(key, 3, [0.9, 0.1, 0.1, 1e-8, 0.99, 0.999, 0.1, 0.01])
-
-
-_ROW_KERNEL = RowKernel("SGDP", _sgdp_rows, _example, lambda key: {"nesterov": key.variant})
-
 #: Per device and dtype: a plain multi-tensor momentum step for tensors that are never
 #: projected, `_blocked_sgdp` (multi-tensor) or `_sgdp_rows` (fused) for the others, the
 #: reference path for odd layouts.
@@ -322,8 +312,9 @@ _KERNELS = B.Kernels(
     blocked=_blocked_sgdp,
     state_keys=("momentum_buffer",),
     rows=B.RowStep(
-        kernel=_ROW_KERNEL,
+        native="sgdp_step",
         floats=lambda h, state, numel, rows: h.row_floats(state, numel, rows),
-        variant=lambda h: bool(h.nesterov),
+        fn=_sgdp_rows,
+        nesterov=lambda h: bool(h.nesterov),
     ),
 )
