@@ -17,6 +17,7 @@ from torch import nn
 import stepsize_lens
 
 wandb = pytest.importorskip("wandb")
+from google.protobuf.message import DecodeError  # noqa: E402
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 from stepsize_lens.integrations.wandb import ARTIFACT_TYPE, WandbWriter  # noqa: E402
@@ -41,6 +42,8 @@ def _records(path: Path) -> list[wandb_internal_pb2.Record]:
         if length == 0 and kind == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):
+            break  # a chunk still being written
         payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 1:
             payloads.append(payload)
@@ -61,12 +64,16 @@ def _records(path: Path) -> list[wandb_internal_pb2.Record]:
 
 def _offline_run(root: Path) -> tuple[Path, list[wandb_internal_pb2.Record]]:
     """The offline run's folder and records, once its log ends with the exit record
-    (``run.finish()`` can return while wandb's service still writes the log)."""
+    (``run.finish()`` can return while wandb's service still writes the log, so a read may
+    end in a partly written chunk or record)."""
     (folder,) = sorted((root / "wandb").glob("offline-run-*"))
     (log,) = sorted(folder.glob("run-*.wandb"))
     deadline = time.monotonic() + 60
     while True:
-        records = _records(log)
+        try:
+            records = _records(log)
+        except DecodeError:  # wandb's service is still writing a record: read again
+            records = []
         if records and records[-1].WhichOneof("record_type") == "exit":
             return folder, records
         if time.monotonic() > deadline:

@@ -141,3 +141,28 @@ def test_one_call_steps_each_dtype_and_leaves_untested_slots_alone(kernel):
     for a, b in zip(results["fused"], results["per-tensor"]):
         eps = torch.finfo(a.dtype).eps
         torch.testing.assert_close(a, b, rtol=4 * eps, atol=4 * eps)
+
+
+@pytest.mark.parametrize("opt", ["AdamP", "SGDP"])
+def test_a_fused_step_counts_as_an_in_place_write_for_autograd(kernel, opt):
+    """As for torch's own in-place kernels: a graph that saved a weight before the step refuses
+    to run backward after it, instead of silently using the new values."""
+    from stepsize_lens.optim import SGDP, AdamP
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    b = torch.nn.Parameter(torch.randn(4))
+    optimizer = (AdamP if opt == "AdamP" else SGDP)([w, b], lr=0.1, fused=True)
+    assert optimizer.fused_ready(timeout=600)
+    x = torch.randn(2, 3)
+    (x @ w.t() + b).square().sum().backward()
+    saved = (w * w).sum()  # saves w for its backward
+    versions = [w._version, b._version]
+    optimizer.step()
+    assert w._version > versions[0] and b._version > versions[1]
+    state = optimizer.state[w]
+    key = "exp_avg" if opt == "AdamP" else "momentum_buffer"
+    before = state[key]._version
+    optimizer.step()
+    assert state[key]._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()

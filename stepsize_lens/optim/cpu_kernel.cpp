@@ -30,6 +30,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -479,15 +480,11 @@ void step_nesterov(bool nesterov, const std::vector<at::Tensor>& weights,
 }
 
 template <template <typename, bool> class Rule>
-void dispatch(const char* name, int states, int64_t columns,
-              const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
+void run_step(const char* name, const std::vector<at::Tensor>& weights,
+              const std::vector<at::Tensor>& grads,
               const std::vector<std::vector<at::Tensor>>& state,
               const std::vector<at::Tensor>& projections, const at::Tensor& hyper,
               bool nesterov) {
-  check(name, states, weights, grads, state, projections, hyper, columns);
-  if (weights.empty()) {
-    return;
-  }
   switch (weights[0].scalar_type()) {
     case at::kFloat:
       return step_nesterov<Rule, float>(nesterov, weights, grads, state, projections,
@@ -503,6 +500,29 @@ void dispatch(const char* name, int states, int64_t columns,
                                                 hyper);
     default:
       TORCH_CHECK(false, name, ": unsupported dtype");  // check() accepts only the above
+  }
+}
+
+template <template <typename, bool> class Rule>
+void dispatch(const char* name, int states, int64_t columns,
+              const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& grads,
+              const std::vector<std::vector<at::Tensor>>& state,
+              const std::vector<at::Tensor>& projections, const at::Tensor& hyper,
+              bool nesterov) {
+  check(name, states, weights, grads, state, projections, hyper, columns);
+  if (weights.empty()) {
+    return;
+  }
+  run_step<Rule>(name, weights, grads, state, projections, hyper, nesterov);
+  // written through raw pointers: tell autograd, as an in-place op would (a graph that saved
+  // one of these tensors then refuses to run backward instead of using the new values)
+  auto bump = [](const at::Tensor& t) {
+    if (!t.is_inference()) torch::autograd::impl::bump_version(t);
+  };
+  for (size_t i = 0; i < weights.size(); ++i) {
+    bump(weights[i]);
+    for (const auto& list : state) bump(list[i]);
+    if (tested(weights[i])) bump(projections[i]);
   }
 }
 
