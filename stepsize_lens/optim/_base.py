@@ -256,7 +256,8 @@ class Kernels(Generic[H]):
         for (ps, dev_grads), indices in grouped.values():
             gs = cast(list[Tensor], dev_grads)
             sts = [states[i] for i in indices]
-            if path == FUSED and not torch.compiler.is_compiling():
+            traced = path == FUSED and torch.compiler.is_compiling()
+            if path == FUSED and not traced:
                 module = native_module(ps[0])
                 if module is not None:
                     rest = self._native(module, ps, gs, sts, hyper)
@@ -268,14 +269,14 @@ class Kernels(Generic[H]):
                     if not ps:
                         continue
             route = _blocked.Partition(ps)
-            plain, blocked = route.plain, route.blocked
-            if path == FUSED and torch.compiler.is_compiling():
+            blocked = route.blocked
+            if traced:
                 for i in blocked:
                     self._traced(route, i, ps[i], gs[i], sts[i], hyper)
                 blocked = []
             for ids, step in (
                 (route.fallback, self.reference),
-                (plain, self.plain),
+                (route.plain, self.plain),
                 (blocked, self._blocked_step),
             ):
                 if ids:

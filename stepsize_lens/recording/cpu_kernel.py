@@ -6,7 +6,7 @@ does a record's work in two passes, one before the step (w and g) and one after 
 Δ formed in registers, W ← w' in the same pass), with float64 accumulators and OpenMP threads
 over rows. It is built on first use by `stepsize_lens._native` (a background thread and a
 child process, cached in torch's extension cache; never stalls a step; one stderr line and the
-eager path where it cannot be built; ``STEPSIZE_LENS_CPU_KERNEL=0`` turns it off). `start`
+eager path where it cannot be built; ``STEPSIZE_LENS_CPU_KERNEL=0`` turns it off). `start_for`
 (called when a lens is attached to CPU tensors) begins loading; until it is ready, records
 take the eager path.
 
@@ -24,7 +24,6 @@ import torch
 
 from stepsize_lens._native import (
     ENV_SWITCH,
-    FLAGS,
     Extension,
     Loader,
     Status,
@@ -35,14 +34,12 @@ from stepsize_lens._native import (
 __all__ = [
     "DTYPES",
     "ENV_SWITCH",
-    "FLAGS",
     "SOURCE",
     "Loader",
     "Unavailable",
     "for_record",
     "forced",
     "load_or_build",
-    "module_name",
     "start_for",
     "status",
     "unavailable",
@@ -53,11 +50,6 @@ SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
 # parameter dtypes the kernel reads (widened to float64); others take the eager path
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EXTENSION = Extension(SOURCE, "stepsize_lens_rows")
-
-
-def module_name() -> str:
-    """The cached module's name (`Extension.module_name`)."""
-    return EXTENSION.module_name()
 
 
 def load_or_build() -> tuple[ModuleType, str]:
