@@ -73,6 +73,10 @@ struct Compute<double> {
 template <typename T>
 constexpr bool NARROW = !std::is_same<T, typename Compute<T>::type>::value;
 
+// Each rule writes its own loops, with its state as local __restrict pointers. One pass-1 loop
+// shared by both rules, reaching the state through `s[j][k]`, let GCC assume the state may alias
+// w; the float32 AdamP step then ran about 2x slower on ResNet-18 (benchmarks/optim_step.py).
+
 // AdamP, per tensor: hyper = beta1, beta2, sqrt(1 - beta2^t), lr / (1 - beta1^t), eps, decay,
 // decay of a projected tensor, channel threshold, layer threshold
 template <typename T_, bool NESTEROV>
