@@ -23,9 +23,12 @@ MAX_LISTED = 20  # tensors listed in a finding's evidence
 @dataclass(frozen=True)
 class Finding:
     """One finding: ``kind`` (one of `KINDS`), ``severity`` (critical / warning / info), a
-    one-line ``title``, ``evidence`` (numbers, JSON-friendly), the ``tensors`` concerned (at most
-    20 listed; ``evidence["tensor_count"]`` has the total), a concrete ``suggestion``, and a
-    ``score`` that orders findings of equal severity (larger first)."""
+    one-line ``title`` (every number in it is an ``evidence`` value, docs/findings.md),
+    ``evidence`` (numbers, JSON-friendly), the ``tensors`` concerned (at most 20 listed;
+    ``evidence["tensor_count"]`` has the total), a concrete ``suggestion``, a ``score`` that
+    orders findings of equal severity (larger first), and ``advice``: changes in the user's own
+    optimizer arguments whose effect the recurrence computed (`advice.Advice.to_dict`; empty when
+    no change has a material effect within the plausible ranges)."""
 
     kind: str
     severity: str
@@ -34,10 +37,12 @@ class Finding:
     tensors: tuple[str, ...]
     suggestion: str
     score: float = 0.0
+    advice: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["tensors"] = list(self.tensors)
+        out["advice"] = [dict(a) for a in self.advice]
         return out
 
 
@@ -65,6 +70,8 @@ class Thresholds:
     rotation_cv: float = 0.5
     projection_always_share: float = 0.99
     wd_mismatch_ratio: float = 10.0
+    schedule_decayed: float = 0.9
+    material_ratio: float = 1.25
     min_records: int = 10
 
 

@@ -72,6 +72,7 @@ KINDS: tuple[str, ...] = (
     "equilibrium_missed",
     "equilibrium_reached",
     "equilibrium_time",
+    "equilibrium_tracking",
     "gradient_norm_rise",
     "rotation_balance",
     "projection_never",
@@ -261,6 +262,9 @@ def _no_weight_decay(ctx: Context) -> list[Finding]:
         finite = [e for e in exponents if np.isfinite(e)]
         evidence["median_decay_exponent"] = jsonable(np.median(finite)) if finite else None
     typical = ctx.family.typical_weight_decay
+    from stepsize_lens.analysis.advice import advice_dicts, weight_decay_advice
+
+    advice = advice_dicts(weight_decay_advice(ctx, target)) if not ctx.forecast.empty else ()
     return [
         Finding(
             kind="no_weight_decay",
@@ -277,6 +281,7 @@ def _no_weight_decay(ctx: Context) -> list[Finding]:
                 f"tensors (typically {typical}); keep excluding biases and norm gains if you like."
             ),
             score=float(target.size),
+            advice=advice,
         )
     ]
 
@@ -369,6 +374,8 @@ def _wd_mismatch(ctx: Context) -> list[Finding]:
                 "across param groups"
             ),
             evidence={
+                "min_weight_decay": float(low),
+                "max_weight_decay": float(high),
                 "weight_decay_by_group": {str(g): v for g, v in sorted(by_group.items())},
                 "lr_by_group": {str(g): v for g, v in sorted(lr_by_group.items())},
                 "ratio": None if low == 0 else float(high / low),

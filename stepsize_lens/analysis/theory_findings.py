@@ -136,6 +136,12 @@ def premature_decay(ctx: Context) -> list[Finding]:
             "tensors pulls the norm back towards its equilibrium."
         )
     share = hit.size / max(1, int(ctx.invariant.sum()))
+    from stepsize_lens.analysis.advice import advice_dicts, switch_advice, weight_decay_advice
+
+    advice = advice_dicts(
+        weight_decay_advice(ctx, hit) if not ctx.family.projects else None,
+        switch_advice(ctx) if not ctx.family.projects else weight_decay_advice(ctx, hit),
+    )
     return [
         Finding(
             kind="premature_decay",
@@ -148,6 +154,7 @@ def premature_decay(ctx: Context) -> list[Finding]:
             tensors=listed([ctx.names[i] for i in hit]),
             suggestion=suggestion,
             score=share * math.log10(float(norm_part) + 1.0),
+            advice=advice,
         )
     ]
 
@@ -334,6 +341,11 @@ def equilibrium(ctx: Context) -> list[Finding]:
     predicted_step = _median(step) if np.isfinite(step).any() else math.inf
     relax = _median(eq["relaxation"][decayed])
     span = last - first
+    reached_steps = step[eq["reached"][decayed]]
+    if eq["reached"][decayed].mean() >= 0.5:  # the run got there: a step within it
+        predicted_step = _median(reached_steps)
+    elif decaying(ctx):  # no constant-lr extrapolation across a decaying schedule
+        predicted_step = _median(reached_steps) if reached_steps.size else None
     evidence: dict[str, Any] = {
         "equilibrium_step": jsonable(predicted_step),
         "reached_within_run": bool(eq["reached"][decayed].mean() >= 0.5),
@@ -349,38 +361,47 @@ def equilibrium(ctx: Context) -> list[Finding]:
         "predicted_angular_update": jsonable(_median(predicted)),
     }
     findings = []
-    if evidence["reached_within_run"]:
-        title = (
-            f"Effective step came within {th.equilibrium_time_tolerance:.0%} of equilibrium by "
-            f"step {_fmt_steps(predicted_step)} (predicted; relaxation time "
-            f"{_fmt_steps(relax or math.inf)} steps)"
-        )
-        suggestion = (
-            "From there weight decay holds the effective step near sqrt(2ηλ'/κ) (docs/design.md "
-            "§5.3); tune lr × weight decay to move it."
+    track = tracking(ctx)
+    if track is not None:
+        findings.append(_tracking_finding(ctx, track, names, evidence))
+    elif evidence["reached_within_run"]:
+        findings.append(
+            Finding(
+                kind="equilibrium_time",
+                severity="info",
+                title=(
+                    f"Effective step came within {th.equilibrium_time_tolerance:.0%} of "
+                    f"equilibrium by step {_fmt_steps(predicted_step)} (predicted; relaxation "
+                    f"time {_fmt_steps(relax or math.inf)} steps)"
+                ),
+                evidence=evidence,
+                tensors=listed(names),
+                suggestion=(
+                    "From there weight decay holds the effective step near sqrt(2ηλ'/κ) "
+                    "(docs/design.md §5.3); tune lr × weight decay to move it."
+                ),
+            )
         )
     else:
-        title = (
-            f"Equilibrium predicted at step {_fmt_steps(predicted_step)}, after this run's "
-            f"{int(last):,} steps (relaxation time {_fmt_steps(relax or math.inf)} steps): "
-            "weight decay has not balanced the norm yet"
+        findings.append(
+            Finding(
+                kind="equilibrium_time",
+                severity="info",
+                title=(
+                    f"Equilibrium predicted at step {_fmt_steps(predicted_step)} at this constant "
+                    f"lr, after this run's {int(last):,} steps (relaxation time "
+                    f"{_fmt_steps(relax or math.inf)} steps): weight decay has not balanced the "
+                    "norm yet"
+                ),
+                evidence=evidence,
+                tensors=listed(names),
+                suggestion=(
+                    "Information, not a problem: a run shorter than its relaxation time is not at "
+                    "equilibrium, whatever its angle. To get there sooner raise lr × weight decay "
+                    "(the time scales as 1/(ηλ')); see the weight-decay timescale."
+                ),
+            )
         )
-        suggestion = (
-            "Information, not a problem: a run shorter than its relaxation time is not at "
-            "equilibrium, whatever its angle. To get there sooner raise lr × weight decay "
-            "(the time scales as 1/(ηλ')); see the weight-decay timescale."
-        )
-    findings.append(
-        Finding(
-            kind="equilibrium_time",
-            severity="info",
-            title=title,
-            evidence=evidence,
-            tensors=listed(names),
-            suggestion=suggestion,
-            score=0.0,
-        )
-    )
     judged = np.flatnonzero(in_time)
     if judged.size == 0:
         return findings
@@ -451,6 +472,129 @@ def equilibrium(ctx: Context) -> list[Finding]:
     return findings
 
 
+def decaying(ctx: Context) -> bool:
+    """The recorded lr of the forecast tensors ends below ``schedule_decayed`` × its peak
+    (median over tensors): a decaying schedule (cosine, step, linear, WSD's cool-down)."""
+    fc = ctx.forecast
+    if fc.empty:
+        return False
+    lr = _nanmedian(np.where(np.isfinite(fc.lr), fc.lr, np.nan), axis=1)
+    if not np.isfinite(lr).any():
+        return False
+    peak = float(np.nanmax(lr))
+    return bool(peak > 0 and lr[-1] < ctx.thresholds.schedule_decayed * peak)
+
+
+def tracking(ctx: Context) -> dict[str, Any] | None:
+    """Under a decaying schedule (`decaying`), how the effective step relates to the
+    instantaneous equilibrium of the recorded lr and weight decay; None at a constant lr.
+
+    The equilibrium moves as X_eq ∝ η_t/λ'_t (X = ‖w‖^(2·order): ‖w‖⁴ for SGD-like updates,
+    ‖w‖² for Adam, Lion, Muon), so at |d ln(η_t/λ'_t)/dt| per step, while the norm relaxes at
+    the rate ``rate`` = c·η_t·λ'_t (c = 4 or 2). From ``outpaced_from_step``, the first record
+    after the lr's peak where the schedule moves faster than the norm can relax (median over
+    tensors; the η_t·λ'·t-against-1 test with t the lr's own timescale 1/|d ln η/dt|), the
+    effective step follows the schedule and not an equilibrium. ``mid_run_ratio``: measured /
+    equilibrium angular update, geometric mean over the middle fifth of the run (median over
+    tensors); ``mid_run_predicted_ratio`` the same for the recurrence. Every step it gives lies
+    within the run."""
+    if "tracking" in ctx.cache:
+        return ctx.cache["tracking"]
+    found = _decayed(ctx)
+    out = None
+    if found is not None and decaying(ctx):
+        fc, decayed = found
+        steps = fc.steps.astype(np.float64)
+        lr = _nanmedian(np.where(np.isfinite(fc.lr[:, decayed]), fc.lr[:, decayed], np.nan), 1)
+        peak = int(np.flatnonzero(lr >= 0.99 * np.nanmax(lr))[-1])
+        with np.errstate(all="ignore"):
+            target = np.log(np.maximum(fc.lr[:, decayed], 1e-300) / fc.decay[:, decayed])
+            drift = (
+                np.abs(np.gradient(target, steps, axis=0))
+                if steps.size >= 2
+                else np.zeros_like(target)
+            )
+        drift = _nanmedian(rolling_mean(drift, ctx.window), 1)
+        rate = _nanmedian(fc.rate[:, decayed], 1)
+        outpaced = np.flatnonzero((drift > rate)[peak:])
+        span = steps[-1] - steps[0]
+        mid = (steps >= steps[0] + 0.4 * span) & (steps <= steps[0] + 0.6 * span)
+        if not mid.any():
+            mid = np.ones_like(steps, bool)
+        cells = np.ix_(mid, decayed)
+        with np.errstate(all="ignore"):
+            measured = np.log(fc.measured_angle[cells] / fc.eq_angle[cells])
+            predicted = np.log(fc.angle[cells] / fc.eq_angle[cells])
+        out = {
+            "decay_start_step": int(steps[peak]),
+            "outpaced_from_step": int(steps[peak + outpaced[0]]) if outpaced.size else None,
+            "mid_run_ratio": jsonable(_median(np.exp(_nanmean(_finite(measured), axis=0)))),
+            "mid_run_predicted_ratio": jsonable(
+                _median(np.exp(_nanmean(_finite(predicted), axis=0)))
+            ),
+            "lr_peak": float(np.nanmax(lr)),
+            "lr_last": float(lr[-1]),
+        }
+    ctx.cache["tracking"] = out
+    return out
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _tracking_finding(
+    ctx: Context, track: dict[str, Any], names: list[str], base: dict[str, Any]
+) -> Finding:
+    """``equilibrium_tracking`` (info): the schedule-aware statement of a decaying run."""
+    evidence = {
+        **{k: base[k] for k in ("relaxation_steps", "relaxation_times_elapsed", "last_step")},
+        "equilibrium_step": base["equilibrium_step"],
+        "reached_within_run": base["reached_within_run"],
+        **track,
+        "optimizer_family": ctx.family.name,
+        "tensor_count": base["tensor_count"],
+    }
+    elapsed = evidence["relaxation_times_elapsed"] or 0.0
+    outpaced = evidence["outpaced_from_step"]
+    ratio = evidence["mid_run_ratio"]
+    after = (
+        f"; from step {outpaced:,} the lr falls faster than the norm can relax"
+        if outpaced is not None
+        else ""
+    )
+    if elapsed >= 1.0 and ratio is not None:
+        title = (
+            f"Under the decaying lr the effective step tracks its instantaneous equilibrium at "
+            f"{ratio:.3g}x mid-run (measured/equilibrium of the recorded lr and weight decay)"
+            + after
+        )
+    else:
+        title = (
+            "Under the decaying lr no equilibrium holds: weight decay acted for "
+            f"{elapsed:.2g} relaxation times" + after
+        )
+    follows = (
+        f"From step {outpaced:,} the schedule decays faster than weight decay can pull the norm "
+        "along (η_t·λ'·t_lr below 1, t_lr the lr's own timescale), so the effective step follows "
+        "the schedule, not an equilibrium: that is what a decaying lr is for. "
+        if outpaced is not None
+        else "The norm keeps up with the schedule's equilibrium to the end. "
+    )
+    return Finding(
+        kind="equilibrium_tracking",
+        severity="info",
+        title=title,
+        evidence=evidence,
+        tensors=listed(names),
+        suggestion=(
+            follows + "Under a decaying lr the equilibrium keeps moving, so no single step "
+            "'reaches' it; the ratio to the instantaneous equilibrium (1 = tracking) is the "
+            "measure. Information, not a problem."
+        ),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Weight-decay timescale
 # --------------------------------------------------------------------------------------------
@@ -475,9 +619,12 @@ def steps_per_epoch(ctx: Context) -> float | None:
 
 def wd_timescale(ctx: Context) -> list[Finding]:
     """τ_iter = 1/(η_peak·λ') per param group of scale-invariant tensors (Wang & Aitchison
-    2024), and the timescales the run covers, Σ_t η_t·λ'_t: warns when that is below 1 (τ
-    exceeds the run: the decay never acts, no equilibrium) or when τ is shorter than one epoch
-    (the weights forget what they learned within an epoch)."""
+    2024), and the timescales the run covers, Σ_t η_t·λ'_t: fires when that is below 1 (τ
+    exceeds the run) or when τ is shorter than one epoch (the weights forget what they learned
+    within an epoch). A τ longer than the run is a warning only where the norms grew enough to
+    cut the effective step (median (‖w‖_last/‖w‖_first)^k ≥ ``norm_decay_ratio``): weight decay
+    could not hold them. Where they did not grow it is information: the long timescale did not
+    cut the effective step in this run, whatever weight decay did to the norms."""
     found = _decayed(ctx)
     if found is None:
         return []
@@ -487,6 +634,8 @@ def wd_timescale(ctx: Context) -> list[Finding]:
     per_epoch = steps_per_epoch(ctx)
     steps = fc.steps.astype(np.float64)
     run_steps = float(steps[-1] - steps[0] + 1)
+    with np.errstate(all="ignore"):
+        norm_ratio = fc.measured_norm[-1] / fc.measured_norm[0]
     rows = {}
     for group in np.unique(groups[decayed]):
         local = decayed & (groups == group)
@@ -498,6 +647,8 @@ def wd_timescale(ctx: Context) -> list[Finding]:
             "tau_steps": tau,
             "tau_epochs": tau / per_epoch if per_epoch else None,
             "timescales_covered": covered,
+            "decay_alone_norm_ratio": math.exp(-covered),
+            "norm_ratio": _median(norm_ratio[local]),
             "lr_peak": float(np.nanmax(fc.lr[:, local])),
             "decay_per_lr": float(_nanmedian(fc.decay[:, local].ravel())),
             "tensor_count": int(local.sum()),
@@ -506,48 +657,73 @@ def wd_timescale(ctx: Context) -> list[Finding]:
     too_short = [g for g, r in rows.items() if per_epoch and r["tau_steps"] < per_epoch]
     if not too_long and not too_short:
         return []
+    group = (too_long or too_short)[0]
+    worst = rows[group]
     evidence = {
+        "tau_steps": worst["tau_steps"],
+        "timescales_covered": worst["timescales_covered"],
+        "decay_alone_norm_ratio": worst["decay_alone_norm_ratio"],
+        "median_norm_ratio": worst["norm_ratio"],
+        "group": group,
         "by_group": jsonable(rows),
         "run_steps": run_steps,
         "steps_per_epoch": per_epoch,
+        "tau_epochs": worst["tau_epochs"],
         "optimizer_family": ctx.family.name,
         "tensor_count": int(decayed.sum()),
     }
-    worst = rows[(too_long or too_short)[0]]
     epoch_text = f" ({worst['tau_epochs']:.3g} epochs)" if worst["tau_epochs"] else ""
+    severity = "warning"
+    advice: tuple[dict[str, Any], ...] = ()
     if too_long:
         title = (
             f"Weight-decay timescale τ = 1/(ηλ') = {worst['tau_steps']:,.0f} steps{epoch_text} "
             f"exceeds the run: it covers {worst['timescales_covered']:.2g} timescale(s)"
         )
-        target = worst["decay_per_lr"] * worst["tau_steps"] / run_steps
-        suggestion = (
-            "Weight decay barely acts within this run: the norms never reach equilibrium and "
-            "the effective step follows the norm growth. A good τ lies between one epoch and the "
-            f"run (Wang & Aitchison 2024): λ' of at least {target:.3g} per unit lr here (now "
-            f"{worst['decay_per_lr']:.3g}), or a longer run. For a short demonstration run this "
-            "is expected."
-        )
+        ratio = worst["norm_ratio"]
+        grew = ratio is not None and ratio**ctx.power >= ctx.thresholds.norm_decay_ratio
+        alone = f"{worst['decay_alone_norm_ratio']:.3g}x"
+        if grew:
+            from stepsize_lens.analysis.advice import advice_dicts, weight_decay_advice
+
+            advice = advice_dicts(weight_decay_advice(ctx, index[decayed & (groups == group)]))
+            suggestion = (
+                f"Weight decay alone would have shrunk ‖w‖ to {alone} over the run while the "
+                f"norms grew {ratio:.3g}x (medians): it could not hold them, so the effective "
+                "step followed the norm growth. A τ between one epoch and the run (Wang & "
+                "Aitchison 2024) lets it act"
+                + ("; see the advice." if advice else "; a longer run does the same.")
+            )
+        else:
+            severity = "info"
+            norms = f"{ratio:.3g}x" if ratio is not None else "–"
+            suggestion = (
+                f"The norms ended at {norms} their first value (median), so the long timescale "
+                f"did not cut the effective step in this run (weight decay alone would have "
+                f"shrunk ‖w‖ to {alone}). Information for longer runs: a τ between one epoch and "
+                "the run (Wang & Aitchison 2024) lets weight decay set the effective step."
+            )
     else:
         title = (
             f"Weight-decay timescale τ = {worst['tau_steps']:,.0f} steps is shorter than one "
             f"epoch ({per_epoch:,.0f} steps)"
         )
+        evidence["steps_per_epoch"] = float(round(per_epoch))  # as quoted
         suggestion = (
             "Decoupled weight decay averages the updates over τ steps; shorter than an epoch, "
             "the weights forget parts of the data set within each pass. Lower the weight decay "
-            f"so that τ = 1/(ηλ') is at least an epoch (λ' below "
-            f"{1.0 / (worst['lr_peak'] * per_epoch):.3g} per unit lr at this lr)."
+            "so that τ = 1/(ηλ') is at least an epoch."
         )
     return [
         Finding(
             kind="wd_timescale",
-            severity="warning",
+            severity=severity,
             title=title,
             evidence=evidence,
             tensors=listed([ctx.names[i] for i in index[decayed]]),
             suggestion=suggestion,
             score=abs(math.log10(max(worst["timescales_covered"], 1e-12))),
+            advice=advice,
         )
     ]
 
@@ -793,19 +969,26 @@ def rotation_balance(ctx: Context) -> list[Finding]:
         "tensors_with_unbalanced_rows": int(inside_hit.size),
         "row_cv": {ctx.names[i]: float(inside[i]) for i in order[:MAX_LISTED]},
         "median_row_cv": jsonable(_median(inside[multi])),
+        "max_row_cv": jsonable(float(inside[order[0]])) if order.size else None,
         "across_tensor_cv": across,
+        "max_across_tensor_cv": jsonable(max(across_hit.values())) if across_hit else None,
         "relative_to_equilibrium": not fc.empty,
         "tensor_count": int(len(set(order.tolist()) | set(across_tensors))),
+        "matrix_tensors": int(multi.sum()),
     }
     parts = []
     if inside_hit.size:
+        median = evidence["median_row_cv"]
         parts.append(
-            f"rows of {inside_hit.size} tensor(s) turn at rates {float(inside[order[0]]):.2g} "
-            "apart (coefficient of variation)"
+            f"rows of {inside_hit.size} tensor(s) turn at rates whose coefficient of variation "
+            f"reaches {evidence['max_row_cv']:.2g} (median {median:.2g} over the "
+            f"{int(multi.sum())} scale-invariant matrix/conv tensors)"
         )
     if across_hit:
         name, spread = max(across_hit.items(), key=lambda kv: kv[1])
-        parts.append(f"{name}-invariant tensors differ by {spread:.2g} from one another")
+        parts.append(
+            f"{name}-invariant tensors' θ/θ_eq vary with a coefficient of variation of {spread:.2g}"
+        )
     names = [ctx.names[i] for i in order] + [
         ctx.names[i] for i in across_tensors if i not in set(order.tolist())
     ]

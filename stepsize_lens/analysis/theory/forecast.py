@@ -9,7 +9,7 @@ weight decay recorded per param group, next to what was measured.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -240,8 +240,13 @@ def forecast(
     run: Run,
     classes: pd.Series | Mapping[str, str] | None = None,
     family: str | None = None,
+    change: Callable[[Hyper], Hyper] | None = None,
 ) -> Forecast:
     """Integrate each scale-invariant tensor's recurrence along the recorded schedule.
+
+    ``change``: maps the recorded `Hyper` ([records, tensors]) to the one to integrate instead,
+    for "what if" predictions under the same schedule (`analysis.advice`: another weight decay,
+    another optimizer family with its own defaults); None integrates what was recorded.
 
     From the first non-skipped record's measured ‖w‖, every optimizer step up to the last record
     follows `recurrence.step` with that record's family dynamics and the lr and weight decay of
@@ -261,6 +266,8 @@ def forecast(
     if records.sum() == 0:
         return _empty(run, entry, cls, "no non-skipped records")
     h_all = run_hyper(run, cls, name)
+    if change is not None:
+        h_all = change(h_all)
     weight = run.metric("weight_norm").astype(np.float64)
     covered = entry.covered(h_all)[records].all(axis=0)
     first = weight[records][0]
