@@ -24,6 +24,7 @@ from stepsize_lens.run import save_run_dict
 # the keys the module docstring documents
 REPORT_KEYS = {
     "schema",
+    "verdict",
     "theory",
     "by",
     "run",
@@ -88,7 +89,16 @@ SUMMARY_KEYS = {
     "nonfinite",
     "skipped",
 }
-FINDING_KEYS = {"kind", "severity", "title", "evidence", "tensors", "suggestion", "score"}
+FINDING_KEYS = {
+    "kind",
+    "severity",
+    "title",
+    "evidence",
+    "tensors",
+    "suggestion",
+    "score",
+    "advice",
+}
 DECAY_KEYS = {
     "tensor",
     "class",

@@ -37,9 +37,10 @@ detail)::
     decay_split(run, by="class") -> per set: total fall = lr part x norm part x gradient part
     split_series(run, by="class") -> the same along the run, for figures
 
-    # findings.py (theory checks in theory_findings.py)
+    # findings.py (theory checks in theory_findings.py; every kind's contract: docs/findings.md)
     find(run, classes=None, delta=None, thresholds=Thresholds(), forecasted=None)
-        -> list[Finding]  (ranked)
+        -> list[Finding]  (ranked; advice.py: changes in the user's own arguments)
+    verdict(findings) -> {healthy, sentences, text, kinds}  (verdict.py: the report's opening)
 
     # compare.py
     compare(runs, metrics, by="class", on="step", reference=0, alpha=None)   -> DataFrame
@@ -51,6 +52,7 @@ channel / layer / none); by default `stepsize_lens.invariance.classify_tensors` 
 
 from __future__ import annotations
 
+from stepsize_lens.analysis.advice import PLAUSIBLE_WEIGHT_DECAY
 from stepsize_lens.analysis.compare import compare, compare_summary
 from stepsize_lens.analysis.findings import KINDS, SEVERITIES, Finding, Thresholds, find, rank
 from stepsize_lens.analysis.frames import (
@@ -95,6 +97,7 @@ from stepsize_lens.analysis.theory import (
     relaxation_steps,
     sqrt_law,
 )
+from stepsize_lens.analysis.verdict import verdict
 
 __all__ = [
     "FAMILY_TABLE",
@@ -102,6 +105,7 @@ __all__ = [
     "Finding",
     "KINDS",
     "Overview",
+    "PLAUSIBLE_WEIGHT_DECAY",
     "SEVERITIES",
     "Thresholds",
     "compare",
@@ -142,4 +146,5 @@ __all__ = [
     "summarize",
     "tensor_classes",
     "tensor_frame",
+    "verdict",
 ]

@@ -15,6 +15,9 @@ writes ``report.json``. Figures (PNG + PDF, see `stepsize_lens.plots`) go to ``o
 JSON of ``report`` (``schema`` = ``"stepsize_lens.report/1"``); undefined numbers are null:
 
 - ``by``: how tensors were grouped into sets (group, class or tensor).
+- ``verdict``: the report's opening (`analysis.verdict`, docs/findings.md): healthy (bool),
+  sentences (two or three: is the effective step healthy, why, what would change it), text
+  (them joined), kinds (the findings they come from). Text and HTML print it first.
 - ``run``: label, path, optimizer (class name), family (sgd / adamw / adam / sgdp / adamp /
   unknown), hyperparameters (the optimizer's defaults: lr, momentum, betas, weight_decay...),
   model_class, created, closed, schedule, torch_version, stepsize_lens_version, delta (of the
@@ -32,7 +35,10 @@ JSON of ``report`` (``schema`` = ``"stepsize_lens.report/1"``); undefined number
   starts at zero has no weight_norm_ratio); tensors that start at zero are left out of a set's
   norm and step columns unless every tensor of the set does.
 - ``findings``: ranked, most severe first (`analysis.find`): kind, severity (critical /
-  warning / info), title, evidence {...}, tensors [...], suggestion, score.
+  warning / info), title, evidence {...}, tensors [...], suggestion, score, advice [...]
+  (changes in the user's own optimizer arguments: optimizer, argument, old, new, switch_to,
+  arguments, effect {angle_ratio, equilibrium_step, ...}, text). docs/findings.md is the
+  contract of every kind.
 - ``theory``: family, optimizer (class), derived (whether the theory predicts this optimizer:
   when not, nothing is guessed and ``note`` says why), note, window (the last fraction of the
   steps averaged), sets: per invariance class set, tensors, angle_measured / _predicted /
@@ -43,7 +49,7 @@ JSON of ``report`` (``schema`` = ``"stepsize_lens.report/1"``); undefined number
 - ``strongest_decay``: up to 10 tensors by angular_update_decay: tensor, class, group, shape,
   numel, weight_norm_initial / _final / _ratio, angular_update_initial / _final / _decay,
   norm_part, lr_part, gradient_part, half_step, tenth_step, exponent (fitted k in Δθ ∝ step^k
-  over the second half).
+  over the second half; null where the lr changed there, since the schedule then sets it).
 - ``figures``: {name: [paths]} for paper_panel, norm_growth, effective_step, decay_split,
   theory, cos_threshold, heatmap ({} without figures).
 

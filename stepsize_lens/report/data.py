@@ -126,6 +126,22 @@ def run_header(run: Run, classes: pd.Series, delta: float | None) -> dict[str, A
     )
 
 
+def _constant_late_lr(run: Run, start: float = 0.5, rtol: float = 1e-2) -> np.ndarray:
+    """[T] bool: the tensor's lr stayed within ``rtol`` over the non-skipped records from
+    ``start`` × the last step on (where `decay_exponents` fits), so the fitted exponent speaks
+    of the norms and gradients and not of the schedule."""
+    from stepsize_lens.analysis.frames import tensor_group_field
+
+    steps = run.steps.astype(np.float64)
+    late = (steps >= start * steps.max()) & ~run.skipped.astype(bool)
+    lr = tensor_group_field(run, "lr", np.nan)[late]
+    if lr.shape[0] == 0:
+        return np.zeros(run.num_tensors, bool)
+    with np.errstate(all="ignore"):
+        low, high = np.nanmin(lr, axis=0), np.nanmax(lr, axis=0)
+        return np.isfinite(low) & (high <= low * (1.0 + rtol))
+
+
 def strongest_decay(run: Run, classes: pd.Series, delta: float | None) -> tuple[str, list[dict]]:
     """The tensors whose angular update fell the most (initial/final), scale-invariant ones if
     any; returns (scope, rows)."""
@@ -135,7 +151,9 @@ def strongest_decay(run: Run, classes: pd.Series, delta: float | None) -> tuple[
     per_tensor["class"] = [classes.get(k, "none") for k in per_tensor["key"]]
     per_tensor["group"] = list(run.tensor_groups)
     per_tensor["shape"] = [list(s) if s is not None else None for s in run.param_column("shape")]
-    per_tensor["exponent"] = decay_exponents(run, classes)["exponent"].to_numpy()
+    per_tensor["exponent"] = np.where(
+        _constant_late_lr(run), decay_exponents(run, classes)["exponent"].to_numpy(), np.nan
+    )
     invariant = per_tensor["class"].isin(INVARIANT_CLASSES)
     scope = "scale-invariant" if invariant.any() else "all"
     rows = per_tensor[invariant] if invariant.any() else per_tensor
@@ -218,7 +236,7 @@ def report_data(
     ``forecasted``: `analysis.forecast` of the run with these classes, if the caller computed
     it already (`report` shares it between the findings, the theory section and the figures).
     """
-    from stepsize_lens.analysis import find, forecast, summarize, tensor_classes
+    from stepsize_lens.analysis import find, forecast, summarize, tensor_classes, verdict
 
     if by not in BY_CHOICES:
         raise UserInputError(f"--by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
@@ -227,14 +245,14 @@ def report_data(
     sets = list(dict.fromkeys([by, "class", "group"]))
     summary = summarize(run, by=sets, classes=cls, delta=delta)
     scope, strongest = strongest_decay(run, cls, delta)
+    findings = find(run, classes=cls, delta=delta, forecasted=fc)
     return {
         "schema": SCHEMA,
         "by": by,
+        "verdict": jsonable(verdict(findings)),
         "run": run_header(run, cls, delta),
         "summary": _records(summary),
-        "findings": [
-            jsonable(f.to_dict()) for f in find(run, classes=cls, delta=delta, forecasted=fc)
-        ],
+        "findings": [jsonable(f.to_dict()) for f in findings],
         "theory": theory_section(run, cls, fc),
         "strongest_decay_scope": scope,
         "strongest_decay": strongest,

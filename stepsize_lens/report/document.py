@@ -36,6 +36,15 @@ class Header:
 
 
 @dataclass
+class Verdict:
+    """The report's opening: two or three sentences (`analysis.verdict`)."""
+
+    healthy: bool
+    text: str
+    title: str = "Verdict"
+
+
+@dataclass
 class Findings:
     title: str
     items: list[dict[str, Any]]
@@ -128,6 +137,11 @@ def evidence_text(evidence: dict[str, Any], limit: int = 6) -> str:
             value = num(value)
         parts.append(f"{key}={value}")
     return " · ".join(parts[:limit])
+
+
+def advice_lines(finding: dict[str, Any]) -> list[str]:
+    """The finding's advice lines (changes in the user's own arguments, `analysis.advice`)."""
+    return [a["text"] for a in finding.get("advice") or []]
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,8 +327,10 @@ def strongest_table(data: dict[str, Any]) -> Table:
     columns += ["= ‖w‖ part", "× lr part", "× grad part", "½ at step", "⅒ at step", "exponent"]
     note = (
         "Δθ fell = its norm-growth, lr and scale-free-gradient parts (as in the summary); "
-        "exponent: fitted k in Δθ ∝ step^k over the second half "
-        "(−½: no equilibrium, 0: equilibrium)."
+        "exponent: fitted k in Δθ ∝ step^k over the second half, where the lr was constant "
+        "there (–: the schedule moved the lr, which then sets the slope): −½ the law without "
+        "weight decay, 0 equilibrium, below −½ the scale-free gradient fading as well "
+        "(see × grad part)."
     )
     title = f"Strongest effective-step decay ({scope} tensors)"
     return Table(title, columns, rows, note, 3)
@@ -333,6 +349,8 @@ def report_document(data: dict[str, Any], out: Path | None = None) -> Document:
     """The blocks of a one-run report."""
     run = data["run"]
     doc = Document(f"stepsize-lens report: {run['label']}")
+    if data.get("verdict"):
+        doc.blocks.append(Verdict(data["verdict"]["healthy"], data["verdict"]["text"]))
     doc.blocks.append(Header("Run", header_items(run)))
     doc.blocks.append(Findings("Findings", data["findings"]))
     theory = theory_table(data)

@@ -6,7 +6,16 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from stepsize_lens.report.document import Document, Figures, Findings, Header, Table, evidence_text
+from stepsize_lens.report.document import (
+    Document,
+    Figures,
+    Findings,
+    Header,
+    Table,
+    Verdict,
+    advice_lines,
+    evidence_text,
+)
 
 CSS = """
 :root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9dce1; --bg: #ffffff; --soft: #f6f7f9;
@@ -38,6 +47,10 @@ dl.header dd { margin: 0; overflow-wrap: anywhere; }
   overflow-wrap: anywhere; }
 .finding .suggestion { margin-top: 4px; }
 .ok { color: #146c2e; }
+.verdict { border: 1px solid var(--line); border-left: 6px solid var(--warning);
+  border-radius: 6px; padding: 10px 14px; margin: 0 0 16px; font-size: 15px; }
+.verdict.healthy { border-left-color: #146c2e; }
+.finding .advice { margin-top: 2px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; margin: 4px 0; }
 th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
@@ -71,7 +84,9 @@ def _findings(block: Findings) -> list[str]:
             names = ", ".join(f["tensors"])
             more = f" (+{total - len(f['tensors'])} more)" if total > len(f["tensors"]) else ""
             out.append(f'<div class="detail">tensors: <code>{escape(names)}</code>{more}</div>')
-        out.append(f'<div class="suggestion">→ {escape(f["suggestion"])}</div></div>')
+        out.append(f'<div class="suggestion">→ {escape(f["suggestion"])}</div>')
+        out += [f'<div class="advice">advice: {escape(a)}</div>' for a in advice_lines(f)]
+        out.append("</div>")
     return out
 
 
@@ -107,7 +122,10 @@ def html_document(doc: Document, footer: str = "") -> str:
     """The page as a string (UTF-8, no external references)."""
     body = [f"<h1>{escape(doc.title)}</h1>"]
     for block in doc.blocks:
-        if isinstance(block, Header):
+        if isinstance(block, Verdict):
+            state = "verdict healthy" if block.healthy else "verdict"
+            body.append(f'<p class="{state}" id="verdict">{escape(block.text)}</p>')
+        elif isinstance(block, Header):
             body.append('<dl class="header">')
             body += [f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in block.items]
             body.append("</dl>")

@@ -15,6 +15,8 @@ from stepsize_lens.report.document import (
     Findings,
     Header,
     Table,
+    Verdict,
+    advice_lines,
     evidence_text,
 )
 from stepsize_lens.table_fit import print_table, print_whole
@@ -37,7 +39,10 @@ def print_document(doc: Document, console: Any) -> None:
 
     console.print()
     for block in doc.blocks:
-        if isinstance(block, Header):
+        if isinstance(block, Verdict):
+            style = "bold green" if block.healthy else "bold yellow"
+            console.print(Text(block.text, style=style))
+        elif isinstance(block, Header):
             grid = RichTable.grid(padding=(0, 2))
             grid.add_column(style="bold")
             grid.add_column()
@@ -64,6 +69,8 @@ def print_document(doc: Document, console: Any) -> None:
                         Text(f"      tensors: {_tensors(f['tensors'], total)}", style="dim")
                     )
                 console.print(Text(f"      → {f['suggestion']}", style="italic"))
+                for line in advice_lines(f):
+                    console.print(Text(f"      advice: {line}"))
         elif isinstance(block, Table):
             table = RichTable(
                 title=block.title,
@@ -147,7 +154,9 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
     markdown file is written to)."""
     lines = [f"# {doc.title}", ""]
     for block in doc.blocks:
-        if isinstance(block, Header):
+        if isinstance(block, Verdict):
+            lines += [f"**{_md_cell(block.text)}**", ""]
+        elif isinstance(block, Header):
             lines += [f"- **{key}**: {_md_cell(value)}" for key, value in block.items] + [""]
         elif isinstance(block, Findings):
             lines += [f"## {block.title} ({len(block.items)})", ""]
@@ -162,6 +171,7 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
                     total = f["evidence"].get("tensor_count")
                     lines.append(f"  - tensors: `{_tensors(f['tensors'], total)}`")
                 lines.append(f"  - suggestion: {f['suggestion']}")
+                lines += [f"  - advice: {line}" for line in advice_lines(f)]
             lines.append("")
         elif isinstance(block, Table):
             lines += [f"## {block.title}", ""]
