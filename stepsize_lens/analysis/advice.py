@@ -304,6 +304,8 @@ def switch_advice(ctx: Context) -> Advice | None:
     target = getattr(optim, target_name)
     target_params = arguments_of(target)
     source_params = arguments_of(optimizer_class(ctx.run))
+    if not source_params:  # the run's optimizer cannot be checked: no claim about its arguments
+        return None
     _, _, defaults = optimizer_info(ctx.run)
     for key, value in defaults.items():  # an argument set away from its default must carry
         if key in target_params or key == "params":
