@@ -422,3 +422,93 @@ def test_on_digits_premature_decay_names_momentum_norm_growth_not_fading_gradien
     for kinds_of_run in found.values():  # 300 steps, relaxation times of thousands: no claim
         assert not {"equilibrium_reached", "equilibrium_missed"} & set(kinds_of_run)
         assert kinds_of_run["equilibrium_time"].evidence["reached_within_run"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule-aware equilibrium, titles from evidence (issue 20)
+# --------------------------------------------------------------------------------------------
+
+
+def _cosine_lr(records: int = RECORDS, warmup: int = 10) -> np.ndarray:
+    r = np.arange(records)[:, None].astype(float)
+    decay = np.clip((r - warmup) / (records - warmup), 0.0, 1.0)
+    return 0.1 * np.where(r < warmup, (r + 1) / warmup, 0.5 * (1 + np.cos(np.pi * decay)))
+
+
+def test_a_decaying_schedule_speaks_of_tracking_and_never_beyond_the_run() -> None:
+    """Warmup + cosine to ~0 over 3000 steps: no constant-lr extrapolation (the issue's
+    'equilibrium at step 2,421,770,549'); the tracking finding's steps lie within the run, and
+    the schedule outpaces the norm once η_t·λ' can no longer follow the lr's fall."""
+    lr = _cosine_lr() * np.ones((1, 2))
+    run = steady_run(groups={"lr": lr, "weight_decay": [5e-4, 5e-4]})
+    findings = find(run)
+    assert "equilibrium_time" not in kinds(findings)
+    (track,) = [f for f in findings if f.kind == "equilibrium_tracking"]
+    last = int(run.steps[-1])
+    evidence = track.evidence
+    assert evidence["last_step"] == last
+    assert evidence["decay_start_step"] <= evidence["outpaced_from_step"] <= last
+    assert evidence["equilibrium_step"] is None or evidence["equilibrium_step"] <= last
+    for f in findings:
+        for key, value in f.evidence.items():
+            if key.endswith("_step") and isinstance(value, (int, float)):
+                assert value <= last, (f.kind, key, value)
+    assert f"step {evidence['outpaced_from_step']:,}" in track.title
+    # the lr falls fastest at the end: there the schedule outpaces the norm (rate 4ηλ' → 0)
+    steps = run.steps.astype(float)
+    at = np.searchsorted(steps, evidence["outpaced_from_step"])
+    lr_group = lr[:, 0]
+    fall = -np.gradient(np.log(lr_group), steps)[at:]
+    rate = 4 * lr_group[at:] * 5e-4 / (1 - 0.9)
+    assert np.mean(fall > rate) > 0.5
+
+
+def test_a_constant_lr_keeps_the_time_to_equilibrium() -> None:
+    findings = find(healthy_run())
+    assert "equilibrium_tracking" not in kinds(findings)
+    (time,) = [f for f in findings if f.kind == "equilibrium_time"]
+    assert "constant lr" in time.title
+
+
+def test_wd_timescale_warns_only_when_the_norms_grew() -> None:
+    """Too long a timescale is a warning where the norms grew enough to cut the step; where
+    they shrank (the issue's SGD run at 0.941x) it is information, with no 'barely acts'."""
+    shrinking = np.linspace(1.5, 1.5 * 0.941, RECORDS)[:, None] * np.ones((1, T))
+    (info,) = [f for f in find(healthy_run(weight_norm=shrinking)) if f.kind == "wd_timescale"]
+    assert info.severity == "info" and "barely" not in info.suggestion
+    assert info.evidence["median_norm_ratio"] == pytest.approx(0.941, rel=1e-3)
+    assert "0.941x" in info.suggestion
+    (warning,) = [f for f in find(_growing(2.0)) if f.kind == "wd_timescale"]
+    assert warning.severity == "warning"
+    assert warning.evidence["median_norm_ratio"] == pytest.approx(2.0, rel=0.01)
+
+
+def test_titles_quote_their_evidence() -> None:
+    """Every number in a title is an evidence value (the rotation title once said 0.94 where
+    its evidence said median_row_cv=0.511)."""
+    from stepsize_lens.experiments.findings_matrix import title_numbers
+
+    cv = np.full((RECORDS, T), 0.05)
+    cv[:, 1] = 0.94
+    runs = [
+        steady_run(overrides={"channel_angular_update_cv": cv}),
+        _growing(2.0, fade=10.0),
+        healthy_run(),
+        steady_run(groups={"lr": _cosine_lr() * np.ones((1, 2)), "weight_decay": [5e-4, 5e-4]}),
+        steady_run(groups={"weight_decay": [5e-4, 0.0]}),
+    ]
+    quoted = 0
+    for run in runs:
+        for f in find(run):
+            values = [
+                float(v)
+                for v in f.evidence.values()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            for value, tolerance in title_numbers(f.title):
+                assert any(abs(value - v) <= tolerance for v in values), f.title
+                quoted += 1
+    assert quoted >= 15
+    (rotation,) = [f for f in find(runs[0]) if f.kind == "rotation_balance"]
+    assert rotation.evidence["max_row_cv"] == pytest.approx(0.94)
+    assert f"{rotation.evidence['median_row_cv']:.2g}" in rotation.title
