@@ -72,3 +72,23 @@ def test_the_checks_notice_a_missing_section_or_definition():
     without_row = text.replace(row.group(0), "", 1)
     assert "angular_update" not in defined_metrics(without_row)
     assert "angular_update" in defined_metrics(text)
+
+
+FINDINGS_DOC = DESIGN.parent / "findings.md"
+
+
+def test_findings_md_is_the_contract_of_every_kind():
+    """docs/findings.md has an entry per finding kind (a ``### `kind` `` heading), states every
+    plausible weight-decay range the advice uses, and every test it cites exists."""
+    from stepsize_lens.analysis import KINDS, PLAUSIBLE_WEIGHT_DECAY
+
+    text = FINDINGS_DOC.read_text(encoding="utf-8")
+    headed = set()
+    for heading in re.findall(r"^### (.+)$", text, flags=re.MULTILINE):
+        headed |= set(re.findall(r"`([a-z_]+)`", heading))
+    assert set(KINDS) <= headed, f"no entry for {sorted(set(KINDS) - headed)}"
+    for family, (low, high) in PLAUSIBLE_WEIGHT_DECAY.items():
+        assert f"{low:g} to {high:g}" in text, family
+    sources = "".join(p.read_text(encoding="utf-8") for p in DESIGN.parents[1].glob("tests/*.py"))
+    cited = set(re.findall(r"`(?:[\w/.]+::)?(test_\w+)`", text))
+    assert cited and all(f"def {name}(" in sources for name in cited)
