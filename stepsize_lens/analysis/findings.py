@@ -15,13 +15,17 @@
 - ``no_weight_decay`` (warning): scale-invariant tensors sit in groups with weight decay 0: no
   equilibrium, the effective step keeps falling (≈ t^(−1/2)). The suggested value fits the
   optimizer family (`theory.Family.typical_weight_decay`).
-- ``wd_timescale`` (warning): τ_iter = 1/(ηλ') exceeds the run (it covers less than one
-  timescale) or is shorter than one epoch (from a logged ``epoch`` or ``steps_per_epoch``).
-- ``equilibrium_time`` (info): the step at which the recurrence (`theory.forecast`) brings the
-  effective step within ``equilibrium_time_tolerance`` of equilibrium, and whether the run got
-  there; only a run that got there before its final ``equilibrium_window`` is judged:
-  ``equilibrium_reached`` (info) / ``equilibrium_missed`` (warning), measured against the
-  closed-form equilibrium within ``equilibrium_tolerance``.
+- ``wd_timescale`` (warning; info where the norms did not grow): τ_iter = 1/(ηλ') exceeds the
+  run (it covers less than one timescale) or is shorter than one epoch (from a logged
+  ``epoch`` or ``steps_per_epoch``).
+- ``equilibrium_time`` (info, constant lr): the step at which the recurrence
+  (`theory.forecast`) brings the effective step within ``equilibrium_time_tolerance`` of
+  equilibrium, and whether the run got there; only a run that got there before its final
+  ``equilibrium_window`` is judged: ``equilibrium_reached`` (info) / ``equilibrium_missed``
+  (warning), measured against the closed-form equilibrium within ``equilibrium_tolerance``.
+- ``equilibrium_tracking`` (info, a recorded lr ending below ``schedule_decayed`` × its peak):
+  the measured angular update against the instantaneous equilibrium, and the step from which
+  the schedule decays faster than the norm can relax; never a step beyond the run.
 - ``early_overshoot`` (warning): the early angular update peaks at ``overshoot_ratio`` times
   the equilibrium of the peak lr or more; the suggestion gives the warmup the recurrence
   implies.
@@ -36,7 +40,10 @@
 - ``wd_mismatch`` (warning): groups holding scale-invariant tensors differ in weight decay
   ``wd_mismatch_ratio``-fold or more (or zero against non-zero).
 
-Trend and theory checks need at least ``min_records`` non-skipped records. Scale invariance
+Every title quotes its evidence's numbers; ``premature_decay``, ``no_weight_decay`` and
+``wd_timescale`` carry advice in the user's own optimizer arguments (`advice`). The contract of
+every kind is docs/findings.md. Trend and theory checks need at least ``min_records``
+non-skipped records. Scale invariance
 comes from `stepsize_lens.invariance.classify_tensors` unless ``classes`` is given.
 """
 
