@@ -160,11 +160,19 @@ def accepts(run: Any, argument: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def what_if(ctx: Context, family: str | None = None, change: Any = None) -> Forecast:
-    """`theory.forecast` of the run with the hyperparameters changed (cached per key)."""
+def what_if(
+    ctx: Context, key: tuple[Any, ...], family: str | None = None, change: Any = None
+) -> dict[str, Any] | None:
+    """The `effect` of `theory.forecast` of the run with the hyperparameters changed, cached on
+    the context under ``key`` (several findings may try the same change)."""
     from stepsize_lens.analysis.theory import forecast
 
-    return forecast(ctx.run, ctx.classes, family or ctx.family.name, change=change)
+    cache = ctx.cache.setdefault("what_if", {})
+    if key not in cache:
+        changed = forecast(ctx.run, ctx.classes, family or ctx.family.name, change=change)
+        cache[key] = effect(ctx, changed)
+    found = cache[key]
+    return dict(found) if found is not None else None
 
 
 def _middle(fc: Forecast) -> np.ndarray:
@@ -267,7 +275,7 @@ def weight_decay_advice(ctx: Context, tensors: np.ndarray) -> Advice | None:
     optimizer = optimizer_info(ctx.run)[0]
     for value in candidates:
         change = _set_weight_decay(ctx, groups, value)
-        found = effect(ctx, what_if(ctx, change=change))
+        found = what_if(ctx, ("weight_decay", tuple(groups.tolist()), value), change=change)
         if not material(ctx, found):
             continue
         assert found is not None
@@ -320,7 +328,7 @@ def switch_advice(ctx: Context) -> Advice | None:
     def change(h: Hyper) -> Hyper:
         return replace(h, wd_ratio=np.full(np.shape(h.lr), float(wd_ratio)))
 
-    found = effect(ctx, what_if(ctx, family=target_name.lower(), change=change))
+    found = what_if(ctx, ("switch", target_name), family=target_name.lower(), change=change)
     if not material(ctx, found):
         return None
     assert found is not None
