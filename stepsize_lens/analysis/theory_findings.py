@@ -859,7 +859,8 @@ def gradient_norm_rise(ctx: Context) -> list[Finding]:
         after = slice(len(series) - ctx.window, len(series))
         g0, g1 = _window_mean(grad[:, i], before), _window_mean(grad[:, i], after)
         w0, w1 = _window_mean(weight[:, i], before), _window_mean(weight[:, i], after)
-        rise, fall = g1 / g0, w0 / w1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rise, fall = g1 / g0, w0 / w1
         if not (np.isfinite(rise) and np.isfinite(fall)) or rise < th.gradient_rise_ratio:
             continue
         share = math.log(fall) / math.log(rise) if fall > 1 else 0.0
