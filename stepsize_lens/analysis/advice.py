@@ -147,12 +147,9 @@ def arguments_of(cls: type | None) -> dict[str, inspect.Parameter]:
 
 
 def accepts(run: Any, argument: str) -> bool:
-    """Whether the run's optimizer takes ``argument``: its constructor's signature when the
-    class can be found, else its recorded defaults."""
-    params = arguments_of(optimizer_class(run))
-    if params:
-        return argument in params
-    return argument in optimizer_info(run)[2]
+    """Whether the run's optimizer takes ``argument``, by its constructor's signature; False
+    when the class cannot be found (no advice names an argument nobody checked)."""
+    return argument in arguments_of(optimizer_class(run))
 
 
 # --------------------------------------------------------------------------------------------
