@@ -6,9 +6,10 @@ quotes the same numbers as the findings below it.
 - **Not healthy** when a finding is a warning or critical: the first sentence is the title of
   the most severe one (among equals, the first in `findings.KINDS`: the cause of a smaller
   step, norm growth, before its context, the weight-decay timescale), the second its cause
-  (the first sentence of its suggestion), the third the first advice line of any warning (a
-  change in the user's own arguments whose effect the recurrence computed), or that no change
-  within the plausible ranges has a material effect.
+  (the first sentence of its suggestion), the third the strongest advice line (the largest
+  change of the mid-run angular update) of the first warning that has advice (a change in the
+  user's own arguments whose effect the recurrence computed), or that no change within the
+  plausible ranges has a material effect.
 - **Healthy** otherwise: the first sentence says so, the second quotes the most informative
   finding about the effective step (at equilibrium, tracking a decaying schedule, the time to
   equilibrium, or why it fell with flat norms), the third that nothing needs changing.
@@ -16,6 +17,7 @@ quotes the same numbers as the findings below it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +34,12 @@ HEALTHY_CONTEXT: tuple[str, ...] = (
 )
 """Info kinds that say what the effective step did, most informative first."""
 _SENTENCE_END = re.compile(r"(?<=[^\s.])[.:] (?=[A-Z`(])")
+
+
+def _strength(advice: dict[str, Any]) -> float:
+    """How much an advice line moves the mid-run angular update (|log ratio|)."""
+    ratio = (advice.get("effect") or {}).get("angle_ratio") or 1.0
+    return abs(math.log(ratio)) if ratio > 0 else 0.0
 
 
 def _kind_order(kind: str) -> int:
@@ -71,7 +79,8 @@ def verdict(findings: Sequence[Finding | dict[str, Any]]) -> dict[str, Any]:
         kinds = [top["kind"]]
         advised = next((f for f in problems if f.get("advice")), None)
         if advised is not None:
-            sentences.append(f"What would change it: {advised['advice'][0]['text']}.")
+            best = max(advised["advice"], key=_strength)
+            sentences.append(f"What would change it: {best['text']}.")
             if advised["kind"] not in kinds:
                 kinds.append(advised["kind"])
         else:
