@@ -564,10 +564,15 @@ def _tracking_finding(
         else ""
     )
     if elapsed >= 1.0 and ratio is not None:
+        close = abs(ratio - 1.0) <= ctx.thresholds.equilibrium_tolerance
+        verb = (
+            "tracks its instantaneous equilibrium"
+            if close
+            else "runs off its instantaneous equilibrium"
+        )
         title = (
-            f"Under the decaying lr the effective step tracks its instantaneous equilibrium at "
-            f"{ratio:.3g}x mid-run (measured/equilibrium of the recorded lr and weight decay)"
-            + after
+            f"Under the decaying lr the effective step {verb}: {ratio:.3g}x mid-run "
+            "(measured/equilibrium of the recorded lr and weight decay)" + after
         )
     else:
         title = (
