@@ -84,3 +84,16 @@ def test_no_advice_outside_the_range_or_without_the_argument(tmp_path) -> None:
     crafted = healthy_run()
     assert not accepts(crafted, "weight_decay")
     assert all(not f.advice for f in find(crafted))
+
+
+def test_what_ifs_stay_within_their_step_budget(momentum_run, monkeypatch) -> None:
+    from stepsize_lens.analysis import advice
+
+    span = int(momentum_run.steps[-1] - momentum_run.steps[0]) + 1
+    monkeypatch.setattr(advice, "WHAT_IF_STEPS", span)  # one try: the first candidate only
+    finding = _premature(momentum_run)
+    tried = [a for a in finding.advice if a["argument"] == "weight_decay"]
+    assert not [a for a in finding.advice if a["switch_to"]]
+    assert all(a["new"] == pytest.approx(2e-4) for a in tried)  # twice 1e-4, if material
+    monkeypatch.setattr(advice, "WHAT_IF_STEPS", 0)
+    assert _premature(momentum_run).advice == ()

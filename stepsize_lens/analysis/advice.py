@@ -15,7 +15,8 @@ schedule and scale-free gradient:
 Advice is given only when the effect is material — the angular update changes by
 ``Thresholds.material_ratio`` (1.25×) or more, or equilibrium comes within the run where it did
 not — and only with values inside `PLAUSIBLE_WEIGHT_DECAY`; weight decays are tried at 2, 4 and
-10 times the current value and at the range's top, and the smallest material one is advised.
+10 times the current value and at the range's top, and the smallest material one is advised
+(within `WHAT_IF_STEPS` integrated steps per `find`).
 No advice is better than absurd advice: where nothing qualifies, the finding gives none.
 """
 
@@ -72,6 +73,10 @@ CARRIED: tuple[str, ...] = (
 )
 """The arguments a switch names as carried over (when the run recorded them)."""
 TRUSTED_MODULES: tuple[str, ...] = ("torch", "stepsize_lens", "timm", "lion_pytorch")
+WHAT_IF_STEPS = 2_000_000
+"""Optimizer steps the what-if recurrences of one `find` may integrate in all (each costs about
+40 µs per step over a network's tensors, docs/design.md §5.9): a run of a million steps gets
+two tries, one of 100,000 steps twenty, and changes past the budget are not advised."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,12 @@ def what_if(
 
     cache = ctx.cache.setdefault("what_if", {})
     if key not in cache:
+        steps = ctx.forecast.steps
+        span = int(steps[-1] - steps[0]) + 1 if steps.size else 0
+        spent = ctx.cache.get("what_if_steps", 0)
+        if spent + span > WHAT_IF_STEPS:
+            return None  # over the budget: this change is not tried (no advice from it)
+        ctx.cache["what_if_steps"] = spent + span
         changed = forecast(ctx.run, ctx.classes, family or ctx.family.name, change=change)
         cache[key] = effect(ctx, changed)
     found = cache[key]
