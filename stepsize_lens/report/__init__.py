@@ -55,7 +55,7 @@ JSON of ``report`` (``schema`` = ``"stepsize_lens.report/1"``); undefined number
 
 JSON of ``compare`` (``schema`` = ``"stepsize_lens.compare/1"``): ``by``; ``reference`` (label);
 ``shared_classes`` (true when every run is split by the reference run's classes);
-``runs``: one object per run with run, summary, findings, theory, strongest_decay_scope,
+``runs``: one object per run with verdict, run, summary, findings, theory, strongest_decay_scope,
 strongest_decay as above; ``comparison``: rows of run, key (the set), metric (weight_norm /
 angular_update / effective_lr), x (last step shared with the reference), value,
 reference_value, final_ratio (value/reference there), mean_ratio (geometric mean over shared
