@@ -15,6 +15,9 @@ shuffled labels, with `analysis.predict`'s curves beside the measured ones (`pre
 AdamC and Muon under warmup + cosine; the probe with and without QK-norm. `lr_schedules`: the
 schedules as torch ``LambdaLR`` factors.
 
+`findings_matrix`: small seeded runs over optimizers × lr schedules × weight-decay timescale ×
+labels, each report checked against rules from the run's own ground truth (docs/findings.md).
+
 `reproduce`: ``stepsize-lens reproduce {toy2d,toy3d,digits,schedules,transformer,all}`` — runs,
 tables and figures into one folder (`figures/` in this repository). `figures`: the figures of
 the toys, the seeds, the schedules and the transformer.
