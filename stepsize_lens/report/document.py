@@ -356,11 +356,15 @@ def _last(scalars: dict[str, Any], names: tuple[str, ...]) -> str:
 def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
     """The blocks of a comparison: runs, ratio table, summaries side by side, findings."""
     from stepsize_lens.plots._series import ACCURACY_NAMES, LOSS_NAMES
+    from stepsize_lens.report.compare_tables import compare_tables, headline_block
 
     runs = [d["run"] for d in data["runs"]]
     labels = [r["label"] for r in runs]
     ref = data["reference"]
     doc = Document("stepsize-lens compare: " + " vs ".join(labels))
+    headline = headline_block(data)
+    if headline is not None:
+        doc.blocks.append(headline)
     doc.blocks.append(
         Table(
             "Runs",
@@ -391,6 +395,7 @@ def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
             3,
         )
     )
+    doc.blocks.extend(compare_tables(data, labels, ref))
     doc.blocks.append(ratio_table(data, labels, ref))
     by = data["by"]
     for set_by in dict.fromkeys([by, "class", "group"]):
@@ -436,7 +441,8 @@ def ratio_table(data: dict[str, Any], labels: list[str], ref: str) -> Table:
             )
         rows.append(line)
     note = (
-        f"Values at the last step every run shares with the reference (ref: {ref}); ÷ ref: the "
-        "ratio there; (mean): geometric mean of the ratio over all shared steps."
+        f"Values at the last step every run shares with the reference (ref: {ref}) where every "
+        "run's lr is at least 10% of its peak; ÷ ref: the ratio there; (mean): geometric mean "
+        "of the ratio over those steps."
     )
     return Table(f"Side by side, ratios to {ref} (ref)", columns, rows, note, 2)
