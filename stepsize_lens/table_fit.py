@@ -31,6 +31,7 @@ from typing import Any
 from rich.cells import cell_len
 from rich.console import Console
 from rich.measure import Measurement
+from rich.padding import Padding
 from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
@@ -148,12 +149,12 @@ def print_stacked(console: Console, table: Table, width: int | None = None) -> i
             if cell_len(header) <= label_width and one_line <= width:
                 console.print(Text(f"  {header.ljust(label_width)}  {value}"), no_wrap=True)
             elif 4 + _longest_word(value) <= width and 2 + _longest_word(header) <= width:
-                console.print(Text(f"  {header}"))
-                console.print(Text("    " + value), no_wrap=False)
+                console.print(Padding(Text(header), (0, 0, 0, 2)))
+                console.print(Padding(Text(value), (0, 0, 0, 4)))
             else:
                 left_out += 1
+    console.print()
     if table.caption:
-        console.print()
         console.print(Text(_plain(console, table.caption), style="dim"))
     if left_out:
         console.print(
