@@ -15,7 +15,9 @@ read the runs against the schedule (``compare_data`` adds them):
 - ``headline``: per run other than the reference, one sentence with its norm growth and its
   effective-step ratio against the reference's.
 
-`headline_block` and `compare_tables` turn them into report blocks (`report.document`).
+`headline_items` and `compare_tables` lay them out as the header items and the tables of the
+report (plain dicts with the fields of `report.document.Table`, which wraps them: this module
+stays below the document).
 """
 
 from __future__ import annotations
@@ -30,8 +32,23 @@ from stepsize_lens._jsonable import jsonable
 if TYPE_CHECKING:
     import pandas as pd
 
-    from stepsize_lens.report.document import Header, Table
     from stepsize_lens.run import Run
+
+TableSpec = dict[str, Any]
+"""title, columns, rows, note, text_columns: the fields of `report.document.Table`."""
+
+
+def _table(
+    title: str, columns: list[str], rows: list[list[str]], note: str, text_columns: int
+) -> TableSpec:
+    return {
+        "title": title,
+        "columns": columns,
+        "rows": rows,
+        "note": note,
+        "text_columns": text_columns,
+    }
+
 
 SET_NAMES = {"invariant": "scale-invariant", "all": "all tracked"}
 """How the two sets every comparison shows are named for people."""
@@ -153,15 +170,10 @@ def headline(sections: dict[str, Any], label: str, ref: str) -> str:
     )
 
 
-def headline_block(data: dict[str, Any]) -> Header | None:
-    """The headline sentences as the comparison's first block (None without any)."""
-    from stepsize_lens.report.document import Header
-
+def headline_items(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The headline sentences as header items, the first keyed "headline" ([] without any)."""
     lines = data.get("headline") or []
-    if not lines:
-        return None
-    key = "headline"
-    return Header("Headline", [(key if i == 0 else "", line) for i, line in enumerate(lines)])
+    return [("headline" if i == 0 else "", line) for i, line in enumerate(lines)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,9 +181,7 @@ def headline_block(data: dict[str, Any]) -> Header | None:
 # --------------------------------------------------------------------------------------------
 
 
-def norm_growth_table(data: dict[str, Any]) -> Table:
-    from stepsize_lens.report.document import Table
-
+def norm_growth_table(data: dict[str, Any]) -> TableSpec:
     rows = [
         [
             r["set"],
@@ -193,14 +203,13 @@ def norm_growth_table(data: dict[str, Any]) -> Table:
         "first shows an early norm bump (momentum's) even where weight decay pulled the norm "
         "back by the end."
     )
-    return Table("Norm growth per set: peak and last over first", columns, rows, note, 2)
+    return _table("Norm growth per set: peak and last over first", columns, rows, note, 2)
 
 
-def windows_table(data: dict[str, Any], labels: list[str], ref: str) -> Table:
+def windows_table(data: dict[str, Any], labels: list[str], ref: str) -> TableSpec:
     """Per set and window: each run's geometric-mean angular update, and for each other run
     its angular update and η/‖w‖² as multiples of the reference's."""
     from stepsize_lens.analysis.compare import WINDOWS
-    from stepsize_lens.report.document import Table
 
     others = [label for label in labels if label != ref]
     columns = ["set", "window", "steps", *(f"Δθ {label}" for label in labels)]
@@ -239,7 +248,7 @@ def windows_table(data: dict[str, Any], labels: list[str], ref: str) -> Table:
         "thirds of the run). Steps where any run's lr is below 10% of its peak are never "
         "compared: there every effective step goes to 0 with the lr."
     )
-    return Table("Effective step over the schedule's windows", columns, rows, note, 3)
+    return _table("Effective step over the schedule's windows", columns, rows, note, 3)
 
 
 _VERDICTS = {
@@ -250,9 +259,7 @@ _VERDICTS = {
 }
 
 
-def premature_table(data: dict[str, Any]) -> Table:
-    from stepsize_lens.report.document import Table
-
+def premature_table(data: dict[str, Any]) -> TableSpec:
     rows = [
         [
             r["set"],
@@ -275,12 +282,10 @@ def premature_table(data: dict[str, Any]) -> Table:
         "pulled the norm back). tensors premature: how many of the set's tensors reach 1.5× "
         "each (the verdict per tensor)."
     )
-    return Table("Premature step-size decay per set", columns, rows, note, 2)
+    return _table("Premature step-size decay per set", columns, rows, note, 2)
 
 
-def premature_tensor_table(data: dict[str, Any], labels: list[str]) -> Table | None:
-    from stepsize_lens.report.document import Table
-
+def premature_tensor_table(data: dict[str, Any], labels: list[str]) -> TableSpec | None:
     rows_in = data.get("premature_decay_tensors") or []
     if not rows_in:
         return None
@@ -303,13 +308,13 @@ def premature_tensor_table(data: dict[str, Any], labels: list[str]) -> Table | N
         "table per set), marked premature at 1.5× or more, transient when only the norm's peak "
         "reached it."
     )
-    return Table("Premature step-size decay per tensor", ["tensor", *labels], rows, note, 1)
+    return _table("Premature step-size decay per tensor", ["tensor", *labels], rows, note, 1)
 
 
-def compare_tables(data: dict[str, Any], labels: list[str], ref: str) -> list[Table]:
+def compare_tables(data: dict[str, Any], labels: list[str], ref: str) -> list[TableSpec]:
     """The comparison's schedule-aware tables, in reading order."""
     tables = [windows_table(data, labels, ref), norm_growth_table(data), premature_table(data)]
     per_tensor = premature_tensor_table(data, labels)
     if per_tensor is not None:
         tables.append(per_tensor)
-    return [t for t in tables if t.rows]
+    return [t for t in tables if t["rows"]]

@@ -356,15 +356,15 @@ def _last(scalars: dict[str, Any], names: tuple[str, ...]) -> str:
 def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
     """The blocks of a comparison: runs, ratio table, summaries side by side, findings."""
     from stepsize_lens.plots._series import ACCURACY_NAMES, LOSS_NAMES
-    from stepsize_lens.report.compare_tables import compare_tables, headline_block
+    from stepsize_lens.report.compare_tables import compare_tables, headline_items
 
     runs = [d["run"] for d in data["runs"]]
     labels = [r["label"] for r in runs]
     ref = data["reference"]
     doc = Document("stepsize-lens compare: " + " vs ".join(labels))
-    headline = headline_block(data)
-    if headline is not None:
-        doc.blocks.append(headline)
+    headline = headline_items(data)
+    if headline:
+        doc.blocks.append(Header("Headline", headline))
     doc.blocks.append(
         Table(
             "Runs",
@@ -395,7 +395,7 @@ def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
             3,
         )
     )
-    doc.blocks.extend(compare_tables(data, labels, ref))
+    doc.blocks.extend(Table(**spec) for spec in compare_tables(data, labels, ref))
     doc.blocks.append(ratio_table(data, labels, ref))
     by = data["by"]
     for set_by in dict.fromkeys([by, "class", "group"]):
