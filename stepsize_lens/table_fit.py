@@ -147,7 +147,8 @@ def print_stacked(console: Console, table: Table, width: int | None = None) -> i
                 continue
             one_line = 2 + label_width + 2 + cell_len(value)
             if cell_len(header) <= label_width and one_line <= width:
-                console.print(Text(f"  {header.ljust(label_width)}  {value}"), no_wrap=True)
+                pad = " " * (label_width - cell_len(header))
+                console.print(Text(f"  {header}{pad}  {value}"), no_wrap=True)
             elif 4 + _longest_word(value) <= width and 2 + _longest_word(header) <= width:
                 console.print(Padding(Text(header), (0, 0, 0, 2)))
                 console.print(Padding(Text(value), (0, 0, 0, 4)))

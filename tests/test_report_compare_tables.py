@@ -95,6 +95,22 @@ def test_text_shows_the_tables_and_the_headline_first():
         assert window in text
 
 
+def test_markdown_and_html_carry_the_same_headline_and_tables(tmp_path):
+    runs = list(_crafted_pair())
+    quiet = Console(file=io.StringIO(), width=120, color_system=None)
+    markdown = compare_report(runs, out=tmp_path, format="markdown", figures=False, console=quiet)
+    page = compare_report(runs, out=tmp_path, format="html", figures=False, console=quiet).page
+    html = page.read_text(encoding="utf-8")
+    (line,) = markdown.data["headline"]
+    assert f"- **headline**: {line}" in markdown.text
+    assert line.replace("'", "&#x27;") in html
+    for title in (
+        "Effective step over the schedule's windows",
+        "Premature step-size decay per set",
+    ):
+        assert f"## {title}" in markdown.text and title.replace("'", "&#x27;") in html
+
+
 def _train(folder: Path, name: str, steps: int) -> Path:
     import torch
 
