@@ -48,6 +48,7 @@ def run_demo(
     from stepsize_lens.experiments import digits
     from stepsize_lens.experiments.reproduce import training_progress
     from stepsize_lens.report import compare_report
+    from stepsize_lens.table_fit import print_table
 
     console = console if console is not None else Console()
     steps = DEFAULT_STEPS if steps is None else steps
@@ -68,7 +69,7 @@ def run_demo(
             on_step=on_step,
         )
     table = digits.runs_table(trained)
-    console.print(digits.rich_table(digits.aggregate(table), _title(steps)))
+    print_table(console, digits.rich_table(digits.aggregate(table), _title(steps)))
     console.print(
         "SGD momentum grows the scale-invariant weights' norms, so their effective step "
         "(angle per update) shrinks; SGDP and AdamP keep the norms nearly constant."

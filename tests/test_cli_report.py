@@ -386,3 +386,115 @@ def test_chromium_check_catches_broken_pages(tmp_path):
     assert check == "images=1 broken=1"
     assert any("notDefined" in line for line in console)
     assert any("missing.png" in line for line in console)
+
+
+# --------------------------------------------------------------------------------------------
+# A narrow pseudo-terminal: every number whole or not shown
+# --------------------------------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+NUMBER = re.compile(r"\d+(?:[.,×]\d+)*(?:e[-+]?\d*)?")  # 2.19e-06, 1,250, 128×64×1×1
+
+
+def on_pseudo_terminal(args: list[str], columns: int) -> str:
+    """stdout of the console script run on a pseudo-terminal ``columns`` wide (its size set
+    with TIOCSWINSZ, COLUMNS unset: the command finds the width as in a real terminal), with
+    the escape codes taken out; stderr goes to a file."""
+    import tempfile
+
+    fcntl = pytest.importorskip("fcntl")
+    termios = pytest.importorskip("termios")
+    import struct
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    code = "import sys; from stepsize_lens.cli import main; main()"
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=err,
+            cwd=ROOT,
+            env=env,
+            close_fds=True,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        code = proc.wait(timeout=300)
+        err.seek(0)
+        assert code == 0, err.read().decode()
+    return ANSI.sub("", b"".join(chunks).decode("utf-8")).replace("\r\n", "\n")
+
+
+def _letters_only_folder() -> Path:
+    """A fresh folder whose path holds no digit: the header prints the run's path, and a
+    narrow terminal folds a path wherever it must (a path is not a number)."""
+    import random
+    import string
+    import tempfile
+
+    base = Path(tempfile.gettempdir()).resolve()
+    if re.search(r"\d", str(base)):
+        base = Path("/tmp") if Path("/tmp").is_dir() else base
+    name = "stepsize-lens-narrow-" + "".join(random.choices(string.ascii_lowercase, k=12))
+    folder = base / name
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.slow
+def test_a_60_column_pseudo_terminal_shows_only_whole_numbers(report_runs):
+    """``report`` and ``compare`` at 60 columns print every number and shape whole (each one
+    also appears in the 250-column output) and cut no cell with an ellipsis; the crafted run
+    has the long tensor names (timm's) whose strongest-decay table once printed 2.19e-0."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import numpy as np
+    from _runs import Tensor, crafted_run
+
+    folder = _letters_only_folder()
+    try:
+        if re.search(r"\d", str(folder)):
+            pytest.skip("no temporary folder without digits in its path")
+        tensors = (
+            Tensor("layer.downsample.conv.weight", (128, 64, 1, 1), 0, "channel"),
+            Tensor("layer.block.conv.weight", (256, 256, 3, 3), 0, "channel"),
+            Tensor("fc.weight", (1000, 512), 0, "none"),
+            Tensor("bn.weight", (64,), 1, "none"),
+        )
+        lr = 0.1 * np.cos(np.linspace(0, np.pi / 2, 200)) ** 2 + 1e-7
+        crafted = crafted_run(
+            tensors=tensors,
+            records=200,
+            weight_norm=lambda r: 1 + r / 50 * np.ones((1, 4)),
+            angular_update=lambda r: 0.00089 * np.exp(-r / 20) + 2.19e-6 * np.ones((1, 4)),
+            groups={"lr": np.stack([lr, lr], axis=1)},
+            label="timm names",
+        )
+        crafted.save(folder / "crafted.pt")
+        for name in ("sgd_momentum", "sgdp"):
+            shutil.copy(report_runs[name], folder / f"{name}.pt")
+        commands = (
+            ["report", str(folder / "crafted.pt"), "--no-figures"],
+            ["compare", str(folder / "sgd_momentum.pt"), str(folder / "sgdp.pt"), "--no-figures"],
+        )
+        for args in commands:
+            narrow = on_pseudo_terminal(args, 60)
+            wide = on_pseudo_terminal(args, 250)
+            assert "Findings" in narrow and "Findings" in wide
+            assert max(map(len, narrow.splitlines())) <= 60, args
+            assert "…" not in narrow, args
+            cut = set(NUMBER.findall(narrow)) - set(NUMBER.findall(wide))
+            assert not cut, (args, sorted(cut))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

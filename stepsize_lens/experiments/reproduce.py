@@ -42,6 +42,7 @@ import numpy as np
 from stepsize_lens._files import atomic_write_text
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.report.text import markdown_table, rich_table
+from stepsize_lens.table_fit import print_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -573,7 +574,7 @@ def reproduce(
             title = TITLES[result.experiment]
             if result.experiment in ("digits", "schedules", "transformer"):
                 title += f" ({int(result.table['steps'].max())} steps)"
-            console.print(_rich_table(result, title))
+            print_table(console, _rich_table(result, title))
             console.print("wrote " + ", ".join(str(path) for path in result.files))
             results.append(result)
     return results

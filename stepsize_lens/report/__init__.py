@@ -57,9 +57,13 @@ JSON of ``compare`` (``schema`` = ``"stepsize_lens.compare/1"``): ``by``; ``refe
 ``shared_classes`` (true when every run is split by the reference run's classes);
 ``runs``: one object per run with verdict, run, summary, findings, theory, strongest_decay_scope,
 strongest_decay as above; ``comparison``: rows of run, key (the set), metric (weight_norm /
-angular_update / effective_lr), x (last step shared with the reference), value,
-reference_value, final_ratio (value/reference there), mean_ratio (geometric mean over shared
-steps); ``figures`` (paper_panel, norm_growth, effective_step).
+angular_update / effective_lr), x (the last step shared with the reference where every run's
+lr is ≥ 10% of its peak), value, reference_value, final_ratio (value/reference there),
+mean_ratio (geometric mean over those steps); ``norm_growth``, ``windows``,
+``premature_decay``, ``premature_decay_tensors`` and ``headline``
+(`report.compare_tables`: rows with set_by (invariant / all / class / group / tensor) and set,
+then the columns of `analysis.compare.norm_growth`, `compare_windows` and
+`premature_decay`); ``figures`` (paper_panel, norm_growth, effective_step).
 """
 
 from __future__ import annotations

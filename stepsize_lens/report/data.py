@@ -297,6 +297,8 @@ def compare_data(
     for data, label in zip(per_run, labels):
         data["run"]["label"] = label
         del data["schema"], data["figures"], data["by"]
+    from stepsize_lens.report.compare_tables import compare_sections
+
     table = compare_summary(runs, by=by, reference=ref, classes=classes)
     table = table.rename(columns={by: "key"})
     return {
@@ -306,6 +308,7 @@ def compare_data(
         "shared_classes": classes is not None,
         "runs": per_run,
         "comparison": _records(table),
+        **compare_sections(runs, by, ref, classes),
         "figures": {},
     }
 

@@ -374,11 +374,15 @@ def _last(scalars: dict[str, Any], names: tuple[str, ...]) -> str:
 def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
     """The blocks of a comparison: runs, ratio table, summaries side by side, findings."""
     from stepsize_lens.plots._series import ACCURACY_NAMES, LOSS_NAMES
+    from stepsize_lens.report.compare_tables import compare_tables, headline_items
 
     runs = [d["run"] for d in data["runs"]]
     labels = [r["label"] for r in runs]
     ref = data["reference"]
     doc = Document("stepsize-lens compare: " + " vs ".join(labels))
+    headline = headline_items(data)
+    if headline:
+        doc.blocks.append(Header("Headline", headline))
     doc.blocks.append(
         Table(
             "Runs",
@@ -409,6 +413,7 @@ def compare_document(data: dict[str, Any], out: Path | None = None) -> Document:
             3,
         )
     )
+    doc.blocks.extend(Table(**spec) for spec in compare_tables(data, labels, ref))
     doc.blocks.append(ratio_table(data, labels, ref))
     by = data["by"]
     for set_by in dict.fromkeys([by, "class", "group"]):
@@ -454,7 +459,8 @@ def ratio_table(data: dict[str, Any], labels: list[str], ref: str) -> Table:
             )
         rows.append(line)
     note = (
-        f"Values at the last step every run shares with the reference (ref: {ref}); ÷ ref: the "
-        "ratio there; (mean): geometric mean of the ratio over all shared steps."
+        f"Values at the last step every run shares with the reference (ref: {ref}) where every "
+        "run's lr is at least 10% of its peak; ÷ ref: the ratio there; (mean): geometric mean "
+        "of the ratio over those steps."
     )
     return Table(f"Side by side, ratios to {ref} (ref)", columns, rows, note, 2)

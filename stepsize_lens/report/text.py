@@ -138,12 +138,14 @@ def rich_table(
     caption: str | None = None,
     text_columns: int = 1,
 ) -> Any:
-    """The same table as a `rich.table.Table` (labels left, numbers right)."""
+    """The same table as a `rich.table.Table` (labels left, numbers right; a number never
+    wraps: print it with `table_fit.print_table`, which splits or stacks a table too wide)."""
     from rich.table import Table as RichTable
 
     table = RichTable(title=title, caption=caption)
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i < text_columns else "right")
+        label = i < text_columns
+        table.add_column(name, justify="left" if label else "right", no_wrap=not label)
     for row in rows:
         table.add_row(*row)
     return table
