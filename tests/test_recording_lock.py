@@ -55,7 +55,7 @@ def test_a_lock_is_exclusive_and_its_file_goes_at_release(tmp_path):
     assert lock_path(run) == tmp_path / ".run.pt.lock"
     assert lock_path(run).read_text() == str(os.getpid())
     assert held_elsewhere(run)
-    with pytest.raises(LockedError, match=rf"run.pt is being written by another process \(pid "):
+    with pytest.raises(LockedError, match=r"run.pt is being written by another process \(pid "):
         second.acquire(run)
     assert issubclass(LockedError, UserInputError)
     first.release()
