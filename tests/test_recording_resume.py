@@ -253,6 +253,10 @@ def test_resume_options_of_a_framework_callback(tmp_path):
     assert resume_options(path, 40, counts_this_optimizer=False) == {"resume": True, "step": None}
     assert resume_options(path, 40, resume=False) == {"step": 40}
     assert resume_options(None, 40) == {"step": 40}
+    # overwrite: only where the file is not continued
+    assert resume_options(path, 0, overwrite=True) == {"overwrite": True}
+    assert resume_options(path, 40, resume=False, overwrite=True) == {"overwrite": True, "step": 40}
+    assert resume_options(path, 40, overwrite=True) == {"resume": True, "step": 40}
 
 
 def _killed_at_150(tmp_path: Path, kind: str) -> tuple[Path, Path]:

@@ -678,6 +678,9 @@ class Lens:
             return self._records.saved_to
         self._drain(wait=True)
         self._closed = True
+        if self._armed:  # finished inside a step (a signal): that step did not complete
+            self._armed = False
+            self.writer.meta["last_step"] = self.step - 1
         self._snapshot = None  # free the copy of w
         self._device_inputs = {}
         self._finalizer()
