@@ -102,10 +102,11 @@ class Lens:
     """Records weight norms, update norms and effective step sizes of an optimizer's tensors.
 
     Use `attach` to create one. ``lens.step`` counts optimizer steps (and steps a GradScaler
-    skipped) from 1 (from ``step + 1`` or a resumed run's last step). ``lens.log(loss=...)``
-    stores user scalars; ``lens.latest()`` is the last record; ``lens.flush()`` saves now;
-    ``lens.close()`` detaches, saves a final time (also when the lens is collected and at
-    interpreter exit) and then calls the ``on_record`` callback's ``on_close(lens)``, if any.
+    skipped) from 1 (from ``step + 1``, or where training is for a resumed run).
+    ``lens.log(loss=...)`` stores user scalars; ``lens.latest()`` is the last record;
+    ``lens.flush()`` saves now; ``lens.close()`` detaches, saves a final time (also when the
+    lens is collected, at interpreter exit and on SIGTERM/SIGHUP) and then calls the
+    ``on_record`` callback's ``on_close(lens)``, if any.
     """
 
     @signals.guarded
