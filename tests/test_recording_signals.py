@@ -199,3 +199,20 @@ def test_handlers_are_installed_once_from_the_main_thread_only(monkeypatch):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_a_forked_child_never_saves_its_parents_run(tmp_path, monkeypatch):
+    """A DataLoader worker inherits the handler: there it only chains, the run stays the
+    parent's."""
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lens = stepsize_lens.attach(model, optimizer, path=tmp_path / "run.pt", schedule=1)
+    train(model, optimizer, 2)
+    monkeypatch.setattr(signals, "_installed_by", os.getpid() + 1)  # as seen from a child
+    chained = []
+    monkeypatch.setitem(signals._previous, signal.SIGTERM, lambda *args: chained.append(args[0]))
+    signals._handle(signal.SIGTERM, None)
+    assert chained == [signal.SIGTERM] and not lens._closed
+    train(model, optimizer, 1)
+    assert lens.num_records == 3
+    lens.close()
