@@ -180,22 +180,24 @@ def test_a_signal_inside_the_lens_waits_until_the_lens_is_done(tmp_path, monkeyp
 
 
 def test_handlers_are_installed_once_from_the_main_thread_only(monkeypatch):
+    import threading
+
     monkeypatch.setattr(signals, "_installed_by", None)
     monkeypatch.setattr(signals, "_previous", {})
     before = {signum: signal.getsignal(signum) for signum in signals.SIGNALS}
     try:
-        import threading
-
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
         result = []
         thread = threading.Thread(target=lambda: result.append(signals.install()))
         thread.start()
         thread.join()
-        assert result == [False]
-        assert all(signal.getsignal(s) == before[s] for s in signals.SIGNALS)
+        assert result == [False]  # not from another thread: nothing changed
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
         assert signals.install() and signals.install()
-        assert all(signal.getsignal(s) is signals._handle for s in signals.SIGNALS)
-        kept = {s: h for s, h in before.items() if h is not None and h != signal.SIG_IGN}
-        assert signals._previous == kept
+        assert signal.getsignal(signal.SIGTERM) is signals._handle
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN  # ignored stays ignored
+        assert signals._previous == {signal.SIGTERM: signal.SIG_DFL}
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
