@@ -185,8 +185,15 @@ def test_a_fit_resumed_from_a_checkpoint_continues_the_run(tmp_path: Path) -> No
     assert run.meta["closed"] and run.label == "long"
     assert np.isfinite(run.metric("weight_norm")).all()
 
-    # resume=False: a new run in the file, still counting from the trainer's global step
-    _long_fit(tmp_path, 620, tmp_path / "step300.ckpt", resume=False, schedule=every(5))
+    # resume=False: a new run in the file only with overwrite=True (never replaced silently),
+    # still counting from the trainer's global step
+    before = (tmp_path / "run.pt").read_bytes()
+    with pytest.raises(ValueError, match="run.pt already exists: pass resume=True"):
+        _long_fit(tmp_path, 620, tmp_path / "step300.ckpt", resume=False, schedule=every(5))
+    assert (tmp_path / "run.pt").read_bytes() == before
+    _long_fit(
+        tmp_path, 620, tmp_path / "step300.ckpt", resume=False, overwrite=True, schedule=every(5)
+    )
     fresh = stepsize_lens.load(tmp_path / "run.pt")
     assert list(fresh.steps) == list(range(305, 621, 5))
     assert not [event for event in fresh.events if event["kind"] == "resumed"]

@@ -71,15 +71,17 @@ def test_two_live_lenses_never_share_a_path(tmp_path):
     first = stepsize_lens.attach(first_model, _optimizer(first_model), path=tmp_path / "run.pt")
     with pytest.raises(ValueError, match="already being written by the lens 'SGD' on SGD"):
         stepsize_lens.attach(second_model, _optimizer(second_model), path=tmp_path / "run.pt")
-    first.close()  # a closed lens gives its path up
-    stepsize_lens.attach(second_model, _optimizer(second_model), path=tmp_path / "run.pt").close()
+    first.close()  # a closed lens gives its path up (its run stays: replacing it needs asking)
+    stepsize_lens.attach(
+        second_model, _optimizer(second_model), path=tmp_path / "run.pt", overwrite=True
+    ).close()
 
 
 def test_a_dropped_lens_no_longer_holds_its_path(tmp_path):
     model = small_model()
     stepsize_lens.attach(model, _optimizer(model), path=tmp_path / "run.pt")  # dropped at once
     other = small_model(1)
-    stepsize_lens.attach(other, _optimizer(other), path=tmp_path / "run.pt").close()
+    stepsize_lens.attach(other, _optimizer(other), path=tmp_path / "run.pt", overwrite=True).close()
 
 
 def test_an_older_lens_never_overwrites_a_newer_run(tmp_path):
@@ -99,14 +101,44 @@ def test_an_older_lens_never_overwrites_a_newer_run(tmp_path):
     assert stepsize_lens.load(tmp_path / "run-2.pt").num_records == 2
 
 
-def test_a_file_present_before_attach_is_overwritten_but_not_one_written_after(tmp_path):
+def test_a_file_present_before_attach_is_replaced_only_when_asked(tmp_path):
     path = tmp_path / "run.pt"
     RunWriter(path, {"label": "yesterday"}).save()
+    before = path.read_bytes()
     model = small_model()
     optimizer = _optimizer(model)
-    with stepsize_lens.attach(model, optimizer, path=path, label="today", schedule=1):
+    with pytest.raises(ValueError) as raised:
+        stepsize_lens.attach(model, optimizer, path=path, label="today", schedule=1)
+    message = str(raised.value)
+    assert "\n" not in message and str(path) in message
+    assert "resume=True" in message and "overwrite=True" in message
+    train(model, optimizer, 1)  # the refused attach hooked nothing
+    assert path.read_bytes() == before
+    with stepsize_lens.attach(
+        model, optimizer, path=path, label="today", schedule=1, overwrite=True
+    ):
         train(model, optimizer, 1)
     assert stepsize_lens.load(path).label == "today"
+    with pytest.raises(ValueError, match="resume=True continues .* overwrite=True replaces"):
+        stepsize_lens.attach(model, optimizer, path=path, resume=True, overwrite=True)
+
+
+def test_a_closed_run_is_never_replaced_silently(tmp_path):
+    """The issue's case: a closed run of 30 records, then a new lens on its path."""
+    path = tmp_path / "run.pt"
+    model = small_model()
+    optimizer = _optimizer(model)
+    with stepsize_lens.attach(model, optimizer, path=path, schedule=1):
+        train(model, optimizer, 30)
+    other = small_model(1)
+    with pytest.raises(ValueError, match="already exists: pass resume=True"):
+        stepsize_lens.attach(other, _optimizer(other), path=path, schedule=1)
+    assert stepsize_lens.load(path).num_records == 30
+    # resume=True continues it (SGD keeps no step count: step= says where training is)
+    lens = stepsize_lens.attach(model, optimizer, path=path, schedule=1, resume=True, step=30)
+    train(model, optimizer, 5)
+    lens.close()
+    assert list(stepsize_lens.load(path).steps) == list(range(1, 36))
 
 
 def test_run_files_get_the_permissions_of_the_umask(tmp_path):
@@ -186,7 +218,15 @@ NOTEBOOK = textwrap.dedent(
 
     lens = stepsize_lens.attach(model, optimizer, path=path, label="first", schedule=1)  # cell 1
     steps(2)
-    lens = stepsize_lens.attach(model, optimizer, path=path, label="second", schedule=1)  # again
+    try:  # the cell run again as it was: one line, naming the file and both options
+        stepsize_lens.attach(model, optimizer, path=path, label="second", schedule=1)
+    except ValueError as exc:
+        print(exc)
+    steps(1)  # the first lens still records
+    # again with overwrite=True: the first lens is closed (its run saved), then replaced
+    lens = stepsize_lens.attach(
+        model, optimizer, path=path, label="second", schedule=1, overwrite=True
+    )
     steps(3)
     lens.close()
     other = stepsize_lens.attach(model, optimizer, path=path + ".other", schedule=1)
@@ -199,12 +239,17 @@ def test_notebook_reattach_then_exit_never_overwrites_a_closed_run(tmp_path):
     script = tmp_path / "notebook.py"
     script.write_text(NOTEBOOK)
     path = tmp_path / "run.pt"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(script), str(path)],
         check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=120,
+        capture_output=True,
+        text=True,
     )
+    (line,) = done.stdout.splitlines()
+    assert line.startswith(f"{path} is already being written by the lens 'first' on SGD")
+    assert "resume=True" in line and "overwrite=True" in line
     run = stepsize_lens.load(path)
     assert run.label == "second" and run.meta["closed"] is True
     assert list(run.steps) == [1, 2, 3]  # a lens counts steps from its attach

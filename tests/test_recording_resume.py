@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import _killed_run as killed_run
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,7 +88,8 @@ def test_a_run_stopped_at_300_and_resumed_reports_as_one_run_of_600_steps(tmp_pa
     lens.close()  # the job is preempted
 
     model, optimizer = _restored(checkpoint)  # a new process: the checkpoint and the run file
-    lens = stepsize_lens.attach(model, optimizer, path=path, resume=True)
+    # SGD keeps no step count of its own: step= says where training is
+    lens = stepsize_lens.attach(model, optimizer, path=path, resume=True, step=STOP)
     assert lens.step == STOP and lens.label == "run"
     _steps(model, optimizer, STOP, END)
     lens.close()
@@ -107,9 +113,10 @@ def test_a_run_stopped_at_300_and_resumed_reports_as_one_run_of_600_steps(tmp_pa
     assert report_data(run)["findings"] == report_data(whole)["findings"]
 
 
-def test_a_run_killed_between_records_continues_from_its_last_counted_step(tmp_path):
-    """A process killed without closing leaves its last flush: the run continues from the step
-    the lens had counted then (unrecorded steps too), so the schedule keeps its place."""
+def test_a_run_killed_between_records_continues_from_the_given_step(tmp_path):
+    """A process killed without closing leaves its last flush (``meta.last_step`` counts
+    unrecorded steps too); an optimizer without a step count of its own resumes only with
+    step=, and the schedule keeps its place."""
     path = tmp_path / "run.pt"
     model = small_model()
     optimizer = _optimizer(model)
@@ -125,7 +132,17 @@ def test_a_run_killed_between_records_continues_from_its_last_counted_step(tmp_p
 
     model2 = small_model()
     optimizer2 = _optimizer(model2)
-    lens = stepsize_lens.attach(model2, optimizer2, path=path, schedule=every(10), resume=True)
+    with pytest.raises(ResumeError) as raised:
+        stepsize_lens.attach(model2, optimizer2, path=path, schedule=every(10), resume=True)
+    assert str(raised.value) == (
+        f"cannot resume {path} without step=: the SGD's state holds no step count (SGD keeps "
+        "none; others only once stepped or restored), and the file's last step (25) may lag "
+        "behind training (a process killed after its last save); pass step= (the global step "
+        "training continues from)"
+    )
+    lens = stepsize_lens.attach(
+        model2, optimizer2, path=path, schedule=every(10), resume=True, step=25
+    )
     assert lens.step == 25
     _steps(model2, optimizer2, 25, 45)
     lens.close()
@@ -236,3 +253,113 @@ def test_resume_options_of_a_framework_callback(tmp_path):
     assert resume_options(path, 40, counts_this_optimizer=False) == {"resume": True, "step": None}
     assert resume_options(path, 40, resume=False) == {"step": 40}
     assert resume_options(None, 40) == {"step": 40}
+    # overwrite: only where the file is not continued
+    assert resume_options(path, 0, overwrite=True) == {"overwrite": True}
+    assert resume_options(path, 40, resume=False, overwrite=True) == {"overwrite": True, "step": 40}
+    assert resume_options(path, 40, overwrite=True) == {"resume": True, "step": 40}
+
+
+def _killed_at_150(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """Run `_killed_run` in a subprocess: the run saved at step 54, the checkpoint at 150,
+    then SIGKILL."""
+    path, checkpoint = tmp_path / "run.pt", tmp_path / "ckpt.pt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "_killed_run.py"),
+            str(path),
+            str(checkpoint),
+            kind,
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL
+    left = stepsize_lens.load(path)
+    assert left.meta["last_step"] == killed_run.SAVED and not left.meta["closed"]
+    return path, checkpoint
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_150_after_a_save_at_54_resumes_at_150_from_the_optimizer(tmp_path):
+    """The issue's case: without step=, the steps continue from the optimizer's own count
+    (Adam's state["step"]), never from the file's 54."""
+    path, checkpoint = _killed_at_150(tmp_path, "adam")
+    saved = torch.load(checkpoint, weights_only=True)
+    model = killed_run.model()
+    model.load_state_dict(saved["model"])
+    optimizer = killed_run.optimizer(model)
+    optimizer.load_state_dict(saved["opt"])
+    lens = stepsize_lens.attach(model, optimizer, path=path, resume=True)
+    assert lens.step == killed_run.KILLED
+    killed_run.steps(model, optimizer, killed_run.KILLED, killed_run.END)
+    lens.close()
+    run = stepsize_lens.load(path)
+    assert run.meta["last_step"] == killed_run.END and run.meta["closed"]
+    (resumed,) = [event for event in run.events if event["kind"] == "resumed"]
+    assert resumed["detail"] == "resumed at step 150 (the file had stopped at step 54)"
+
+    # the uninterrupted run: the same steps where both recorded, the same numbers
+    whole_model = killed_run.model()
+    whole_optimizer = killed_run.optimizer(whole_model)
+    with stepsize_lens.attach(whole_model, whole_optimizer, path=tmp_path / "whole.pt"):
+        killed_run.steps(whole_model, whole_optimizer, 0, killed_run.END)
+    whole = stepsize_lens.load(tmp_path / "whole.pt")
+    lost = (whole.steps > killed_run.SAVED) & (whole.steps <= killed_run.KILLED)
+    assert list(run.steps) == list(whole.steps[~lost])
+    assert int(run.steps[-1]) == killed_run.END
+    np.testing.assert_allclose(
+        run.metric("angular_update"), whole.metric("angular_update")[~lost], rtol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_sgd_run_resumed_without_step_asks_for_it(tmp_path):
+    path, checkpoint = _killed_at_150(tmp_path, "sgd")
+    before = path.read_bytes()
+    saved = torch.load(checkpoint, weights_only=True)
+    model = killed_run.model()
+    model.load_state_dict(saved["model"])
+    optimizer = killed_run.optimizer(model, "sgd")
+    optimizer.load_state_dict(saved["opt"])
+    with pytest.raises(ResumeError, match=r"without step=: .* last step \(54\) .* pass step="):
+        stepsize_lens.attach(model, optimizer, path=path, resume=True)
+    assert path.read_bytes() == before
+    lens = stepsize_lens.attach(model, optimizer, path=path, resume=True, step=killed_run.KILLED)
+    killed_run.steps(model, optimizer, killed_run.KILLED, killed_run.KILLED + 20)
+    lens.close()
+    assert list(stepsize_lens.load(path).steps)[-2:] == [160, 170]
+
+
+def test_the_optimizers_own_step_count():
+    from stepsize_lens.optim import SGDP, AdamP
+    from stepsize_lens.recording.resume import optimizer_step
+
+    for make, counts in (
+        (lambda p: torch.optim.Adam(p, lr=1e-3), True),
+        (lambda p: torch.optim.AdamW(p, lr=1e-3, fused=False), True),
+        (lambda p: AdamP(p, lr=1e-3), True),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), False),
+        (lambda p: SGDP(p, lr=0.1, momentum=0.9), False),
+    ):
+        model = small_model()
+        optimizer = make(model.parameters())
+        assert optimizer_step(optimizer) is None  # nothing stepped, nothing restored
+        _steps(model, optimizer, 0, 7)
+        assert optimizer_step(optimizer) == (7 if counts else None), type(optimizer).__name__
+
+
+def test_resume_with_a_live_lens_of_this_optimizer_continues_its_count(tmp_path):
+    """A notebook re-running its attach cell with resume=True: the live lens is closed and its
+    step count is where training is (SGD, no step=)."""
+    path = tmp_path / "run.pt"
+    model = small_model()
+    optimizer = _optimizer(model)
+    stepsize_lens.attach(model, optimizer, path=path, schedule=every(2))
+    _steps(model, optimizer, 0, 5)
+    with pytest.warns(RuntimeWarning, match="closed the lens 'SGD' on SGD writing"):
+        lens = stepsize_lens.attach(model, optimizer, path=path, schedule=every(2), resume=True)
+    assert lens.step == 5
+    _steps(model, optimizer, 5, 8)
+    lens.close()
+    assert list(stepsize_lens.load(path).steps) == [2, 4, 6, 8]

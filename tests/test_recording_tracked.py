@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from _lens_models import small_model, train
 from torch import nn
@@ -34,3 +36,27 @@ def test_model_is_optional_and_names_fall_back(tmp_path):
     run = lens.run()
     assert run.tensor_names[:2] == ["group0.0", "group0.1"]
     lens.close()
+
+
+def test_complex_tensors_are_left_out_with_one_note_and_no_torch_warning(capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    spectrum = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
+    model.register_parameter("spectrum", spectrum)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            (model(torch.randn(2, 3)).sum() + (spectrum.abs() ** 2).sum()).backward()
+            optimizer.step()
+        run = lens.run()
+        lens.close()
+    assert [str(w.message) for w in caught] == []
+    assert run.tensor_names == ["weight", "bias"] and run.num_records == 3
+    assert capsys.readouterr().err == (
+        "stepsize_lens: not recording 1 complex tensor(s) (spectrum): the lens records real "
+        "tensors only\n"
+    )
+    assert spectrum.grad is not None  # the optimizer still steps it: only the lens skips it

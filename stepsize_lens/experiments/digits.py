@@ -106,7 +106,10 @@ def train_digits_run(
     optimizer = make_optimizer(model.parameters())
     warmup = warmup_steps(steps) if warmup is None else warmup
     scheduler = lr_scheduler(optimizer, lr_schedule, steps, warmup)
-    with stepsize_lens.attach(model, optimizer, path=path, schedule=schedule, label=label) as lens:
+    # the experiment's own output: running it again regenerates the run (overwrite=True)
+    with stepsize_lens.attach(
+        model, optimizer, path=path, schedule=schedule, label=label, overwrite=True
+    ) as lens:
         for step, (x, y) in enumerate(batches(data.x_train, labels, batch_size, steps, seed), 1):
             model.train()
             loss = nn.functional.cross_entropy(model(x), y)

@@ -224,6 +224,7 @@ def train_transformer_run(
             schedule=config.record_every,
             label=label,
             probe_inputs=probe_inputs,
+            overwrite=True,  # the experiment's own output: running it again regenerates it
         )
         lenses.append(lens)
         paths.append(path)

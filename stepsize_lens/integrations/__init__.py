@@ -93,17 +93,22 @@ def resume_options(
     global_step: int,
     counts_this_optimizer: bool = True,
     resume: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The `attach` options of a callback whose trainer starts at ``global_step``.
 
     Nothing for a trainer starting afresh (step 0). For a trainer resumed from a checkpoint:
     ``step=global_step`` (unless the trainer's step does not count this optimizer's steps,
-    ``counts_this_optimizer=False``) and, when ``resume`` and the run file exists,
-    ``resume=True``: the run continues, and its records after that step, from the stretch the
-    checkpoint discarded, are dropped (`stepsize_lens.recording.resume`)."""
+    ``counts_this_optimizer=False``: the lens then takes the optimizer's own step count, or
+    asks for it) and, when ``resume`` and the run file exists, ``resume=True``: the run
+    continues, and its records after that step, from the stretch the checkpoint discarded, are
+    dropped (`stepsize_lens.recording.resume`). ``overwrite``: a fit that does not continue
+    the file replaces a run already at ``path`` (without it, `attach` raises there rather than
+    replace it)."""
+    options: dict[str, Any] = {"overwrite": True} if overwrite else {}
     if global_step <= 0:
-        return {}
+        return options
     step = int(global_step) if counts_this_optimizer else None
     if resume and path is not None and Path(path).exists():
         return {"resume": True, "step": step}
-    return {} if step is None else {"step": step}
+    return options if step is None else {**options, "step": step}

@@ -12,7 +12,9 @@ closes the lens, which writes the final run file; under DDP/FSDP2 rank 0 writes.
 resumed from a checkpoint (``train(resume_from_checkpoint=...)``) starts at its restored
 ``state.global_step``: the lens continues the run file from there
 (`integrations.resume_options`; ``resume=False`` starts a new file, still counting steps from
-there).
+there). Training that does not continue the file (a fresh start, or ``resume=False``) raises
+where ``path`` already holds a run, rather than replace it, unless the callback was given
+``overwrite=True``.
 
 ``on_log``: the Trainer's numeric logs (loss, learning_rate, grad_norm, epoch...) are stored
 in the run's scalars at ``state.global_step``; with ``log_scalars=True`` the key scalars of the
@@ -41,8 +43,9 @@ class StepSizeLensTrainerCallback(TrainerCallback):
     (``delta``, ``flush_every``, ``write``, ``on_record``...). ``record_logs``: copy the
     Trainer's numeric logs into the run; ``log_scalars``: add the lens's key scalars to the
     Trainer's logs; ``resume``: when the Trainer resumes from a checkpoint, continue the run file
-    (default) rather than start a new one. After training, ``callback.lens`` holds the closed
-    lens.
+    (default) rather than start a new one; ``overwrite``: training that does not continue the
+    file replaces a run already at ``path`` (without it, training raises there). After
+    training, ``callback.lens`` holds the closed lens.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class StepSizeLensTrainerCallback(TrainerCallback):
         log_scalars: bool = True,
         record_logs: bool = True,
         resume: bool = True,
+        overwrite: bool = False,
         **options: Any,
     ) -> None:
         self.path = path
@@ -61,6 +65,7 @@ class StepSizeLensTrainerCallback(TrainerCallback):
         self.log_scalars = log_scalars
         self.record_logs = record_logs
         self.resume = resume
+        self.overwrite = overwrite
         self.options = options
         self.lens: Lens | None = None
         self._logged_records = 0
@@ -85,7 +90,10 @@ class StepSizeLensTrainerCallback(TrainerCallback):
             path=self.path,
             schedule=self.schedule,
             label=self.label,
-            **{**resume_options(self.path, state.global_step, True, self.resume), **self.options},
+            **{
+                **resume_options(self.path, state.global_step, True, self.resume, self.overwrite),
+                **self.options,
+            },
         )
         self._logged_records = self.lens.num_records  # a resumed run's were logged before
 

@@ -9,7 +9,11 @@ closes them, which writes the final run file. A trainer resumed from a checkpoin
 (``fit(..., ckpt_path=...)``) has restored its global step by then: the lens continues the run
 file from that step (`integrations.resume_options`; ``resume=False`` starts a new file, still
 counting steps from there). With one optimizer the trainer's global step is the optimizer's;
-with several, each resumed run continues from its own last step. Under DDP or FSDP2
+with several, each resumed run continues from its optimizer's own step count (the Adam
+family's ``state["step"]``), and an optimizer without one (SGD) raises asking for ``step=``
+(pass it in the callback's options). A fit that does not continue the file (a fresh start, or
+``resume=False``) raises where ``path`` already holds a run, rather than replace it, unless
+the callback was given ``overwrite=True``. Under DDP or FSDP2
 strategies the lens's own rules apply: rank 0 writes, sharded parameters are reduced exactly
 (`stepsize_lens.recording.distributed`).
 
@@ -51,8 +55,9 @@ class StepSizeLensCallback(pl.Callback):
     ``path``, ``schedule`` and ``label`` are those of `stepsize_lens.attach`, as are ``options``
     (``delta``, ``flush_every``, ``write``, ``on_record``...). ``log_scalars``: send the key
     scalars of each record to the trainer's loggers. ``resume``: when the trainer resumes from
-    a checkpoint, continue the run file (default) rather than start a new one. After the fit,
-    ``callback.lenses`` holds the closed lenses.
+    a checkpoint, continue the run file (default) rather than start a new one. ``overwrite``:
+    a fit that does not continue the file replaces a run already at ``path`` (without it the
+    fit raises there). After the fit, ``callback.lenses`` holds the closed lenses.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class StepSizeLensCallback(pl.Callback):
         label: str | None = None,
         log_scalars: bool = True,
         resume: bool = True,
+        overwrite: bool = False,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -70,6 +76,7 @@ class StepSizeLensCallback(pl.Callback):
         self.label = label
         self.log_scalars = log_scalars
         self.resume = resume
+        self.overwrite = overwrite
         self.options = options
         self.lenses: list[Lens] = []
         self._by_optimizer: dict[int, Lens] = {}
@@ -94,7 +101,9 @@ class StepSizeLensCallback(pl.Callback):
                 schedule=self.schedule,
                 label=self.label,
                 **{
-                    **resume_options(path, trainer.global_step, single, self.resume),
+                    **resume_options(
+                        path, trainer.global_step, single, self.resume, self.overwrite
+                    ),
                     **self.options,
                 },
             )

@@ -9,7 +9,9 @@ from the device, the final save) → `stepsize_lens.run.RunWriter`. Beside them,
 `views` (the paper's test live, the view AdamP/SGDP applied), `group_fields` (param-group
 hyperparameters), `scaler` (GradScaler skips), `hooks` (closures, sparse gradients), `device`
 (accelerator paths, transfers without waiting), `files` (where a run goes and how it is never
-lost), `record` (`Lens.latest`), `distributed` (exact reductions over sharded parameters).
+lost), `lock` (one writing process per run file), `signals` (SIGTERM/SIGHUP save every live
+lens), `resume` (continuing a run file), `record` (`Lens.latest`), `distributed` (exact
+reductions over sharded parameters).
 """
 
 from __future__ import annotations

@@ -3,8 +3,16 @@
 - **A file of its own.** Without an explicit path a run goes to
   ``runs/<YYYYmmdd-HHMMSS>_<label>.pt`` (a ``-2``, ``-3``... suffix if that is taken), like
   TensorBoard's ``runs/`` folder; the path is printed once. An explicit path is used as given.
-- **One live lens per path.** A second lens attaching to a path that a live lens writes raises,
-  naming the first (`claim`). Before deciding, garbage that still holds a claim is collected.
+- **Never replaced without being asked.** A path that already holds a file is continued only
+  with ``resume=True`` and replaced only with ``overwrite=True``; otherwise the attach raises one
+  line naming the file and both options (`check_replace`).
+- **One live lens per path.** In one process, a second lens attaching to a path that a live
+  lens writes raises, naming the first (`claim`), unless it was given ``resume=True`` or
+  ``overwrite=True``: then the first lens is closed (its run saved) before the second attaches,
+  so re-running a notebook's attach cell with either option works every time. Before deciding,
+  garbage that still holds a claim is collected. Across processes an OS lock beside the run
+  (`lock`: ``.run.pt.lock``) makes a second process's attach raise; a dead process's lock never
+  blocks, and once the lock is held the temporary files killed saves left are removed.
 - **Never over a newer run.** A lens overwrites only the file it has seen: the one present when
   it attached, or the one its own last save left. If anything else wrote the path since, the
   lens saves to a sibling (``run-2.pt``...) instead and says so once.
@@ -24,10 +32,13 @@ import re
 import tempfile
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stepsize_lens.errors import UserInputError
+from stepsize_lens.recording.lock import LockedError, RunLock, held_elsewhere, remove_stale_temps
 from stepsize_lens.run import RunWriter
 
 RUNS_FOLDER = "runs"
@@ -88,7 +99,7 @@ def default_path(label: str, folder: str | os.PathLike[str] = RUNS_FOLDER) -> Pa
 def _free(base: Path, suffix: str) -> Path:
     candidate = base.with_name(base.name + suffix)
     number = 1
-    while candidate.exists() or _claimed_by(candidate) is not None:
+    while candidate.exists() or _claimed_by(candidate) is not None or held_elsewhere(candidate):
         number += 1
         candidate = base.with_name(f"{base.name}-{number}{suffix}")
     return candidate
@@ -100,17 +111,37 @@ def sibling(path: Path) -> Path:
     return _free(path.with_name(path.name[: len(path.name) - len(suffix)]), suffix)
 
 
+def live_writer(path: Path) -> RunFile | None:
+    """The live lens's file that writes ``path`` in this process, if any (garbage that still
+    holds a claim is collected first: a dropped lens no longer counts)."""
+    if _claimed_by(path) is not None:
+        gc.collect()
+    return _claimed_by(path)
+
+
+class PathTakenError(UserInputError):
+    """``attach`` would replace a run without being asked to (a `ValueError`)."""
+
+
+def _options(verb: str) -> str:
+    return f"pass resume=True to continue {verb} or overwrite=True to replace it"
+
+
 def ensure_free(path: Path, replacing: RunFile | None = None) -> None:
-    """Raise if a live lens other than ``replacing`` (about to be closed) writes ``path``."""
-    owner = _claimed_by(path)
+    """Raise `PathTakenError` if a live lens other than ``replacing`` writes ``path``."""
+    owner = live_writer(path)
     if owner is not None and owner is not replacing:
-        gc.collect()  # a lens that is only garbage no longer counts
-        owner = _claimed_by(path)
-    if owner is not None and owner is not replacing:
-        raise ValueError(
-            f"{path} is already being written by {owner.describe}; close that lens first or "
-            "choose another path"
+        raise PathTakenError(
+            f"{path} is already being written by {owner.describe}; {_options('its run')} "
+            "(either closes that lens first), or choose another path"
         )
+
+
+def check_replace(path: Path, resume: bool, overwrite: bool) -> None:
+    """Raise `PathTakenError` if ``path`` holds a file and neither ``resume`` nor ``overwrite``
+    says what to do with it."""
+    if not (resume or overwrite) and (path.exists() or path.is_symlink()):
+        raise PathTakenError(f"{path} already exists: {_options('the run in it')}")
 
 
 class RunFile:
@@ -121,19 +152,32 @@ class RunFile:
         self.path = path
         self.describe = describe
         self.released = False
+        self.owner: Callable[[], Any] | None = None  # a weak reference to the lens, if set
+        self._lock = RunLock(path)
         self._seen = _look(path)
         self._failing = False
         self._redirected = False
 
     def claim(self) -> None:
-        """Register as the live writer of `path`; raise if another live lens writes it."""
+        """Register as the live writer of `path` and take its OS lock (`lock.RunLock`), then
+        remove the temporary files killed saves left beside it. Raises `PathTakenError` if
+        another live lens of this process writes it, `lock.LockedError` if another process
+        does."""
         if _claimed_by(self.path) is not self:
             ensure_free(self.path)
         _claims[_key(self.path)] = weakref.ref(self)
+        try:
+            locked = self._lock.acquire(self.path)
+        except LockedError:
+            self.release()
+            raise
+        if locked:
+            remove_stale_temps(self.path)
 
     def release(self) -> None:
         """Give the path up (at close); other lenses may claim it from now on."""
         self.released = True
+        self._lock.release()
         key = _key(self.path)
         ref = _claims.get(key)
         if ref is not None and ref() is self:
@@ -158,6 +202,11 @@ class RunFile:
             self._seen = _look(target)
             _claims[_key(target)] = weakref.ref(self)
             self.released = False
+            self._lock = RunLock(target)
+            try:
+                self._lock.acquire(target)
+            except LockedError:  # taken in the instant since `sibling` chose it: write unlocked
+                pass
         try:
             writer.save(target)
         except Exception as exc:  # a diagnostic must never take down the run it watches

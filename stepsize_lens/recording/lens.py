@@ -24,9 +24,11 @@ Observing never changes training: the hooks only read parameters and gradients (
 
 Lifetime: the lens holds its optimizer weakly, and the optimizer's hooks hold the lens, so a
 lens lives exactly as long as it is attached or referenced. Its final save runs through
-`weakref.finalize` (at close, when it is collected, or at interpreter exit) over the records
-alone, never over the lens, the model, the optimizer or the snapshot buffers. Attaching a new
-lens to an optimizer closes the one it had.
+`weakref.finalize` (at close, when it is collected, at interpreter exit, or on SIGTERM/SIGHUP:
+`signals`) over the records alone, never over the lens, the model, the optimizer or the
+snapshot buffers. Attaching a new lens to an optimizer closes the one it had. A path holding a
+file is continued only with ``resume=True`` and replaced only with ``overwrite=True``
+(`files`); a second process on the same path raises (`lock`).
 """
 
 from __future__ import annotations
@@ -47,15 +49,17 @@ from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens._version import __version__
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
-from stepsize_lens.recording import cpu_kernel
+from stepsize_lens.recording import cpu_kernel, signals
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.files import (
     DEFAULT_PATH,
     RunFile,
+    check_replace,
     default_path,
     describe_lens,
     ensure_free,
+    live_writer,
 )
 from stepsize_lens.recording.group_fields import (
     as_float,
@@ -72,8 +76,10 @@ from stepsize_lens.recording.resume import (
     check_same_optimizer,
     check_same_tensors,
     last_step,
+    optimizer_step,
     resume_detail,
     run_to_resume,
+    step_to_resume,
 )
 from stepsize_lens.recording.scaler import ScalerWatch
 from stepsize_lens.recording.selection import Selection, matcher
@@ -96,12 +102,14 @@ class Lens:
     """Records weight norms, update norms and effective step sizes of an optimizer's tensors.
 
     Use `attach` to create one. ``lens.step`` counts optimizer steps (and steps a GradScaler
-    skipped) from 1 (from ``step + 1`` or a resumed run's last step). ``lens.log(loss=...)``
-    stores user scalars; ``lens.latest()`` is the last record; ``lens.flush()`` saves now;
-    ``lens.close()`` detaches, saves a final time (also when the lens is collected and at
-    interpreter exit) and then calls the ``on_record`` callback's ``on_close(lens)``, if any.
+    skipped) from 1 (from ``step + 1``, or where training is for a resumed run).
+    ``lens.log(loss=...)`` stores user scalars; ``lens.latest()`` is the last record;
+    ``lens.flush()`` saves now; ``lens.close()`` detaches, saves a final time (also when the
+    lens is collected, at interpreter exit and on SIGTERM/SIGHUP) and then calls the
+    ``on_record`` callback's ``on_close(lens)``, if any.
     """
 
+    @signals.guarded
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
@@ -118,6 +126,46 @@ class Lens:
         on_record: Callable[[Record], Any] | None = None,
         resume: bool = False,
         step: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        try:
+            self._start(
+                optimizer,
+                model,
+                path,
+                schedule,
+                label,
+                delta,
+                flush_every,
+                scaler,
+                write,
+                probe_inputs,
+                tensors,
+                on_record,
+                resume,
+                step,
+                overwrite,
+            )
+        finally:
+            signals.deliver()
+
+    def _start(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module | None,
+        path: str | os.PathLike[str] | None,
+        schedule: schedules.Schedule | int | None,
+        label: str | None,
+        delta: float,
+        flush_every: float | None,
+        scaler: Any | None,
+        write: bool | None,
+        probe_inputs: Any | None,
+        tensors: Selection | None,
+        on_record: Callable[[Record], Any] | None,
+        resume: bool,
+        step: int | None,
+        overwrite: bool,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -135,35 +183,30 @@ class Lens:
             raise ResumeError(
                 "attach(..., resume=True) continues a run file: give its path (path=...)"
             )
+        if resume and overwrite:
+            raise ValueError(
+                "attach: resume=True continues the run at path, overwrite=True replaces it; "
+                "pass one of them"
+            )
+        self._label_given = bool(label)
         self.label = label or type(optimizer).__name__
         announce = path is DEFAULT_PATH and self.writing
         if path is DEFAULT_PATH:
             path = default_path(self.label) if self.writing else None
         self.path = rank_path(path, rank, world_size)
+        self._closed = False
+        self._file: RunFile | None = None
+        live = _live_lens_of(optimizer)
+        live_step = live.step if live is not None and resume else None
         if self.writing and self.path is not None:  # fail before replacing anything
-            ensure_free(Path(self.path), replacing=_previous_lens_file(optimizer))
-        self._replace_lens_of(optimizer)
-        # what the lens watches, and the run it continues: checked before the file is claimed
-        self._tracked = TrackedParams(parameter_names(model), matcher(tensors))
-        first_rows = self._tracked.sync(optimizer.param_groups) or []
-        resumed = None
-        if resume:
-            resumed = run_to_resume(
-                self.path if self.writing else rank_path(path, 0, world_size), step, self.writing
-            )
-        if resumed is not None:
-            check_same_optimizer(resumed, self._optimizer_class, Path(self.path or path))
-            check_same_tensors(resumed, first_rows, Path(self.path or path))
-            stopped = last_step(resumed)
-            self.step = stopped if step is None else step
-            self.label = label or resumed.label
-        self._file = (
-            RunFile(Path(self.path), describe_lens(optimizer, Path(self.path), self.label))
-            if self.writing and self.path is not None
-            else None
-        )
-        if self._file is not None:
-            self._file.claim()
+            self._file = self._take_path(optimizer, Path(self.path), resume, overwrite)
+        try:
+            prepared = self._prepare(optimizer, model, path, tensors, resume, step, live_step)
+        except BaseException:
+            if self._file is not None:
+                self._file.release()
+            raise
+        first_rows, resumed, stopped = prepared
         meta = {
             "label": self.label,
             "optimizer": {
@@ -205,7 +248,6 @@ class Lens:
         self._post_calls = 0
         self._last_flush = time.monotonic()
         self._flushed_records = -1
-        self._closed = False
         if resumed is not None:
             known = self.writer.num_tensors
             self.writer.set_param_column(
@@ -229,8 +271,87 @@ class Lens:
             else None
         )
         _lens_of[optimizer] = weakref.ref(self)
+        signals.watch(self, writes_file=self._file is not None)
         if announce:
             print(f"stepsize_lens: recording {self.label!r} to {self.path}", file=sys.stderr)
+
+    def _take_path(
+        self, optimizer: torch.optim.Optimizer, path: Path, resume: bool, overwrite: bool
+    ) -> RunFile:
+        """Claim ``path`` for this lens (`files`): a live lens of this process writing it is
+        closed first when ``resume`` or ``overwrite`` says what to do with its run, else the
+        attach raises; another process's lock raises; a file there needs one of the two."""
+        holder = live_writer(path)
+        if holder is not None:
+            lens = holder.owner() if holder.owner is not None else None
+            if not (resume or overwrite) or lens is None:
+                ensure_free(path)  # raises, naming the live lens and both options
+            else:
+                warnings.warn(
+                    f"stepsize_lens: closed {holder.describe} before attaching the new lens "
+                    f"({'resume' if resume else 'overwrite'}=True)",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+                lens.close()
+        file = RunFile(path, describe_lens(optimizer, path, self.label))
+        file.claim()  # the OS lock: raises if another process writes this path
+        try:
+            check_replace(path, resume, overwrite)
+        except BaseException:
+            file.release()
+            raise
+        file.owner = weakref.ref(self)
+        return file
+
+    def _prepare(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module | None,
+        path: Any,
+        tensors: Selection | None,
+        resume: bool,
+        step: int | None,
+        live_step: int | None,
+    ) -> tuple[list[dict[str, Any]], Run | None, int]:
+        """What the lens watches and the run it continues (checked before anything is
+        replaced); sets the starting step. Returns the tensors' rows, the run and its last
+        step."""
+        self._replace_lens_of(optimizer)
+        self._tracked = TrackedParams(parameter_names(model), matcher(tensors))
+        first_rows = self._tracked.sync(optimizer.param_groups) or []
+        self._note_left_out()
+        resumed, stopped = None, 0
+        if resume:
+            rank, world_size = process_rank()
+            resumed = run_to_resume(
+                self.path if self.writing else rank_path(path, 0, world_size), step, self.writing
+            )
+        where = Path(self.path or path) if resume else Path()
+        if resumed is not None:
+            check_same_optimizer(resumed, self._optimizer_class, where)
+            check_same_tensors(resumed, first_rows, where)
+            stopped = last_step(resumed)
+            self.step = (
+                step_to_resume(where, optimizer, stopped, live_step) if step is None else step
+            )
+            self.label = self.label if self._label_given else resumed.label
+            if self._file is not None:
+                self._file.describe = describe_lens(optimizer, where, self.label)
+        elif resume and step is None:  # a new run: from where the optimizer is, if it knows
+            self.step = live_step if live_step is not None else optimizer_step(optimizer) or 0
+        return first_rows, resumed, stopped
+
+    def _note_left_out(self) -> None:
+        """Say once which complex tensors the lens leaves out (`tracked.TrackedParams`)."""
+        names = self._tracked.take_complex()
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            print(
+                f"stepsize_lens: not recording {len(names)} complex tensor(s) ({shown}): the "
+                "lens records real tensors only",
+                file=sys.stderr,
+            )
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -253,7 +374,7 @@ class Lens:
             f"stepsize_lens: this {type(optimizer).__name__} already had a lens "
             f"{previous.label!r}{where}; closed it before attaching the new one",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=6,
         )
         previous.close()
 
@@ -263,6 +384,7 @@ class Lens:
         new_rows = self._tracked.sync(optimizer.param_groups)
         if new_rows is None:
             return False
+        self._note_left_out()
         self._add_params(new_rows, len(optimizer.param_groups), event=self.step > 0)
         return True
 
@@ -301,26 +423,33 @@ class Lens:
         return self._device_inputs[name]
 
     # -- hooks --------------------------------------------------------------------------------
+    @signals.guarded
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.step += 1
-        self.writer.meta["last_step"] = self.step  # where a resumed run continues (`resume`)
-        self._armed = False
-        if self._records.pending:
-            self._drain(wait=False)
-        if not self.schedule(self.step):
-            return
-        self._sync_params(optimizer)
-        if self._snapshot is None:
-            self._shards = sharded_rows(self._params)  # None unless DTensor params (FSDP2)
-            local = self._local(self._params)
-            device = local[0].device if local else torch.device("cpu")
-            self._snapshot = Snapshot(local, paths_for(device))
-        # With a closure (LBFGS, Lightning) the gradient is computed inside step(): read it after
-        self._grads_after_step = closure_of(args or (), kwargs or {}) is not None
-        self._snapshot.capture(self._local(self._params), defer=not self._grads_after_step)
-        if not self._grads_after_step:
-            self._capture_grads()
-        self._armed = True
+        try:
+            if self._closed:  # finished by a signal (`finish`): the hooks stay, doing nothing
+                return
+            self.step += 1
+            self.writer.meta["last_step"] = self.step  # where a resumed run continues (`resume`)
+            self._armed = False
+            if self._records.pending:
+                self._drain(wait=False)
+            if not self.schedule(self.step):
+                return
+            self._sync_params(optimizer)
+            if self._snapshot is None:
+                self._shards = sharded_rows(self._params)  # None unless DTensor params (FSDP2)
+                local = self._local(self._params)
+                device = local[0].device if local else torch.device("cpu")
+                self._snapshot = Snapshot(local, paths_for(device))
+            # With a closure (LBFGS, Lightning) g is computed inside step(): read it after
+            self._grads_after_step = closure_of(args or (), kwargs or {}) is not None
+            self._snapshot.capture(self._local(self._params), defer=not self._grads_after_step)
+            if not self._grads_after_step:
+                self._capture_grads()
+            self._armed = True
+        finally:
+            if signals.deferred:
+                signals.deliver()
 
     def _capture_grads(self) -> None:
         assert self._snapshot is not None
@@ -328,15 +457,22 @@ class Lens:
         self._has_grad = [g is not None for g in grads]
         self._snapshot.grad_sums(self._local(grads))
 
+    @signals.guarded
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._post_calls += 1
-        if self._armed:
-            self._armed = False
-            self._record(optimizer)
-        if self.flush_every is not None and self._file is not None:
-            due = time.monotonic() - self._last_flush >= self.flush_every
-            if due or self._flushed_records < 0:
-                self.flush()
+        try:
+            if self._closed:
+                return
+            self._post_calls += 1
+            if self._armed:
+                self._armed = False
+                self._record(optimizer)
+            if self.flush_every is not None and self._file is not None:
+                due = time.monotonic() - self._last_flush >= self.flush_every
+                if due or self._flushed_records < 0:
+                    self.flush()
+        finally:
+            if signals.deferred:
+                signals.deliver()
 
     def _steps_seen(self) -> int:
         return self._post_calls
@@ -391,26 +527,30 @@ class Lens:
         if not deferred:
             self._drain(wait=True)
 
+    @signals.guarded
     def _record_skip(self) -> None:
         """A step the GradScaler skipped: a record of NaN metrics and untested views."""
-        optimizer = self.optimizer
-        if self._closed or optimizer is None:
-            return
-        self._drain(wait=True)
-        self.step += 1
-        self.writer.meta["last_step"] = self.step
-        self._sync_params(optimizer)
-        num = len(self._params)
-        self.writer.add_event(self.step, "skipped_step", "GradScaler found inf/NaN gradients")
-        self._records.append(
-            self.step,
-            time.time(),
-            True,
-            torch.full((len(METRICS), num), math.nan, dtype=torch.float32),
-            torch.full((2, num), View.UNTESTED, dtype=torch.int8),
-            group_values(optimizer.param_groups),
-            self._feed,
-        )
+        try:
+            optimizer = self.optimizer
+            if self._closed or optimizer is None:
+                return
+            self._drain(wait=True)
+            self.step += 1
+            self.writer.meta["last_step"] = self.step
+            self._sync_params(optimizer)
+            num = len(self._params)
+            self.writer.add_event(self.step, "skipped_step", "GradScaler found inf/NaN gradients")
+            self._records.append(
+                self.step,
+                time.time(),
+                True,
+                torch.full((len(METRICS), num), math.nan, dtype=torch.float32),
+                torch.full((2, num), View.UNTESTED, dtype=torch.int8),
+                group_values(optimizer.param_groups),
+                self._feed,
+            )
+        finally:
+            signals.deliver()
 
     def _drain(self, wait: bool) -> None:
         """Append the records that reached the host (`pending.Records.drain`), each handed to
@@ -434,10 +574,14 @@ class Lens:
         return self._snapshot.held_bytes() + inputs
 
     # -- user API -------------------------------------------------------------------------------
+    @signals.guarded
     def log(self, step: int | None = None, **scalars: float | torch.Tensor) -> None:
         """Store user scalars (loss, accuracy...) at ``step`` (default: the last optimizer step)."""
-        values = {name: as_float(value) for name, value in scalars.items()}
-        self.writer.log_scalars(self.step if step is None else int(step), values)
+        try:
+            values = {name: as_float(value) for name, value in scalars.items()}
+            self.writer.log_scalars(self.step if step is None else int(step), values)
+        finally:
+            signals.deliver()
 
     @property
     def num_records(self) -> int:
@@ -445,40 +589,56 @@ class Lens:
         its way; `latest`, `run` and `flush` wait for it)."""
         return self.writer.num_records
 
+    @signals.guarded
     def latest(self) -> Record | None:
         """The latest record (`record.Record`: step, every metric and view per tensor, the key
         scalars per set), what ``on_record`` was handed last; None before the first. Waits for a
         record still on its way from an accelerator. O(tensors): nothing of the run is rebuilt."""
-        self._drain(wait=True)
-        return self._records.latest()
+        try:
+            self._drain(wait=True)
+            return self._records.latest()
+        finally:
+            signals.deliver()
 
     @property
     def callback_errors(self) -> int:
         """Exceptions the ``on_record`` callback raised so far (the first was reported)."""
         return self._feed.errors if self._feed is not None else 0
 
+    @signals.guarded
     def run(self) -> Run:
         """The records so far as a `Run`, without touching the file."""
-        self._drain(wait=True)
-        return self.writer.to_run(path=self.path)
+        try:
+            self._drain(wait=True)
+            return self.writer.to_run(path=self.path)
+        finally:
+            signals.deliver()
 
+    @signals.guarded
     def set_param_column(self, column: str, values: list[Any]) -> None:
         """Add a per-tensor column to the run's params table (e.g. probe verdicts)."""
-        self.writer.set_param_column(column, values)
+        try:
+            self.writer.set_param_column(column, values)
+        finally:
+            signals.deliver()
 
+    @signals.guarded
     def flush(self) -> bool:
         """Save everything recorded so far, atomically. Never raises: a failed save warns
         (once per streak of failures) and the next flush retries. True if the run is on disk
         (False also on ranks that do not write)."""
-        self._drain(wait=True)
-        self._last_flush = time.monotonic()
-        if self._file is None or self._closed:
-            return False
-        saved = self._file.save(self.writer)
-        self.path = str(self._file.path)
-        if saved:
-            self._flushed_records = self.writer.num_records
-        return saved
+        try:
+            self._drain(wait=True)
+            self._last_flush = time.monotonic()
+            if self._file is None or self._closed:
+                return False
+            saved = self._file.save(self.writer)
+            self.path = str(self._file.path)
+            if saved:
+                self._flushed_records = self.writer.num_records
+            return saved
+        finally:
+            signals.deliver()
 
     def detach(self) -> None:
         """Remove the hooks (and the GradScaler wrapper); the records stay available."""
@@ -489,6 +649,7 @@ class Lens:
             self._scaler.restore()
             self._scaler = None
 
+    @signals.guarded
     def close(self) -> Path | None:
         """Detach, free the snapshot and write the final run file. Safe to call twice.
 
@@ -496,14 +657,35 @@ class Lens:
         temporary folder, and a warning names both; ``lens.run()`` keeps returning the records.
         Returns where the run was saved (None if it was not, or on a rank that does not write).
         """
+        try:
+            self.detach()
+            return self._end()
+        finally:
+            signals.deliver()
+
+    @signals.guarded
+    def finish(self) -> Path | None:
+        """Close the run without removing the hooks: the final save, the run marked closed, the
+        snapshot freed; the hooks do nothing from then on. What SIGTERM and SIGHUP do to every
+        live lens (`signals`): removing a hook while the optimizer runs its hooks would break
+        the step in progress, should the process go on. ``close()`` later also detaches."""
+        try:
+            return self._end()
+        finally:
+            signals.deliver()
+
+    def _end(self) -> Path | None:
         if self._closed:
             return self._records.saved_to
         self._drain(wait=True)
-        self.detach()
         self._closed = True
+        if self._armed:  # finished inside a step (a signal): that step did not complete
+            self._armed = False
+            self.writer.meta["last_step"] = self.step - 1
         self._snapshot = None  # free the copy of w
         self._device_inputs = {}
         self._finalizer()
+        signals.forget(self)
         if self._file is not None:
             self.path = str(self._file.path)
         if self._feed is not None:
@@ -523,10 +705,10 @@ class Lens:
         )
 
 
-def _previous_lens_file(optimizer: torch.optim.Optimizer) -> RunFile | None:
+def _live_lens_of(optimizer: torch.optim.Optimizer) -> Lens | None:
     ref = _lens_of.get(optimizer)
     previous = ref() if ref is not None else None
-    return None if previous is None or previous._closed else previous._file
+    return None if previous is None or previous._closed else previous
 
 
 def attach(
@@ -545,6 +727,7 @@ def attach(
     on_record: Callable[[Record], Any] | None = None,
     resume: bool = False,
     step: int | None = None,
+    overwrite: bool = False,
 ) -> Lens:
     """Attach a lens to ``optimizer`` (tensors named after ``model``'s parameters if given).
 
@@ -553,8 +736,12 @@ def attach(
       model class are named as in the plain model.
     - ``path``: the run file, written as given. Default: a new file
       ``runs/<date-time>_<label>.pt`` of this run's own (printed once). None keeps the records
-      in memory only (`Lens.run`). Two live lenses never share a path: attaching a second one
-      raises.
+      in memory only (`Lens.run`). A path that holds a file raises one line naming it and
+      the options: ``resume=True`` continues its run, ``overwrite=True`` replaces it. A path
+      that a live lens of this process writes raises too, unless one of the options is given:
+      then that lens is closed first (its run saved), so a notebook's attach cell re-run with
+      either option works every time. A path another process writes raises (an OS lock beside
+      the run, ``.run.pt.lock``; a killed process's lock never blocks).
     - ``schedule``: a callable ``step -> bool`` (a pure function of the step), an int n (every
       n steps) or None for `schedules.default_schedule` (dense early, sparse late).
     - ``label``: the run's label (default: the optimizer's class name; a resumed run's own).
@@ -581,14 +768,18 @@ def attach(
       (`Lens.callback_errors`). The W&B and live TensorBoard writers of
       `stepsize_lens.integrations` are such callbacks.
     - ``resume``: continue the run file at ``path`` (`resume`): records append, steps continue
-      from ``step`` or from the run's last step (records after ``step`` in the file, from a
-      stretch the checkpoint discarded, are dropped), the schedule continues where it was (it
-      is a function of the global step: no dense re-recording). Another optimizer class or
-      other tensors (names, shapes) raise `resume.ResumeError` (a ``ValueError``) before the
-      file is touched. Where ``path`` holds no file yet, a new run starts there (said once on
-      stderr), so one script serves the first start and every restart.
+      from where training is: ``step``, else this optimizer's live lens's count, else the
+      optimizer's own step count (``state["step"]``: the Adam family, AdamP, AdamC); an
+      optimizer without one (SGD) raises asking for ``step=``, never continuing from the
+      file's last step, which a killed process leaves behind. Records after that step in the
+      file, from a stretch the checkpoint discarded, are dropped; the schedule continues where
+      it was (it is a function of the global step: no dense re-recording). Another optimizer
+      class or other tensors (names, shapes) raise `resume.ResumeError` (a ``ValueError``)
+      before the file is touched. Where ``path`` holds no file yet, a new run starts there
+      (said once on stderr), so one script serves the first start and every restart.
     - ``step``: the optimizer steps taken before this lens (the trainer's global step); the
-      first step the lens sees is ``step + 1``. Default: 0, or the resumed run's last step.
+      first step the lens sees is ``step + 1``. Default: 0 (with ``resume``: see there).
+    - ``overwrite``: replace the file at ``path`` with a new run (see ``path``).
 
     An optimizer has at most one lens: attaching another closes the previous one (with a
     warning). Returns the `Lens`, also a context manager.
@@ -612,4 +803,5 @@ def attach(
         on_record=on_record,
         resume=resume,
         step=step,
+        overwrite=overwrite,
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from stepsize_lens._schema import METRICS
+from stepsize_lens.recording import signals
 from stepsize_lens.recording.device import PendingCopy
 from stepsize_lens.recording.files import RunFile
 from stepsize_lens.recording.record import Record, SetTally, latest_record
@@ -112,13 +113,17 @@ class Records:
             self._latest_at = now
         return self._latest
 
+    @signals.guarded
     def __call__(self) -> None:
         """The final save (once): mark the run closed and save it a last time."""
-        if self.done:
-            return
-        self.done = True
-        self.drain(wait=True)
-        self.writer.meta["closed"] = True
-        if self.file is not None:
-            self.saved_to = self.file.save_final(self.writer)
-            self.file.release()
+        try:
+            if self.done:
+                return
+            self.done = True
+            self.drain(wait=True)
+            self.writer.meta["closed"] = True
+            if self.file is not None:
+                self.saved_to = self.file.save_final(self.writer)
+                self.file.release()
+        finally:
+            signals.deliver()

@@ -3,17 +3,21 @@
 Long runs get preempted and resumed from checkpoints. A resumed lens reads the run file back
 (`stepsize_lens.run.load`), checks that it watches the same thing, and appends to it:
 
-- **Where the steps continue.** From ``step=`` when given (the trainer's global step: the
-  Lightning and Hugging Face callbacks pass it), else from the run's last step: the larger of
-  its last record's step and the lens's step counter at its last save (``meta["last_step"]``,
-  which counts unrecorded steps too). Records, user scalars and events after that step belong
-  to a trajectory the checkpoint discarded: they are dropped.
+- **Where the steps continue: where training is.** From ``step=`` when given (the trainer's
+  global step: the Lightning and Hugging Face callbacks pass it); else from the step count of
+  this optimizer's lens still live in this process (a notebook re-attaching); else from the
+  optimizer's own state, restored from the checkpoint (`optimizer_step`: ``state["step"]`` of
+  the Adam family, AdamP, AdamC...). Never from the file alone: a process killed at step 150
+  leaves a file whose last save may be at step 54, and continuing from there would renumber
+  every later step. An optimizer that keeps no step count (SGD) with a file to continue raises
+  `ResumeError` asking for ``step=`` (`step_to_resume`). Records, user scalars and events after
+  that step belong to a trajectory the checkpoint discarded: they are dropped.
 - **The schedule continues.** A schedule is a function of the global step, so the first steps
   after a resume are recorded exactly when an uninterrupted run would have recorded them (no
   dense stretch again).
 - **No file yet: a new run.** ``resume=True`` where the path holds no file starts a new run
-  there (from ``step=`` or 0) and says so once on stderr, so one job script serves the first
-  start and every restart.
+  there (from ``step=``, else the optimizer's own step count, else 0) and says so once on
+  stderr, so one job script serves the first start and every restart.
 - **Same optimizer, same tensors, or an error.** The optimizer class must be the file's, and
   the file's tensors (names and shapes, in order) must be the first tensors the lens now
   watches (tensors beyond them are added as in a growing run, with a ``params_added`` event).
@@ -32,6 +36,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from stepsize_lens.errors import RunFileError, UserInputError
 from stepsize_lens.run import Run, load
@@ -80,6 +86,44 @@ def last_step(run: Run) -> int:
     recorded = int(steps.max()) if steps.size else 0
     counted = run.meta.get("last_step")
     return max(recorded, int(counted) if isinstance(counted, int) else 0)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> int | None:
+    """The optimizer's own count of its steps: the largest ``state[p]["step"]`` over its
+    parameters (a number or a one-element tensor: the Adam family, AdamP, AdamC...). None where
+    no parameter's state has one (SGD, SGDP, or an optimizer that has not stepped yet)."""
+    counted: int | None = None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            value = state.get("step") if isinstance(state, Mapping) else None
+            if isinstance(value, torch.Tensor):
+                value = value.item() if value.numel() == 1 else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value == value and value >= 0:  # not NaN
+                counted = int(value) if counted is None else max(counted, int(value))
+    return counted
+
+
+def step_to_resume(
+    path: Path, optimizer: torch.optim.Optimizer, stopped: int, live_step: int | None
+) -> int:
+    """Where a resumed run continues when no ``step=`` was given: the step count of this
+    optimizer's live lens (``live_step``), else the optimizer's own (`optimizer_step`). Raises
+    `ResumeError` asking for ``step=`` when neither knows: the file's own last step
+    (``stopped``) may lag behind training (a process killed after its last save)."""
+    if live_step is not None:
+        return live_step
+    counted = optimizer_step(optimizer)
+    if counted is not None and counted > 0:
+        return counted
+    raise ResumeError(
+        f"cannot resume {path} without step=: the {type(optimizer).__name__}'s state holds no "
+        "step count (SGD keeps none; others only once stepped or restored), and the "
+        f"file's last step ({stopped}) may lag behind training (a process killed after its last "
+        "save); pass step= (the global step training continues from)"
+    )
 
 
 def check_same_optimizer(run: Run, optimizer_class: str, path: Path) -> None:

@@ -1,6 +1,10 @@
 """Which tensors the lens watches: the optimizer's parameters in optimizer order, and the
 params-table row (name, group, shape, module type, aliases...) of each.
 
+Complex tensors are left out (their real and imaginary parts would need a metric of their own;
+copying them into the real buffers would make torch warn "Casting complex values to real" into
+the training process): `take_complex` names them once, for the lens's one note.
+
 Param groups can grow while training runs (``optimizer.add_param_group``); `TrackedParams.sync`
 notices that from the groups' lengths alone, so a step where nothing changed costs one tuple
 comparison.
@@ -29,6 +33,7 @@ class TrackedParams:
         self.names = names
         self.select = select
         self._left_out: set[int] = set()
+        self._complex: list[str] = []  # complex tensors left out since `take_complex`
         self.params: list[torch.Tensor] = []
         self.group_of: list[int] = []
         self._index: dict[int, int] = {}
@@ -59,11 +64,20 @@ class TrackedParams:
                 if self.select is not None and not self.select(name, param, naming.owner):
                     self._left_out.add(key)
                     continue
+                if param.is_complex():
+                    self._left_out.add(key)
+                    self._complex.append(name)
+                    continue
                 self._index[key] = len(self.params)
                 self.params.append(param)
                 self.group_of.append(group_index)
                 new_rows.append(self._row(param, name, naming, group_index, position))
         return new_rows
+
+    def take_complex(self) -> list[str]:
+        """The names of the complex tensors left out since the last call."""
+        names, self._complex = self._complex, []
+        return names
 
     @staticmethod
     def _row(
