@@ -10,7 +10,7 @@ schedule and scale-free gradient:
   more), median over the scale-invariant tensors;
 - ``equilibrium_step``: the first step *within the run* at which the changed recurrence brings
   the effective step within 10% of equilibrium after a relaxation time
-  (`theory_findings.equilibrium_steps`), or None.
+  (`equilibrium.equilibrium_steps`), or None.
 
 Advice is given only when the effect is material — the angular update changes by
 ``Thresholds.material_ratio`` (1.25×) or more, or equilibrium comes within the run where it did
@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from stepsize_lens.analysis.equilibrium import equilibrium_steps
 
 if TYPE_CHECKING:
     from stepsize_lens.analysis.finding import Context
@@ -198,7 +200,6 @@ def effect(ctx: Context, changed: Forecast) -> dict[str, Any] | None:
     """``angle_ratio`` (changed / as run, module docstring), ``equilibrium_step`` (within the
     run, or None) and ``equilibrium_step_as_run`` (the same without the change); None when the
     two forecasts share no tensor."""
-    from stepsize_lens.analysis.theory_findings import equilibrium_steps
 
     base = ctx.forecast
     if base.empty or changed.empty:
@@ -225,7 +226,6 @@ def effect(ctx: Context, changed: Forecast) -> dict[str, Any] | None:
 def _reached_step(ctx: Context, columns: np.ndarray, eq: dict | None = None) -> int | None:
     """The median step at which the forecast's tensors come within tolerance of equilibrium,
     when at least half of them do within the run; else None."""
-    from stepsize_lens.analysis.theory_findings import equilibrium_steps
 
     eq = eq if eq is not None else equilibrium_steps(ctx)
     reached = eq["reached"][columns]
