@@ -43,11 +43,11 @@ from stepsize_lens._schema import METRICS, VIEWS
 from stepsize_lens.errors import RunFileError
 
 FORMAT = "stepsize_lens/run"
-VERSION = 2
+VERSION = 3
 
 # The metrics every file of a version has (the catalog as it was then); metrics added to the
 # catalog later are optional on read and filled with NaN.
-METRICS_OF_VERSION: dict[int, tuple[str, ...]] = {1: METRICS[:12], 2: METRICS[:13]}
+METRICS_OF_VERSION: dict[int, tuple[str, ...]] = {1: METRICS[:12], 2: METRICS[:13], 3: METRICS[:13]}
 
 REQUIRED_KEYS = ("format", "version", "meta", "params", "records", "metrics", "views", "groups")
 

@@ -1,8 +1,10 @@
 """Writing a run: `RunWriter` accumulates records in growing tensors and saves them atomically.
 
 Memory is O(records x tensors) numbers, never Python floats. ``save()`` writes the whole run
-through `stepsize_lens._files.atomic_write`, so a reader, or a process killed at any moment,
-always sees the last complete run.
+through `stepsize_lens._files.atomic_write`; ``save(append=True)`` writes only what was added
+since the previous appending save (`stepsize_lens.run.chunks`), so the lens's periodic saves
+cost what changed and the final one compacts the run into one file. Either way a reader, or a
+process killed at any moment, always sees the last complete run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stepsize_lens._schema import GROUP_FIELDS, METRICS, PARAM_COLUMNS, VIEWS, View
+from stepsize_lens.run import chunks
 from stepsize_lens.run.format import FORMAT, VERSION, plain, upgrade, validate
 from stepsize_lens.run.storage import save_run_dict
 
@@ -60,6 +64,23 @@ class _GrowingMatrix:
         # clone: saving a view would write the whole preallocated storage
         return self.data[: self.rows].clone()
 
+    def rows_from(self, start: int) -> torch.Tensor:
+        """A copy of the rows from ``start`` on (what an appending save writes)."""
+        return self.data[start : self.rows].clone()
+
+
+class _Appended:
+    """What the appending saves of one writer to one path have put on disk: the chunks its
+    index names, and how many records, scalar values and events they hold."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.session = secrets.token_hex(4)
+        self.chunks: list[dict[str, Any]] = []
+        self.records = 0
+        self.scalars: dict[str, int] = {}
+        self.events = 0
+
 
 class RunWriter:
     """Accumulates records in preallocated, growing tensors and saves them atomically.
@@ -67,6 +88,9 @@ class RunWriter:
     Memory is O(records x tensors) numbers, never Python floats. ``save()`` writes the whole run
     to a temporary file in the target folder, fsyncs it and renames it over ``path``, so a
     reader (or a process killed at any moment) always sees the last complete run.
+    ``save(append=True)`` writes only the records, scalars and events added since this
+    writer's previous appending save to that path (`stepsize_lens.run.chunks`); a plain
+    ``save()`` after it compacts the run into one file again.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, meta: Mapping[str, Any]) -> None:
@@ -87,6 +111,7 @@ class RunWriter:
         self.scalars: dict[str, tuple[list[int], list[float]]] = {}
         self.events: list[dict[str, Any]] = []
         self.saves = 0
+        self._appended: _Appended | None = None
         self.dropped = 0  # records of a resumed run left out after its resume step (`from_run`)
 
     # -- layout --------------------------------------------------------------------------------
@@ -278,13 +303,88 @@ class RunWriter:
 
         return Run(validate(self.to_dict()), path=path)
 
-    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+    def save(self, path: str | os.PathLike[str] | None = None, *, append: bool = False) -> Path:
+        """Save the run to ``path`` (default: the writer's path) atomically.
+
+        ``append=False``: one complete file (the run's chunk folder, if any, is removed after).
+        ``append=True``: a chunk of what was added since this writer's previous appending save
+        to the same path, then the index naming every chunk (the first appending save to a path
+        writes everything so far as its first chunk and drops chunks of earlier sessions).
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("RunWriter has no path to save to")
-        save_run_dict(self.to_dict(), target)
+        if append:
+            self._save_appending(target)
+        else:
+            save_run_dict(self.to_dict(), target)
+            chunks.remove_folder(target)
+            self._appended = None
         self.saves += 1
         return target
+
+    def _save_appending(self, target: Path) -> None:
+        state = self._appended
+        first = state is None or state.target != target
+        if state is None or first:
+            state = _Appended(target)
+        chunk = self._chunk(state, force=first)
+        entries = list(state.chunks)
+        if chunk is not None:
+            name = f"{state.session}-{len(entries) + 1:06d}.pt"
+            sealed = save_run_dict(chunk, chunks.folder_of(target) / name)
+            entries.append(
+                {"file": name, "records": self.num_records - state.records, "checksum": sealed}
+            )
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "meta": plain(self.meta),
+            "params": {column: plain(values) for column, values in self.params.items()},
+            "num_groups": self.num_groups,
+            "chunks": entries,
+        }
+        save_run_dict(index, target)
+        state.chunks = entries
+        state.records = self.num_records
+        state.scalars = {name: len(steps) for name, (steps, _) in self.scalars.items()}
+        state.events = len(self.events)
+        self._appended = state
+        if first:
+            chunks.remove_other_chunks(target, {entry["file"] for entry in entries})
+
+    def _chunk(self, state: _Appended, force: bool = False) -> dict[str, Any] | None:
+        """The records, scalar values and events added since ``state``; None if nothing was
+        (unless ``force``)."""
+        start = state.records
+        new_scalars = {
+            name: (steps[state.scalars.get(name, 0) :], values[state.scalars.get(name, 0) :])
+            for name, (steps, values) in self.scalars.items()
+            if len(steps) > state.scalars.get(name, 0)
+        }
+        new_events = self.events[state.events :]
+        if not force and start == self.num_records and not new_scalars and not new_events:
+            return None
+        return {
+            "format": chunks.CHUNK_FORMAT,
+            "version": VERSION,
+            "records": {
+                "step": torch.tensor(self._steps[start:], dtype=torch.int64),
+                "time": torch.tensor(self._times[start:], dtype=torch.float64),
+                "skipped": torch.tensor(self._skipped[start:], dtype=torch.bool),
+            },
+            "metrics": {name: m.rows_from(start) for name, m in zip(METRICS, self._metric_mats)},
+            "views": {name: m.rows_from(start) for name, m in zip(VIEWS, self._views)},
+            "groups": {name: m.rows_from(start) for name, m in zip(GROUP_FIELDS, self._groups)},
+            "scalars": {
+                name: {
+                    "step": torch.tensor(steps, dtype=torch.int64),
+                    "value": torch.tensor(values, dtype=torch.float64),
+                }
+                for name, (steps, values) in new_scalars.items()
+            },
+            "events": [dict(event) for event in new_events],
+        }
 
 
 def _package_version() -> str:
