@@ -6,9 +6,15 @@ While a lens records, ``run.pt`` is an *index*: the run dict without its records
 ``.run.pt.d/<session>-<n>.pt``, each chunk holding the records, user scalars and events added
 since the previous save (``{"format": CHUNK_FORMAT, "version", "records", "metrics", "views",
 "groups", "scalars", "events", "checksum"}``, tensors as narrow as the run was when it was
-written). A save writes one new chunk (atomically), then the index (atomically): a process
-killed at any moment leaves the previous index and the chunks it names. `close()` compacts the
-run into one ordinary ``run.pt`` and removes the folder (`RunWriter.save`).
+written; metrics, views and groups packed as float32 [M, n, T], int8 [V, n, T] and float64
+[F, n, G] under ``metric_names``, ``view_names`` and ``group_names``, so a chunk is a handful
+of tensors). A save writes one new chunk (atomically), then the index (atomically), then
+removes the chunks the new one merged: a process killed at any moment leaves an index and the
+chunks it names. Merging keeps the folder small: when a save completes 16 chunks of one level,
+it writes them with its own records as one chunk of the next level, up to level 2 (every record
+is written at most three times, so the total cost stays linear in the records, and a week of
+saves every 30 s is about a hundred chunks). `close()` compacts the run into one ordinary
+``run.pt`` and removes the folder (`RunWriter.save`).
 
 `assemble` turns an index back into the one-file layout for `validate`: columns a chunk lacks
 (tensors or groups added later) are NaN (metrics, groups) or -1 (views).
@@ -30,7 +36,7 @@ from stepsize_lens.errors import RunFileError
 from stepsize_lens.run import checksum
 
 CHUNK_FORMAT = "stepsize_lens/run-chunk"
-CHUNK_NAME = re.compile(r"[0-9a-f]{8}-[0-9]{6}\.pt")
+CHUNK_NAME = re.compile(r"[0-9a-f]{8}-[0-9]{6,}\.pt")
 MAX_CHUNKS = 10_000_000
 
 
@@ -62,6 +68,14 @@ def remove_other_chunks(path: Path, keep: set[str]) -> None:
                 entry.unlink()
             except OSError:
                 pass
+
+
+def remove_chunk(path: Path, name: str) -> None:
+    """Remove one chunk file of ``path``'s folder (merged into another); quietly if gone."""
+    try:
+        (folder_of(path) / name).unlink()
+    except OSError:
+        pass
 
 
 def is_index(data: Any) -> bool:
@@ -132,10 +146,21 @@ def _joined(
         ("views", num_tensors, float(View.UNTESTED), torch.int8),
         ("groups", num_groups, math.nan, torch.float64),
     ):
-        names = parts[0][section] if parts else {}
+        key = f"{section[:-1]}_names" if section != "metrics" else "metric_names"
+        names = parts[0][key] if parts else []
+        for part in parts:
+            packed = part[section]
+            if (
+                part[key] != names
+                or not isinstance(packed, torch.Tensor)
+                or packed.ndim != 3
+                or packed.shape[0] != len(names)
+                or packed.shape[1] != part["records"]["step"].shape[0]
+            ):
+                raise ValueError(f"chunk section {section} does not match the first chunk's")
         data[section] = {
-            name: _stacked([part[section][name] for part in parts], width, fill, dtype)
-            for name in names
+            name: _stacked([part[section][k] for part in parts], width, fill, dtype)
+            for k, name in enumerate(names)
         }
     scalars: dict[str, dict[str, list[torch.Tensor]]] = {}
     for part in parts:

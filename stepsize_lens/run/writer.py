@@ -14,6 +14,7 @@ import math
 import os
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ from stepsize_lens.run.storage import save_run_dict
 
 if TYPE_CHECKING:
     from stepsize_lens.run.run import Run
+
+MERGE = 16  # chunks of one level that an appending save merges into one of the next level
+TOP_LEVEL = 2  # chunks of this level are never merged again
 
 
 class _GrowingMatrix:
@@ -65,21 +69,38 @@ class _GrowingMatrix:
         return self.data[: self.rows].clone()
 
     def rows_from(self, start: int) -> torch.Tensor:
-        """A copy of the rows from ``start`` on (what an appending save writes)."""
-        return self.data[start : self.rows].clone()
+        """The rows from ``start`` on, a view (what an appending save stacks into its chunk)."""
+        return self.data[start : self.rows]
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """How much of the writer's records, scalar values and events a point of the run covers."""
+
+    records: int = 0
+    scalars: tuple[tuple[str, int], ...] = ()
+    events: int = 0
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk the index names: its index entry, its merge level and where it starts."""
+
+    entry: dict[str, Any]
+    level: int
+    start: _Mark
 
 
 class _Appended:
     """What the appending saves of one writer to one path have put on disk: the chunks its
-    index names, and how many records, scalar values and events they hold."""
+    index names (oldest first) and how much of the run they cover."""
 
     def __init__(self, target: Path) -> None:
         self.target = target
         self.session = secrets.token_hex(4)
-        self.chunks: list[dict[str, Any]] = []
-        self.records = 0
-        self.scalars: dict[str, int] = {}
-        self.events = 0
+        self.number = 0  # chunks written so far: names are <session>-<number>.pt
+        self.chunks: list[_Chunk] = []
+        self.end = _Mark()
 
 
 class RunWriter:
@@ -324,66 +345,88 @@ class RunWriter:
         return target
 
     def _save_appending(self, target: Path) -> None:
+        """One appending save (`chunks`): a level-0 chunk of what is new since the last save,
+        or, when that completes `MERGE` chunks of one level, one chunk of the next level
+        holding all of them (levels stop at `TOP_LEVEL`: every record is written at most
+        TOP_LEVEL + 1 times, so the total cost stays linear in the records)."""
         state = self._appended
         first = state is None or state.target != target
         if state is None or first:
             state = _Appended(target)
-        chunk = self._chunk(state, force=first)
-        entries = list(state.chunks)
-        if chunk is not None:
-            name = f"{state.session}-{len(entries) + 1:06d}.pt"
-            sealed = save_run_dict(chunk, chunks.folder_of(target) / name)
-            entries.append(
-                {"file": name, "records": self.num_records - state.records, "checksum": sealed}
-            )
+        end = self._mark()
+        if end == state.end and not first:
+            kept, start, level = state.chunks, None, 0
+        else:
+            kept, start, level = list(state.chunks), state.end, 0 if not first else TOP_LEVEL
+            while (
+                level < TOP_LEVEL
+                and len(kept) >= MERGE - 1
+                and all(chunk.level == level for chunk in kept[-(MERGE - 1) :])
+            ):
+                start = kept[-(MERGE - 1)].start
+                kept = kept[: -(MERGE - 1)]
+                level += 1
+        written = list(kept)
+        if start is not None:
+            state.number += 1
+            name = f"{state.session}-{state.number:06d}.pt"
+            sealed = save_run_dict(self._chunk(start), chunks.folder_of(target) / name)
+            entry = {"file": name, "records": end.records - start.records, "checksum": sealed}
+            written.append(_Chunk(entry, level, start))
         index = {
             "format": FORMAT,
             "version": VERSION,
             "meta": plain(self.meta),
             "params": {column: plain(values) for column, values in self.params.items()},
             "num_groups": self.num_groups,
-            "chunks": entries,
+            "chunks": [chunk.entry for chunk in written],
         }
         save_run_dict(index, target)
-        state.chunks = entries
-        state.records = self.num_records
-        state.scalars = {name: len(steps) for name, (steps, _) in self.scalars.items()}
-        state.events = len(self.events)
+        dropped = {chunk.entry["file"] for chunk in state.chunks} - {
+            chunk.entry["file"] for chunk in written
+        }
+        state.chunks, state.end = written, end
         self._appended = state
         if first:
-            chunks.remove_other_chunks(target, {entry["file"] for entry in entries})
+            chunks.remove_other_chunks(target, {chunk.entry["file"] for chunk in written})
+        for name in dropped:  # merged into the new chunk, which the index now names
+            chunks.remove_chunk(target, name)
 
-    def _chunk(self, state: _Appended, force: bool = False) -> dict[str, Any] | None:
-        """The records, scalar values and events added since ``state``; None if nothing was
-        (unless ``force``)."""
-        start = state.records
-        new_scalars = {
-            name: (steps[state.scalars.get(name, 0) :], values[state.scalars.get(name, 0) :])
-            for name, (steps, values) in self.scalars.items()
-            if len(steps) > state.scalars.get(name, 0)
-        }
-        new_events = self.events[state.events :]
-        if not force and start == self.num_records and not new_scalars and not new_events:
-            return None
+    def _mark(self) -> _Mark:
+        return _Mark(
+            self.num_records,
+            tuple((name, len(steps)) for name, (steps, _) in self.scalars.items()),
+            len(self.events),
+        )
+
+    def _chunk(self, start: _Mark) -> dict[str, Any]:
+        """The records, scalar values and events added since ``start``, packed: metrics float32
+        [M, n, T], views int8 [V, n, T], groups float64 [F, n, G] (`chunks`)."""
+        first = start.records
+        done = dict(start.scalars)
         return {
             "format": chunks.CHUNK_FORMAT,
             "version": VERSION,
             "records": {
-                "step": torch.tensor(self._steps[start:], dtype=torch.int64),
-                "time": torch.tensor(self._times[start:], dtype=torch.float64),
-                "skipped": torch.tensor(self._skipped[start:], dtype=torch.bool),
+                "step": torch.tensor(self._steps[first:], dtype=torch.int64),
+                "time": torch.tensor(self._times[first:], dtype=torch.float64),
+                "skipped": torch.tensor(self._skipped[first:], dtype=torch.bool),
             },
-            "metrics": {name: m.rows_from(start) for name, m in zip(METRICS, self._metric_mats)},
-            "views": {name: m.rows_from(start) for name, m in zip(VIEWS, self._views)},
-            "groups": {name: m.rows_from(start) for name, m in zip(GROUP_FIELDS, self._groups)},
+            "metric_names": list(METRICS),
+            "metrics": torch.stack([m.rows_from(first) for m in self._metric_mats]),
+            "view_names": list(VIEWS),
+            "views": torch.stack([m.rows_from(first) for m in self._views]),
+            "group_names": list(GROUP_FIELDS),
+            "groups": torch.stack([m.rows_from(first) for m in self._groups]),
             "scalars": {
                 name: {
-                    "step": torch.tensor(steps, dtype=torch.int64),
-                    "value": torch.tensor(values, dtype=torch.float64),
+                    "step": torch.tensor(steps[done.get(name, 0) :], dtype=torch.int64),
+                    "value": torch.tensor(values[done.get(name, 0) :], dtype=torch.float64),
                 }
-                for name, (steps, values) in new_scalars.items()
+                for name, (steps, values) in self.scalars.items()
+                if len(steps) > done.get(name, 0)
             },
-            "events": [dict(event) for event in new_events],
+            "events": [dict(event) for event in self.events[start.events :]],
         }
 
 
