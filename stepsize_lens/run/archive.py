@@ -120,7 +120,10 @@ def _check_tensor(
     offset = getattr(storage, "_checkpoint_offset", None)
     record = records.get(offset) if isinstance(offset, int) else None
     if record is None:
-        raise Refused("a tensor's storage is not one of the archive's records")
+        raise Refused(
+            "a tensor's storage is not where torch.save puts its record (a zip archive "
+            "rewritten by another tool?)"
+        )
     name, record_size = record
     if storage.nbytes() != record_size:
         raise Refused(
