@@ -5,13 +5,16 @@ torch does not check the CRCs of its zip archive, so without this a flipped bit 
 record loads as a silently changed number. The digest covers the whole dict but the
 ``checksum`` key itself, walking it in a canonical order: dict items sorted by key, every
 value tagged with its type; a tensor contributes its dtype, shape and raw bytes (C order);
-floats their IEEE-754 bytes. Files of format versions 1 and 2 carry no checksum and load
-without one; from version 3 it is mandatory (`verify`).
+floats their IEEE-754 bytes; a subtree of plain values (no tensor) its JSON with sorted keys
+(which tells 2 from 2.0 and true from 1). Every save writes one (format version 3); a file
+without one (versions 1 and 2, or a dict saved by hand) loads unverified, while the index and
+chunks of an appending save must carry theirs (`verify`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -58,6 +61,8 @@ def verify(data: Any, source: str, required: bool) -> None:
         actual = digest(data)
     except _TooDeep:
         raise RunFileError(f"{source}: not a run file (nested deeper than a run)") from None
+    except Exception as error:  # a tensor of a kind no run holds (its bytes have no view)
+        raise RunFileError(f"{source}: not a run file ({type(error).__name__})") from None
     if actual != stored:
         raise RunFileError(
             f"{source}: corrupted: its content does not match the checksum it was saved with"
@@ -68,6 +73,16 @@ def _feed(hasher: Any, value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise _TooDeep
     update = hasher.update
+    if type(value) in (dict, list) and depth:
+        # a subtree of plain values (the params table, meta): canonical JSON, in C
+        try:
+            text = json.dumps(value, sort_keys=True, allow_nan=True, check_circular=False)
+        except (TypeError, ValueError, RecursionError):
+            pass  # holds tensors (or odd keys): walked below
+        else:
+            raw = text.encode("ascii")
+            update(b"J%d:" % len(raw) + raw)
+            return
     if isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
         update(f"T{flat.dtype}{tuple(value.shape)}".encode())

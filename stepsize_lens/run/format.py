@@ -4,7 +4,7 @@ A run file is a plain dict saved with ``torch.save`` that loads with
 ``torch.load(weights_only=True)``, so opening one can never execute code::
 
     {
-      "format": "stepsize_lens/run", "version": 2,
+      "format": "stepsize_lens/run", "version": 3,
       "meta":    {label, created, torch_version, stepsize_lens_version, optimizer: {class, module,
                   defaults}, schedule, delta, model_class, rank, world_size, closed,
                   last_step (the lens's step counter: where a resumed run continues),
@@ -18,15 +18,19 @@ A run file is a plain dict saved with ``torch.save`` that loads with
       "groups":  {field: float64 [R, G]},                  # lr, weight_decay, momentum, ...
       "scalars": {name: {"step": int64 [S], "value": float64 [S]}},
       "events":  [{"step": int, "kind": str, "detail": str}],  # params_added, skipped_step, resumed
+      "checksum": "sha256:<hex>",       # over everything else (`checksum`); since version 3
     }
 
 R = records, T = parameter tensors, G = param groups. Columns that did not exist yet at a record
 (a param group added later) are NaN (metrics, groups) or -1 (views). View codes are
 `stepsize_lens._schema.View`. Metrics of the catalog that an older file lacks read as NaN.
 
-Versions: 1 (12 metrics); 2 adds ``channel_angular_update_cv`` (docs/design.md §3.2). A version-1
-file is read as it is, its missing metric all NaN; `upgrade` turns a loaded older run into the
-current version (what `Run.save` writes).
+Versions: 1 (12 metrics); 2 adds ``channel_angular_update_cv`` (docs/design.md §3.2); 3 adds the
+``checksum`` and the appending layout of a run still being written (an index at the path and
+chunk files beside it, `chunks`). A version-1 file is read as it is, its missing metric all NaN;
+`upgrade` turns a loaded older run into the current version (what `Run.save` writes). `load`
+checks sizes before reading (`archive`), verifies the checksum, joins chunks, then `validate`
+checks every field (`sections`).
 
 This package (`stepsize_lens.run`) is the only code that reads or writes the raw dict.
 """
@@ -125,6 +129,11 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
 
 def plain(value: Any) -> Any:
     """Convert to what `torch.load(weights_only=True)` accepts: dict, list, str, numbers, None."""
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool):
+        return value
+    if kind is list:
+        return [plain(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

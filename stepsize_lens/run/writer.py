@@ -340,7 +340,8 @@ class RunWriter:
         else:
             save_run_dict(self.to_dict(), target)
             chunks.remove_folder(target)
-            self._appended = None
+            if self._appended is not None and self._appended.target == target:
+                self._appended = None  # its chunks are gone: appending starts afresh
         self.saves += 1
         return target
 
