@@ -147,10 +147,11 @@ class Run:
 
     @property
     def tensor_groups(self) -> np.ndarray:
-        """The param group of every tensor, int64 [T]."""
+        """The param group of every tensor, int64 [T] (0 where the params table has none)."""
         import numpy as np
 
-        return np.asarray(self._data["params"]["group"], dtype=np.int64)
+        groups = self._data["params"]["group"]
+        return np.asarray([0 if g is None else g for g in groups], dtype=np.int64)
 
     @property
     def numel(self) -> np.ndarray:

@@ -121,7 +121,7 @@ def _check_defaults(defaults: dict[str, Any]) -> None:
 # required columns: (check of one cell, whether None is allowed)
 _COLUMNS: dict[str, tuple[Any, bool]] = {
     "name": (lambda v: isinstance(v, str), False),
-    "group": (_count, False),
+    "group": (_count, True),  # None: read as group 0 (`Run.tensor_groups`)
     "index": (_count, True),
     "shape": (lambda v: isinstance(v, list) and all(_count(n) for n in v), True),
     "numel": (_count, True),
@@ -170,7 +170,7 @@ def check_params(params: Any, num_groups: int) -> int:
             check_plain(value, f"params.{column}")
     if len(set(params["name"])) != num_tensors:
         raise Malformed("params table names a tensor twice")
-    if num_tensors and max(params["group"]) >= max(num_groups, 1):
+    if max((g for g in params["group"] if g is not None), default=0) >= max(num_groups, 1):
         raise Malformed("params table names a param group the groups section lacks")
     return num_tensors
 
