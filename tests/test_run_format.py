@@ -216,7 +216,7 @@ def test_a_deleted_field_fails_at_load(real_run, tmp_path, where, fragment):
         (lambda d: d["params"]["group"].__setitem__(0, 5), "param group"),
         (lambda d: d["params"]["name"].__setitem__(1, d["params"]["name"][0]), "twice"),
         (lambda d: d["meta"].__setitem__("delta", "wide"), "delta"),
-        (lambda d: d["meta"]["optimizer"]["defaults"].__setitem__("lr", [1]), "lr"),
+        (lambda d: d["meta"]["optimizer"]["defaults"].__setitem__("ns_steps", "5"), "ns_steps"),
         (lambda d: d["scalars"]["loss"].__setitem__("value", torch.zeros(2)), "value"),
         (lambda d: d["events"].append({"step": "one", "kind": "x"}), "event"),
         (lambda d: d["records"]["step"].__setitem__(0, 10**6), "backwards"),

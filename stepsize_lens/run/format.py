@@ -99,7 +99,7 @@ def _check_sections(data: dict[str, Any], version: int) -> None:
     ):
         block = data[section]
         if not isinstance(block, dict) or not all(isinstance(k, str) for k in block):
-            raise sections.Malformed(f"a malformed section {section!r}")
+            raise sections.Malformed(f"its {section} section is not a dict")
         for name in names:
             if name not in block and section == "metrics" and name not in required:
                 block[name] = torch.full(shape, math.nan, dtype=dtype)

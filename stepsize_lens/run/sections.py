@@ -69,7 +69,6 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "metrics": (list,),
 }
 _COUNT_META = ("last_step", "rank", "world_size", "upgraded_from")
-_OPTIMIZER_NUMBERS = ("lr", "weight_decay", "momentum", "dampening", "eps", "delta", "wd_ratio")
 
 
 def check_meta(meta: Any) -> None:
@@ -103,19 +102,16 @@ def check_meta(meta: Any) -> None:
 
 
 def _check_defaults(defaults: dict[str, Any]) -> None:
-    for key in _OPTIMIZER_NUMBERS:
-        value = defaults.get(key)
-        if value is not None and not is_number(value):
-            raise Malformed(f"meta.optimizer.defaults.{key} is not a number")
-    betas = defaults.get("betas")
-    if betas is not None and not (
-        isinstance(betas, list) and len(betas) == 2 and all(is_number(b) for b in betas)
+    """Only what the theory parses: optimizers' defaults vary (Adafactor's eps is a pair, Adan
+    has three betas), and the rest is shown as it is."""
+    steps = defaults.get("ns_steps")
+    if steps is not None and not is_number(steps):
+        raise Malformed("meta.optimizer.defaults.ns_steps is not a number")
+    coefficients = defaults.get("ns_coefficients")
+    if coefficients is not None and not (
+        isinstance(coefficients, list) and all(is_number(c) for c in coefficients)
     ):
-        raise Malformed("meta.optimizer.defaults.betas is not two numbers")
-    for key in ("nesterov", "decoupled_weight_decay", "corrected_weight_decay"):
-        value = defaults.get(key)
-        if value is not None and type(value) is not bool:
-            raise Malformed(f"meta.optimizer.defaults.{key} is not true or false")
+        raise Malformed("meta.optimizer.defaults.ns_coefficients is not a list of numbers")
 
 
 # required columns: (check of one cell, whether None is allowed)
@@ -140,11 +136,11 @@ _OPTIONAL_COLUMNS: dict[str, Any] = {
 def check_params(params: Any, num_groups: int) -> int:
     """The params table; returns T."""
     if not isinstance(params, dict) or not isinstance(params.get("name"), list):
-        raise Malformed("a malformed params table")
+        raise Malformed("its params table is not a dict of equal-length lists")
     num_tensors = len(params["name"])
     for column, values in params.items():
         if not isinstance(column, str) or not isinstance(values, list):
-            raise Malformed("a malformed params table")
+            raise Malformed("its params table is not a dict of equal-length lists")
         if len(values) != num_tensors:
             raise Malformed("params table columns differ in length")
     for column, (valid, optional) in _COLUMNS.items():
@@ -195,7 +191,7 @@ def check_records(records: Any) -> int:
     """The records section; returns R."""
     step = records.get("step") if isinstance(records, dict) else None
     if not isinstance(step, torch.Tensor) or step.ndim != 1:
-        raise Malformed("malformed records")
+        raise Malformed("its records section has no 1-D step tensor")
     num_records = int(step.shape[0])
     check_tensor(step, "records.step", torch.int64, (num_records,))
     check_tensor(records.get("time"), "records.time", torch.float64, (num_records,))
@@ -216,14 +212,14 @@ def check_views(views: torch.Tensor, where: str) -> None:
 def check_groups(groups: Any, num_records: int) -> int:
     """The groups section; returns G."""
     if not isinstance(groups, dict):
-        raise Malformed("groups section is malformed")
+        raise Malformed("its groups section is not a dict of [R, G] tensors")
     missing = [name for name in GROUP_FIELDS if name not in groups]
     if missing:
-        raise Malformed(f"groups section lacks {', '.join(missing)}")
+        raise Malformed(f"its groups section lacks {', '.join(missing)}")
     num_groups = -1
     for name, tensor in groups.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
-            raise Malformed("groups section is malformed")
+            raise Malformed("its groups section is not a dict of [R, G] tensors")
         num_groups = int(tensor.shape[1]) if num_groups < 0 else num_groups
         check_tensor(tensor, f"groups[{name!r}]", torch.float64, (num_records, num_groups))
     return max(num_groups, 0)
@@ -231,10 +227,10 @@ def check_groups(groups: Any, num_records: int) -> int:
 
 def check_scalars(scalars: Any) -> None:
     if not isinstance(scalars, dict):
-        raise Malformed("scalars section is malformed")
+        raise Malformed("its scalars section is not a dict of step/value pairs")
     for name, series in scalars.items():
         if not isinstance(name, str) or not isinstance(series, dict):
-            raise Malformed("scalars section is malformed")
+            raise Malformed("its scalars section is not a dict of step/value pairs")
         step = series.get("step")
         length = int(step.shape[0]) if isinstance(step, torch.Tensor) and step.ndim == 1 else -2
         check_tensor(step, f"scalars[{name!r}].step", torch.int64, (length,))
@@ -243,7 +239,7 @@ def check_scalars(scalars: Any) -> None:
 
 def check_events(events: Any) -> None:
     if not isinstance(events, list):
-        raise Malformed("events section is malformed")
+        raise Malformed("its events section is not a list")
     for event in events:
         if (
             not isinstance(event, dict)
@@ -251,4 +247,4 @@ def check_events(events: Any) -> None:
             or not isinstance(event.get("kind"), str)
             or not isinstance(event.get("detail", ""), str)
         ):
-            raise Malformed("events section holds a malformed event")
+            raise Malformed("its events section holds a malformed event")
