@@ -213,3 +213,22 @@ def test_sigkill_during_appending_saves_leaves_a_loadable_run(tmp_path):
         assert [int(s) for s in steps] == [float(v) for v in values]
         last = max(last, run.num_records)
     assert last > 0
+
+
+def test_the_lens_appends_while_it_records_and_compacts_at_close(tmp_path):
+    from _lens_models import small_model, train
+
+    import stepsize_lens
+
+    path = tmp_path / "run.pt"
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lens = stepsize_lens.attach(model, optimizer, path=path, schedule=1, flush_every=0.0)
+    train(model, optimizer, 5, lens)  # a timed save after every record
+    assert "chunks" in torch.load(path, weights_only=True)  # an index while it records
+    assert load(path).num_records == 5
+    lens.close()
+    assert not chunks.folder_of(path).exists()
+    raw = torch.load(path, weights_only=True)
+    assert "chunks" not in raw and raw["records"]["step"].tolist() == [1, 2, 3, 4, 5]
+    assert load(path).meta["closed"] is True
