@@ -102,7 +102,11 @@ def test_the_cycle_finder_finds_a_planted_circle():
     [
         ("stepsize_lens._schema", set()),
         ("stepsize_lens.paper_test", {"stepsize_lens._schema"}),
-        ("stepsize_lens.run.format", {"stepsize_lens._schema", "stepsize_lens.errors"}),
+        (
+            "stepsize_lens.run.format",
+            {"stepsize_lens._schema", "stepsize_lens.errors", "stepsize_lens.run.sections"},
+        ),
+        ("stepsize_lens.run.sections", {"stepsize_lens._schema"}),
     ],
 )
 def test_the_lower_floors_only_look_down(leaf, allowed):

@@ -160,10 +160,10 @@ def test_failing_saves_never_stop_training_and_the_next_good_save_has_everything
     real_save = RunWriter.save
     failing = {"on": False}
 
-    def save(self, target=None):
+    def save(self, target=None, **options):
         if failing["on"]:
             raise OSError(28, "No space left on device")
-        return real_save(self, target)
+        return real_save(self, target, **options)
 
     monkeypatch.setattr(RunWriter, "save", save)
     model = small_model()

@@ -69,7 +69,7 @@ def test_run_file_contents(tmp_path):
     _train(model, optimizer, 6, lens)
     lens.close()
     raw = torch.load(tmp_path / "run.pt", weights_only=True)
-    assert raw["format"] == "stepsize_lens/run" and raw["version"] == 2
+    assert raw["format"] == "stepsize_lens/run" and raw["version"] == 3
     assert all(t.dtype == torch.float32 for t in raw["metrics"].values())
     run = stepsize_lens.load(tmp_path / "run.pt")
     assert run.label == "demo" and run.meta["closed"] is True

@@ -124,7 +124,10 @@ def test_a_run_killed_between_records_continues_from_the_given_step(tmp_path):
     _steps(model, optimizer, 0, 25)
     lens.flush()
     killed = tmp_path / "killed.pt"
-    shutil.copy(path, killed)  # what a process killed now leaves on disk: no close
+    shutil.copy(path, killed)  # what a process killed now leaves on disk: no close, the
+    shutil.copytree(  # index and the chunk folder of the appending saves (run/chunks.py)
+        tmp_path / ".run.pt.d", tmp_path / ".killed.pt.d"
+    )
     lens.close()
     path = killed
     assert stepsize_lens.load(path).meta["last_step"] == 25

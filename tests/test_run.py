@@ -310,7 +310,7 @@ def test_a_version_1_file_loads_and_reports(tmp_path):
 
     torch.save(version_1_run(), tmp_path / "v1.pt")
     run = load(tmp_path / "v1.pt")
-    assert run.format_version == 1 and VERSION == 2
+    assert run.format_version == 1 and VERSION == 3
     assert run.metric_names == METRICS  # the metric added in version 2 reads as NaN
     assert (
         run.metric("channel_angular_update_cv") != run.metric("channel_angular_update_cv")

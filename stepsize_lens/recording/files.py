@@ -183,8 +183,10 @@ class RunFile:
         if ref is not None and ref() is self:
             del _claims[key]
 
-    def save(self, writer: RunWriter) -> bool:
-        """Save ``writer``'s run; never raises. True when the run is on disk."""
+    def save(self, writer: RunWriter, final: bool = False) -> bool:
+        """Save ``writer``'s run; never raises. True when the run is on disk. A periodic save
+        appends what changed (`RunWriter.save` with ``append=True``); the ``final`` one writes
+        the whole run as one file."""
         target = self.path
         now = _look(target)
         if now is not None and now != self._seen:  # someone else wrote it since we looked
@@ -208,7 +210,7 @@ class RunFile:
             except LockedError:  # taken in the instant since `sibling` chose it: write unlocked
                 pass
         try:
-            writer.save(target)
+            writer.save(target, append=not final)
         except Exception as exc:  # a diagnostic must never take down the run it watches
             if not self._failing:
                 warnings.warn(
@@ -228,7 +230,7 @@ class RunFile:
         Returns where the run is, or None if nowhere (then ``lens.run()`` still has it)."""
         failing_before = self._failing
         self._failing = True  # the final attempt reports below, not as a streak warning
-        if self.save(writer):
+        if self.save(writer, final=True):
             return self.path
         self._failing = failing_before
         fallback = _free(Path(tempfile.gettempdir()) / f"stepsize_lens-{self.path.stem}", ".pt")

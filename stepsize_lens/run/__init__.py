@@ -1,5 +1,6 @@
-"""The run file: its format (`format`), writing it (`writer.RunWriter`), reading it
-(`reader.load`) and the loaded `Run` with typed accessors (`run.Run`).
+"""The run file: its format (`format`, whose field rules are `sections`), writing it
+(`writer.RunWriter`; appending saves: `chunks`), reading it (`reader.load`, within the bounds of
+`archive`, verifying `checksum`) and the loaded `Run` with typed accessors (`run.Run`).
 
 This package is the only code that reads or writes a run file's raw dict; everything above it
 goes through `Run`.

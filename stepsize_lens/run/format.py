@@ -4,7 +4,7 @@ A run file is a plain dict saved with ``torch.save`` that loads with
 ``torch.load(weights_only=True)``, so opening one can never execute code::
 
     {
-      "format": "stepsize_lens/run", "version": 2,
+      "format": "stepsize_lens/run", "version": 3,
       "meta":    {label, created, torch_version, stepsize_lens_version, optimizer: {class, module,
                   defaults}, schedule, delta, model_class, rank, world_size, closed,
                   last_step (the lens's step counter: where a resumed run continues),
@@ -18,15 +18,19 @@ A run file is a plain dict saved with ``torch.save`` that loads with
       "groups":  {field: float64 [R, G]},                  # lr, weight_decay, momentum, ...
       "scalars": {name: {"step": int64 [S], "value": float64 [S]}},
       "events":  [{"step": int, "kind": str, "detail": str}],  # params_added, skipped_step, resumed
+      "checksum": "sha256:<hex>",       # over everything else (`checksum`); since version 3
     }
 
 R = records, T = parameter tensors, G = param groups. Columns that did not exist yet at a record
 (a param group added later) are NaN (metrics, groups) or -1 (views). View codes are
 `stepsize_lens._schema.View`. Metrics of the catalog that an older file lacks read as NaN.
 
-Versions: 1 (12 metrics); 2 adds ``channel_angular_update_cv`` (docs/design.md §3.2). A version-1
-file is read as it is, its missing metric all NaN; `upgrade` turns a loaded older run into the
-current version (what `Run.save` writes).
+Versions: 1 (12 metrics); 2 adds ``channel_angular_update_cv`` (docs/design.md §3.2); 3 adds the
+``checksum`` and the appending layout of a run still being written (an index at the path and
+chunk files beside it, `chunks`). A version-1 file is read as it is, its missing metric all NaN;
+`upgrade` turns a loaded older run into the current version (what `Run.save` writes). `load`
+checks sizes before reading (`archive`), verifies the checksum, joins chunks, then `validate`
+checks every field (`sections`).
 
 This package (`stepsize_lens.run`) is the only code that reads or writes the raw dict.
 """
@@ -41,19 +45,21 @@ import torch
 
 from stepsize_lens._schema import METRICS, VIEWS
 from stepsize_lens.errors import RunFileError
+from stepsize_lens.run import sections
 
 FORMAT = "stepsize_lens/run"
-VERSION = 2
+VERSION = 3
 
 # The metrics every file of a version has (the catalog as it was then); metrics added to the
 # catalog later are optional on read and filled with NaN.
-METRICS_OF_VERSION: dict[int, tuple[str, ...]] = {1: METRICS[:12], 2: METRICS[:13]}
+METRICS_OF_VERSION: dict[int, tuple[str, ...]] = {1: METRICS[:12], 2: METRICS[:13], 3: METRICS[:13]}
 
 REQUIRED_KEYS = ("format", "version", "meta", "params", "records", "metrics", "views", "groups")
 
 
 def validate(data: Any, source: str = "run") -> dict[str, Any]:
-    """Check that a loaded object is a well-formed run of a version this package reads.
+    """Check that a loaded object is a well-formed run of a version this package reads: every
+    field any reader of `Run` uses, by type, dtype, shape and range (`sections`).
 
     Returns the dict, with the optional sections (scalars, events) filled in and every catalog
     metric an older file lacks added as NaN. Every problem raises `RunFileError`.
@@ -61,7 +67,7 @@ def validate(data: Any, source: str = "run") -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RunFileError(f"{source}: not a stepsize_lens run file")
     version = data.get("version")
-    if not isinstance(version, int):
+    if type(version) is not int:
         raise RunFileError(f"{source}: run file has no valid format version")
     if version > VERSION:
         raise RunFileError(
@@ -73,41 +79,40 @@ def validate(data: Any, source: str = "run") -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise RunFileError(f"{source}: run file lacks {', '.join(missing)}")
-    params = data["params"]
-    if not isinstance(params, dict) or not isinstance(params.get("name"), list):
-        raise RunFileError(f"{source}: run file has a malformed params table")
-    num_tensors = len(params["name"])
-    if any(not isinstance(v, list) or len(v) != num_tensors for v in params.values()):
-        raise RunFileError(f"{source}: run file params table columns differ in length")
-    records = data["records"]
-    step = records.get("step") if isinstance(records, dict) else None
-    if not isinstance(step, torch.Tensor) or step.ndim != 1:
-        raise RunFileError(f"{source}: run file has malformed records")
-    num_records = step.shape[0]
+    try:
+        _check_sections(data, version)
+    except sections.Malformed as problem:
+        raise RunFileError(f"{source}: malformed run file: {problem}") from None
+    return data
+
+
+def _check_sections(data: dict[str, Any], version: int) -> None:
+    sections.check_meta(data["meta"])
+    num_records = sections.check_records(data["records"])
+    num_groups = sections.check_groups(data["groups"], num_records)
+    num_tensors = sections.check_params(data["params"], num_groups)
     shape = (num_records, num_tensors)
     required = frozenset(METRICS_OF_VERSION[version])
-    for section, names in (("metrics", METRICS), ("views", VIEWS)):
-        block = data[section]
-        if not isinstance(block, dict):
-            raise RunFileError(f"{source}: run file section {section!r} is malformed")
-        for name in names:
-            tensor = block.get(name)
-            if tensor is None and section == "metrics" and name not in required:
-                block[name] = torch.full(shape, math.nan, dtype=torch.float32)
-                continue
-            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
-                raise RunFileError(
-                    f"{source}: run file {section}[{name!r}] is missing or has the wrong shape"
-                )
-    groups = data["groups"]
-    if not isinstance(groups, dict) or any(
-        not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] != num_records
-        for t in groups.values()
+    for section, names, dtype in (
+        ("metrics", METRICS, torch.float32),
+        ("views", VIEWS, torch.int8),
     ):
-        raise RunFileError(f"{source}: run file groups section is malformed")
+        block = data[section]
+        if not isinstance(block, dict) or not all(isinstance(k, str) for k in block):
+            raise sections.Malformed(f"its {section} section is not a dict")
+        for name in names:
+            if name not in block and section == "metrics" and name not in required:
+                block[name] = torch.full(shape, math.nan, dtype=dtype)
+            elif name not in block:
+                raise sections.Malformed(f"{section}[{name!r}] missing or of the wrong shape")
+        for name, tensor in block.items():
+            sections.check_tensor(tensor, f"{section}[{name!r}]", dtype, shape)
+            if section == "views":
+                sections.check_views(tensor, f"{section}[{name!r}]")
     data.setdefault("scalars", {})
     data.setdefault("events", [])
-    return data
+    sections.check_scalars(data["scalars"])
+    sections.check_events(data["events"])
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +129,11 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
 
 def plain(value: Any) -> Any:
     """Convert to what `torch.load(weights_only=True)` accepts: dict, list, str, numbers, None."""
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool):
+        return value
+    if kind is list:
+        return [plain(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -1,22 +1,26 @@
 """Reading a run file: `load` turns a path into a validated `Run`, or one clear `RunFileError`.
 
 ``torch.load(weights_only=True)`` is the only loader used: a file that would run code on load
-is refused, and its payload never runs.
+is refused, and its payload never runs. Before any tensor is materialised the archive's
+declared sizes are checked against the file's own (`archive`); a stored checksum is verified
+(`checksum`); a run still being appended is put together from its chunks (`chunks`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import warnings
 import zipfile
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from stepsize_lens.errors import RunFileError
+from stepsize_lens.run import checksum, chunks
+from stepsize_lens.run.archive import Refused, load_archive
 from stepsize_lens.run.format import validate
 from stepsize_lens.run.run import Run
+
+_ATTEMPTS = 3  # a save may replace the index and its chunks while they are being read
 
 
 def load(path: str | os.PathLike[str]) -> Run:
@@ -26,19 +30,77 @@ def load(path: str | os.PathLike[str]) -> Run:
     its payload never runs.
     """
     path = Path(path)
-    if not path.exists():
-        raise RunFileError(f"{path}: no such file")
-    if path.is_dir():
-        raise RunFileError(f"{path}: is a directory, not a run file")
-    if path.stat().st_size == 0:
-        raise RunFileError(f"{path}: empty file, not a run file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many kinds of errors on foreign bytes
-        raise RunFileError(f"{path}: {_why_unreadable(path, exc)}") from None
+    for attempt in range(_ATTEMPTS):
+        before = _stamp(path)
+        data = read_object(path)
+        if not chunks.is_index(data):
+            checksum.verify(data, str(path), required=False)
+            break
+        try:
+            data = chunks.assemble(data, path, read_object)
+            break
+        except chunks.MissingChunk:
+            if attempt == _ATTEMPTS - 1 or _stamp(path) == before:
+                raise
     return Run(validate(data, source=str(path)), path=path)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def read_object(path: Path) -> Any:
+    """The object a ``torch.save`` file at ``path`` holds, loaded within the bound of
+    `archive`; every problem (unreadable, refused, not an archive) is one `RunFileError`."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise RunFileError(f"{path}: is a directory, not a run file") from None
+    except OSError as error:
+        raise RunFileError(f"{path}: cannot read it ({_os_reason(error)})") from None
+    with handle:
+        try:
+            if os.path.isdir(path):
+                raise RunFileError(f"{path}: is a directory, not a run file")
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise RunFileError(f"{path}: empty file, not a run file")
+            if not zipfile.is_zipfile(handle):
+                _legacy_load(handle)  # raises what torch says of the file, for _why_unreadable
+                raise Refused("it is a legacy torch.save file; run files are zip archives")
+            return load_archive(handle)
+        except RunFileError:
+            raise
+        except Refused as refusal:
+            raise RunFileError(f"{path}: refused to load: {refusal}") from None
+        except MemoryError:
+            raise RunFileError(f"{path}: too large to load in this process's memory") from None
+        except Exception as exc:  # torch.load raises many kinds of errors on foreign bytes
+            raise RunFileError(f"{path}: {_why_unreadable(path, exc)}") from None
+
+
+def _legacy_load(handle: Any) -> None:
+    """``torch.load`` of a file that is not a zip archive: it fails on anything but a legacy
+    torch.save file, with the message `_why_unreadable` reads."""
+    import warnings
+
+    import torch
+
+    handle.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.load(handle, map_location="meta", weights_only=True)
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return error.strerror or shorten(str(error))
 
 
 _UNSAFE = re.compile(r"GLOBAL ([\w.]+)|allowlisted")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepsize_lens._schema import VIEWS
+from stepsize_lens.run.chunks import remove_folder
 from stepsize_lens.run.format import upgrade
 from stepsize_lens.run.storage import save_run_dict
 
@@ -146,10 +147,11 @@ class Run:
 
     @property
     def tensor_groups(self) -> np.ndarray:
-        """The param group of every tensor, int64 [T]."""
+        """The param group of every tensor, int64 [T] (0 where the params table has none)."""
         import numpy as np
 
-        return np.asarray(self._data["params"]["group"], dtype=np.int64)
+        groups = self._data["params"]["group"]
+        return np.asarray([0 if g is None else g for g in groups], dtype=np.int64)
 
     @property
     def numel(self) -> np.ndarray:
@@ -259,6 +261,7 @@ class Run:
         older version is written as the current one (`format.upgrade`: the metrics it lacked
         stay NaN, ``meta["upgraded_from"]`` records its version); this `Run` is unchanged."""
         save_run_dict(upgrade(dict(self._data)), path)
+        remove_folder(Path(path))  # the chunks of a run that was being appended there
         return Path(path)
 
     def __repr__(self) -> str:

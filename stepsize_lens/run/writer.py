@@ -1,8 +1,10 @@
 """Writing a run: `RunWriter` accumulates records in growing tensors and saves them atomically.
 
 Memory is O(records x tensors) numbers, never Python floats. ``save()`` writes the whole run
-through `stepsize_lens._files.atomic_write`, so a reader, or a process killed at any moment,
-always sees the last complete run.
+through `stepsize_lens._files.atomic_write`; ``save(append=True)`` writes only what was added
+since the previous appending save (`stepsize_lens.run.chunks`), so the lens's periodic saves
+cost what changed and the final one compacts the run into one file. Either way a reader, or a
+process killed at any moment, always sees the last complete run.
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from stepsize_lens._schema import GROUP_FIELDS, METRICS, PARAM_COLUMNS, VIEWS, View
+from stepsize_lens.run import chunks
 from stepsize_lens.run.format import FORMAT, VERSION, plain, upgrade, validate
 from stepsize_lens.run.storage import save_run_dict
 
 if TYPE_CHECKING:
     from stepsize_lens.run.run import Run
+
+MERGE = 16  # chunks of one level that an appending save merges into one of the next level
+TOP_LEVEL = 2  # chunks of this level are never merged again
 
 
 class _GrowingMatrix:
@@ -60,6 +68,40 @@ class _GrowingMatrix:
         # clone: saving a view would write the whole preallocated storage
         return self.data[: self.rows].clone()
 
+    def rows_from(self, start: int) -> torch.Tensor:
+        """The rows from ``start`` on, a view (what an appending save stacks into its chunk)."""
+        return self.data[start : self.rows]
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """How much of the writer's records, scalar values and events a point of the run covers."""
+
+    records: int = 0
+    scalars: tuple[tuple[str, int], ...] = ()
+    events: int = 0
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk the index names: its index entry, its merge level and where it starts."""
+
+    entry: dict[str, Any]
+    level: int
+    start: _Mark
+
+
+class _Appended:
+    """What the appending saves of one writer to one path have put on disk: the chunks its
+    index names (oldest first) and how much of the run they cover."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.session = secrets.token_hex(4)
+        self.number = 0  # chunks written so far: names are <session>-<number>.pt
+        self.chunks: list[_Chunk] = []
+        self.end = _Mark()
+
 
 class RunWriter:
     """Accumulates records in preallocated, growing tensors and saves them atomically.
@@ -67,6 +109,9 @@ class RunWriter:
     Memory is O(records x tensors) numbers, never Python floats. ``save()`` writes the whole run
     to a temporary file in the target folder, fsyncs it and renames it over ``path``, so a
     reader (or a process killed at any moment) always sees the last complete run.
+    ``save(append=True)`` writes only the records, scalars and events added since this
+    writer's previous appending save to that path (`stepsize_lens.run.chunks`); a plain
+    ``save()`` after it compacts the run into one file again.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, meta: Mapping[str, Any]) -> None:
@@ -87,6 +132,7 @@ class RunWriter:
         self.scalars: dict[str, tuple[list[int], list[float]]] = {}
         self.events: list[dict[str, Any]] = []
         self.saves = 0
+        self._appended: _Appended | None = None
         self.dropped = 0  # records of a resumed run left out after its resume step (`from_run`)
 
     # -- layout --------------------------------------------------------------------------------
@@ -278,13 +324,111 @@ class RunWriter:
 
         return Run(validate(self.to_dict()), path=path)
 
-    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+    def save(self, path: str | os.PathLike[str] | None = None, *, append: bool = False) -> Path:
+        """Save the run to ``path`` (default: the writer's path) atomically.
+
+        ``append=False``: one complete file (the run's chunk folder, if any, is removed after).
+        ``append=True``: a chunk of what was added since this writer's previous appending save
+        to the same path, then the index naming every chunk (the first appending save to a path
+        writes everything so far as its first chunk and drops chunks of earlier sessions).
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("RunWriter has no path to save to")
-        save_run_dict(self.to_dict(), target)
+        if append:
+            self._save_appending(target)
+        else:
+            save_run_dict(self.to_dict(), target)
+            chunks.remove_folder(target)
+            if self._appended is not None and self._appended.target == target:
+                self._appended = None  # its chunks are gone: appending starts afresh
         self.saves += 1
         return target
+
+    def _save_appending(self, target: Path) -> None:
+        """One appending save (`chunks`): a level-0 chunk of what is new since the last save,
+        or, when that completes `MERGE` chunks of one level, one chunk of the next level
+        holding all of them (levels stop at `TOP_LEVEL`: every record is written at most
+        TOP_LEVEL + 1 times, so the total cost stays linear in the records)."""
+        state = self._appended
+        first = state is None or state.target != target
+        if state is None or first:
+            state = _Appended(target)
+        end = self._mark()
+        if end == state.end and not first:
+            kept, start, level = state.chunks, None, 0
+        else:
+            kept, start, level = list(state.chunks), state.end, 0 if not first else TOP_LEVEL
+            while (
+                level < TOP_LEVEL
+                and len(kept) >= MERGE - 1
+                and all(chunk.level == level for chunk in kept[-(MERGE - 1) :])
+            ):
+                start = kept[-(MERGE - 1)].start
+                kept = kept[: -(MERGE - 1)]
+                level += 1
+        written = list(kept)
+        if start is not None:
+            state.number += 1
+            name = f"{state.session}-{state.number:06d}.pt"
+            sealed = save_run_dict(self._chunk(start), chunks.folder_of(target) / name)
+            entry = {"file": name, "records": end.records - start.records, "checksum": sealed}
+            written.append(_Chunk(entry, level, start))
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "meta": plain(self.meta),
+            "params": {column: plain(values) for column, values in self.params.items()},
+            "num_groups": self.num_groups,
+            "chunks": [chunk.entry for chunk in written],
+        }
+        save_run_dict(index, target)
+        dropped = {chunk.entry["file"] for chunk in state.chunks} - {
+            chunk.entry["file"] for chunk in written
+        }
+        state.chunks, state.end = written, end
+        self._appended = state
+        if first:
+            chunks.remove_other_chunks(target, {chunk.entry["file"] for chunk in written})
+        for name in dropped:  # merged into the new chunk, which the index now names
+            chunks.remove_chunk(target, name)
+
+    def _mark(self) -> _Mark:
+        return _Mark(
+            self.num_records,
+            tuple((name, len(steps)) for name, (steps, _) in self.scalars.items()),
+            len(self.events),
+        )
+
+    def _chunk(self, start: _Mark) -> dict[str, Any]:
+        """The records, scalar values and events added since ``start``, packed: metrics float32
+        [M, n, T], views int8 [V, n, T], groups float64 [F, n, G] (`chunks`)."""
+        first = start.records
+        done = dict(start.scalars)
+        return {
+            "format": chunks.CHUNK_FORMAT,
+            "version": VERSION,
+            "records": {
+                "step": torch.tensor(self._steps[first:], dtype=torch.int64),
+                "time": torch.tensor(self._times[first:], dtype=torch.float64),
+                "skipped": torch.tensor(self._skipped[first:], dtype=torch.bool),
+            },
+            "metric_names": list(METRICS),
+            "metrics": torch.stack([m.rows_from(first) for m in self._metric_mats]),
+            "view_names": list(VIEWS),
+            "views": torch.stack([m.rows_from(first) for m in self._views]),
+            "group_names": list(GROUP_FIELDS),
+            "groups": torch.stack([m.rows_from(first) for m in self._groups]),
+            "scalars": {
+                name: {
+                    "step": torch.tensor(steps[done.get(name, 0) :], dtype=torch.int64),
+                    "value": torch.tensor(values[done.get(name, 0) :], dtype=torch.float64),
+                }
+                for name, (steps, values) in self.scalars.items()
+                if len(steps) > done.get(name, 0)
+            },
+            "events": [dict(event) for event in self.events[start.events :]],
+        }
 
 
 def _package_version() -> str:
