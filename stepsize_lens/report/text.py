@@ -7,7 +7,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from stepsize_lens._sanitize import map_strings, markdown_text, rich_text, terminal_text
 from stepsize_lens.report.document import (
     SEVERITY_COLORS,
     Document,
@@ -29,12 +31,16 @@ def _tensors(names: list[str], total: int | None) -> str:
 
 
 def print_document(doc: Document, console: Any) -> None:
-    """Render ``doc`` on a rich console: a header panel, coloured findings, tables."""
+    """Render ``doc`` on a rich console: a header panel, coloured findings, tables. Every
+    string is shown without control characters, and as text, not rich markup
+    (`stepsize_lens._sanitize`)."""
     from rich import box
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table as RichTable
     from rich.text import Text
 
+    doc = map_strings(doc, terminal_text)
     console.print()
     for block in doc.blocks:
         if isinstance(block, Header):
@@ -42,11 +48,11 @@ def print_document(doc: Document, console: Any) -> None:
             grid.add_column(style="bold")
             grid.add_column()
             for key, value in block.items:
-                grid.add_row(key, Text(value, overflow="fold"))
-            header = Panel(grid, title=f"[bold]{doc.title}[/bold]", title_align="left")
+                grid.add_row(Text(key), Text(value, overflow="fold"))
+            header = Panel(grid, title=Text(doc.title, style="bold"), title_align="left")
             print_whole(console, header)
         elif isinstance(block, Findings):
-            console.print(f"\n[bold]{block.title}[/bold] ({len(block.items)})")
+            console.print(f"\n[bold]{escape(block.title)}[/bold] ({len(block.items)})")
             if not block.items:
                 console.print("  [green]Nothing looks off.[/green]")
             for f in block.items:
@@ -66,7 +72,7 @@ def print_document(doc: Document, console: Any) -> None:
                 console.print(Text(f"      → {f['suggestion']}", style="italic"))
         elif isinstance(block, Table):
             table = RichTable(
-                title=block.title,
+                title=Text(block.title),
                 title_justify="left",
                 title_style="bold",
                 box=box.SIMPLE_HEAD,
@@ -78,22 +84,21 @@ def print_document(doc: Document, console: Any) -> None:
                 header = block.columns[i] if label else block.columns[i].replace(" ", "\n")
                 widest = max((len(row[i]) for row in block.rows), default=1)
                 table.add_column(
-                    header,
+                    Text(header),
                     justify="left" if label else "right",
                     no_wrap=True,
                     min_width=widest if (i == 0 or not label) else None,
                 )
             for row in block.rows:
-                table.add_row(*(row[i] for i in keep))
+                table.add_row(*(Text(row[i]) for i in keep))
             console.print()
             print_table(console, table, key_columns=block.text_columns)
             if block.note:
                 console.print(Text(block.note, style="dim"))
         elif isinstance(block, Figures):
-            where = f" in {block.folder}" if block.folder is not None else ""
-            console.print(
-                f"\n[bold]Figures[/bold]{where}: " + ", ".join(f.path.name for f in block.items)
-            )
+            where = f" in {escape(str(block.folder))}" if block.folder is not None else ""
+            names = ", ".join(escape(f.path.name) for f in block.items)
+            console.print(f"\n[bold]Figures[/bold]{where}: {names}")
 
 
 def _terminal_columns(block: Table) -> list[int]:
@@ -107,14 +112,16 @@ def _terminal_columns(block: Table) -> list[int]:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A cell's text: one line, HTML and markdown specials (``|`` included) escaped."""
+    return markdown_text(" ".join(str(text).split()))
 
 
 def markdown_table(
     columns: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
 ) -> str:
     """A GitHub-flavoured markdown table, newline-terminated: the first ``text_columns``
-    columns left-aligned (labels), the others right-aligned (numbers); ``|`` in cells escaped."""
+    columns left-aligned (labels), the others right-aligned (numbers); cells escaped (``|``,
+    HTML, markdown specials, control characters: `stepsize_lens._sanitize.markdown_text`)."""
     aligns = [":--" if i < text_columns else "--:" for i in range(len(columns))]
     lines = [
         "| " + " | ".join(_md_cell(c) for c in columns) + " |",
@@ -131,47 +138,55 @@ def rich_table(
     caption: str | None = None,
     text_columns: int = 1,
 ) -> Any:
-    """The same table as a `rich.table.Table` (labels left, numbers right)."""
+    """The same table as a `rich.table.Table` (labels left, numbers right), every string shown
+    as text: no control character, no rich markup (`stepsize_lens._sanitize.rich_text`)."""
     from rich.table import Table as RichTable
 
-    table = RichTable(title=title, caption=caption)
+    def clean(text: str | None) -> str | None:
+        return None if text is None else rich_text(text)
+
+    table = RichTable(title=clean(title), caption=clean(caption))
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i < text_columns else "right")
+        table.add_column(clean(name), justify="left" if i < text_columns else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(clean(cell) for cell in row))
     return table
 
 
 def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
     """GitHub-flavoured markdown; figures linked relative to ``relative_to`` (the folder the
-    markdown file is written to)."""
-    lines = [f"# {doc.title}", ""]
+    markdown file is written to). Every string from the document is escaped
+    (`stepsize_lens._sanitize.markdown_text`): no raw HTML, link or control character."""
+    md = markdown_text
+    lines = [f"# {md(doc.title)}", ""]
     for block in doc.blocks:
         if isinstance(block, Header):
-            lines += [f"- **{key}**: {_md_cell(value)}" for key, value in block.items] + [""]
+            lines += [f"- **{md(key)}**: {_md_cell(value)}" for key, value in block.items] + [""]
         elif isinstance(block, Findings):
-            lines += [f"## {block.title} ({len(block.items)})", ""]
+            lines += [f"## {md(block.title)} ({len(block.items)})", ""]
             if not block.items:
                 lines += ["Nothing looks off.", ""]
             for f in block.items:
-                lines.append(f"- **{f['severity'].upper()}** ({f['kind']}): {f['title']}")
+                severity, kind = md(f["severity"].upper()), md(f["kind"])
+                lines.append(f"- **{severity}** ({kind}): {md(f['title'])}")
                 evidence = evidence_text(f["evidence"])
                 if evidence:
-                    lines.append(f"  - evidence: {evidence}")
+                    lines.append(f"  - evidence: {md(evidence)}")
                 if f["tensors"]:
                     total = f["evidence"].get("tensor_count")
-                    lines.append(f"  - tensors: `{_tensors(f['tensors'], total)}`")
-                lines.append(f"  - suggestion: {f['suggestion']}")
+                    lines.append(f"  - tensors: {md(_tensors(f['tensors'], total))}")
+                lines.append(f"  - suggestion: {md(f['suggestion'])}")
             lines.append("")
         elif isinstance(block, Table):
-            lines += [f"## {block.title}", ""]
+            lines += [f"## {md(block.title)}", ""]
             lines += markdown_table(block.columns, block.rows, block.text_columns).splitlines()
-            lines += ["", f"*{block.note}*" if block.note else "", ""]
+            lines += ["", f"*{md(block.note)}*" if block.note else "", ""]
         elif isinstance(block, Figures):
             lines += ["## Figures", ""]
             for ref in block.items:
                 target = ref.path
                 if relative_to is not None:
                     target = Path(os.path.relpath(ref.path, relative_to))
-                lines += [f"![{ref.name}]({target.as_posix()})", "", f"*{ref.caption}*", ""]
+                link = quote(target.as_posix())
+                lines += [f"![{md(ref.name)}]({link})", "", f"*{md(ref.caption)}*", ""]
     return "\n".join(lines).rstrip() + "\n"
