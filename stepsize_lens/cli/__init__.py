@@ -121,16 +121,28 @@ def _abort_types() -> tuple[type[BaseException], ...]:
 
 def _origin(exc: BaseException) -> str:
     """``stepsize_lens/<file>.py:<line> in <function>`` of the innermost frame of the package
-    in ``exc``'s traceback (the innermost frame of all when none is the package's)."""
+    in ``exc``'s traceback, followed by ``; raised in <file>:<line> in <function>`` when the
+    innermost frame of all is outside the package (a library's, say)."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return ""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ours = [f for f in frames if os.path.abspath(f.filename).startswith(package + os.sep)]
-    frame = (ours or frames)[-1]
-    name = os.path.abspath(frame.filename)
-    where = os.path.relpath(name, os.path.dirname(package)) if ours else os.path.basename(name)
-    return f"{where}:{frame.lineno} in {frame.name}"
+
+    def inside(frame: traceback.FrameSummary) -> bool:
+        return os.path.abspath(frame.filename).startswith(package + os.sep)
+
+    def where(frame: traceback.FrameSummary, relative: bool) -> str:
+        name = os.path.abspath(frame.filename)
+        shown = os.path.relpath(name, os.path.dirname(package)) if relative else name
+        return f"{shown if relative else os.path.basename(shown)}:{frame.lineno} in {frame.name}"
+
+    ours = [frame for frame in frames if inside(frame)]
+    if not ours:
+        return where(frames[-1], relative=False)
+    text = where(ours[-1], relative=True)
+    if not inside(frames[-1]):
+        text += f"; raised in {where(frames[-1], relative=False)}"
+    return text
 
 
 def _exception_line(exc: BaseException) -> str:
