@@ -15,8 +15,9 @@ the screen, and a ``<script>`` in a tensor name runs when a markdown viewer rend
 - `rich_text`: `terminal_text`, then rich's markup escaped (``[link=...]`` would become a
   terminal hyperlink), for strings rich renders as markup (table cells, titles).
 - `markdown_text`: `terminal_text`, then ``&``, ``<``, ``>`` as HTML entities and the markdown
-  specials ``\\ ` * [ ] | ~`` (and ``_`` at a word's edge) backslash-escaped, so the rendered
-  page shows the name as it is and no tag, link or emphasis comes from it.
+  specials ``\\ ` * [ ] ~`` (and ``_`` at a word's edge) backslash-escaped, so the rendered
+  page shows the name as it is and no tag, link or emphasis comes from it (``|`` is left to
+  the table renderer, which escapes it in cells).
 - `json_text`: a JSON document with the characters `terminal_text` escapes (JSON itself
   escapes only C0) written as ``\\uXXXX``: the same JSON value, safe to print.
 - `map_strings`: applies one of these to every string inside a value (dataclasses, lists,
@@ -34,7 +35,7 @@ from typing import Any
 
 # shown as escapes besides category Cc: line / paragraph separators, bidirectional controls
 _INVISIBLE = {0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
-_MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 def _escape(char: str) -> str:
@@ -75,7 +76,7 @@ def rich_text(text: str) -> str:
 
 def markdown_text(text: str) -> str:
     """`terminal_text` with HTML (``& < >``) and markdown specials escaped: safe anywhere in a
-    markdown line or table cell, rendered as the original text."""
+    markdown line (in a table cell once ``|`` is escaped too), rendered as the original text."""
     escaped = html.escape(terminal_text(text), quote=False)
     return _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), escaped)
 

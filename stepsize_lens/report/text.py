@@ -112,16 +112,17 @@ def _terminal_columns(block: Table) -> list[int]:
 
 
 def _md_cell(text: str) -> str:
-    """A cell's text: one line, HTML and markdown specials (``|`` included) escaped."""
-    return markdown_text(" ".join(str(text).split()))
+    """A cell's text: on one line, ``|`` escaped, control characters shown as escapes."""
+    return terminal_text(text.replace("\n", " ")).replace("|", "\\|")
 
 
 def markdown_table(
     columns: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
 ) -> str:
     """A GitHub-flavoured markdown table, newline-terminated: the first ``text_columns``
-    columns left-aligned (labels), the others right-aligned (numbers); cells escaped (``|``,
-    HTML, markdown specials, control characters: `stepsize_lens._sanitize.markdown_text`)."""
+    columns left-aligned (labels), the others right-aligned (numbers); ``|`` in cells escaped,
+    control characters shown as escapes. Cells may hold markdown on purpose (code spans):
+    escape names from a file with `stepsize_lens._sanitize.markdown_text` first."""
     aligns = [":--" if i < text_columns else "--:" for i in range(len(columns))]
     lines = [
         "| " + " | ".join(_md_cell(c) for c in columns) + " |",
@@ -157,30 +158,30 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
     """GitHub-flavoured markdown; figures linked relative to ``relative_to`` (the folder the
     markdown file is written to). Every string from the document is escaped
     (`stepsize_lens._sanitize.markdown_text`): no raw HTML, link or control character."""
-    md = markdown_text
-    lines = [f"# {md(doc.title)}", ""]
+    doc = map_strings(doc, markdown_text)
+    lines = [f"# {doc.title}", ""]
     for block in doc.blocks:
         if isinstance(block, Header):
-            lines += [f"- **{md(key)}**: {_md_cell(value)}" for key, value in block.items] + [""]
+            lines += [f"- **{key}**: {_md_cell(value)}" for key, value in block.items] + [""]
         elif isinstance(block, Findings):
-            lines += [f"## {md(block.title)} ({len(block.items)})", ""]
+            lines += [f"## {block.title} ({len(block.items)})", ""]
             if not block.items:
                 lines += ["Nothing looks off.", ""]
             for f in block.items:
-                severity, kind = md(f["severity"].upper()), md(f["kind"])
-                lines.append(f"- **{severity}** ({kind}): {md(f['title'])}")
+                lines.append(f"- **{f['severity'].upper()}** ({f['kind']}): {f['title']}")
                 evidence = evidence_text(f["evidence"])
                 if evidence:
-                    lines.append(f"  - evidence: {md(evidence)}")
+                    lines.append(f"  - evidence: {evidence}")
                 if f["tensors"]:
                     total = f["evidence"].get("tensor_count")
-                    lines.append(f"  - tensors: {md(_tensors(f['tensors'], total))}")
-                lines.append(f"  - suggestion: {md(f['suggestion'])}")
+                    # escaped text, not a code span (where a backslash escape would show)
+                    lines.append(f"  - tensors: {_tensors(f['tensors'], total)}")
+                lines.append(f"  - suggestion: {f['suggestion']}")
             lines.append("")
         elif isinstance(block, Table):
-            lines += [f"## {md(block.title)}", ""]
+            lines += [f"## {block.title}", ""]
             lines += markdown_table(block.columns, block.rows, block.text_columns).splitlines()
-            lines += ["", f"*{md(block.note)}*" if block.note else "", ""]
+            lines += ["", f"*{block.note}*" if block.note else "", ""]
         elif isinstance(block, Figures):
             lines += ["## Figures", ""]
             for ref in block.items:
@@ -188,5 +189,5 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
                 if relative_to is not None:
                     target = Path(os.path.relpath(ref.path, relative_to))
                 link = quote(target.as_posix())
-                lines += [f"![{md(ref.name)}]({link})", "", f"*{md(ref.caption)}*", ""]
+                lines += [f"![{ref.name}]({link})", "", f"*{ref.caption}*", ""]
     return "\n".join(lines).rstrip() + "\n"
