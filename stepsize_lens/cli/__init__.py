@@ -18,7 +18,8 @@ Errors never end in a traceback; each is one line on stderr:
   innermost stepsize_lens frame, with how to get the traceback, exit code 1.
 
 ``--debug`` (anywhere on the command line) or ``STEPSIZE_LENS_DEBUG=1`` prints the full
-traceback before that line; the exit codes stay the same.
+traceback before that line, and lets the warnings of the libraries below (numpy, pandas,
+matplotlib) through, which are otherwise silenced; the exit codes stay the same.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -96,11 +98,6 @@ def _say(line: str) -> None:
         typer.echo(f"stepsize-lens: {one_line(line, limit=None)}", err=True)
     except Exception:  # noqa: BLE001 - stderr itself failed (closed, full); nothing to say it on
         pass
-
-
-def _fail(message: str, code: int = 2) -> None:
-    _say(f"error: {message}")
-    raise typer.Exit(code)
 
 
 def _passthrough() -> tuple[type[BaseException], ...]:
@@ -522,7 +519,10 @@ def main(argv: list[str] | None = None) -> None:
     args, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     before, _debug_flag = _debug_flag, _debug_flag or debug
     try:
-        code = _run_app(args)
+        with warnings.catch_warnings():
+            if not _debugging():  # a library's warning would break the one line
+                warnings.simplefilter("ignore")
+            code = _run_app(args)
     finally:
         _debug_flag = before
     sys.exit(code)
