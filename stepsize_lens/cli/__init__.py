@@ -539,7 +539,8 @@ def _run_app(args: list[str]) -> int:
         if isinstance(no_args_help, type) and isinstance(exc, no_args_help):
             exc.show()
             return int(getattr(exc, "exit_code", 2))
-        if isinstance(exc, errors.ClickException):
+        click_exception = getattr(errors, "ClickException", None)
+        if isinstance(click_exception, type) and isinstance(exc, click_exception):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _say(f"error: {exc.format_message()}{hint}")
