@@ -193,3 +193,15 @@ def test_predict_follows_warmup_and_cosine_on_a_batchnorm_network(
         rows = late[late["metric"] == metric]
         ratio = rows["measured"].mean() / rows["predicted"].mean()
         assert abs(ratio - 1) < tolerance, (metric, ratio)
+
+
+def test_a_run_spanning_too_many_steps_gets_no_prediction_instead_of_hanging() -> None:
+    """A step far out (a flipped bit in a run file) would make the recurrence walk 2^40 steps;
+    past `MAX_INTEGRATED_STEPS` the forecast is empty and says why, at once."""
+    from stepsize_lens.analysis.theory.forecast import MAX_INTEGRATED_STEPS
+
+    far = crafted_run(records=4, steps=[1, 2, 2**40, 3])
+    result = forecast(far)
+    assert result.empty and "more than the 10,000,000 the recurrence integrates" in result.reason
+    near = crafted_run(records=4, steps=[1, 2, 3, MAX_INTEGRATED_STEPS // 10**4])
+    assert not forecast(near).empty

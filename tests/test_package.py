@@ -119,6 +119,7 @@ FLOORS = {
     "_schema": 0,
     "_version": 0,
     "_files": 0,
+    "_sanitize": 0,
     "_jsonable": 0,
     "_native": 0,
     "errors": 0,

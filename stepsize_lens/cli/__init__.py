@@ -5,20 +5,42 @@ also owns what only it needs: `model_spec` turns ``inspect``'s MODEL and input o
 model and inputs, `render` draws the rich tables of ``inspect``.
 
 Heavy modules (torch, matplotlib, pandas) are imported inside the commands, so ``--help`` is
-instant. Every `UserInputError` (a bad run file, a bad model spec, a bad option value) becomes
-one line on stderr and exit code 2.
+instant.
+
+Errors never end in a traceback; each is one line on stderr:
+
+- a `UserInputError` (a bad run file, a bad model spec, a bad option value), a usage error (an
+  unknown option, a missing argument) or an operating-system error (permission denied, disk
+  full, a folder that is a symlink owned by another user): exit code 2;
+- Ctrl-C: ``stepsize-lens: error: interrupted``, exit code 130;
+- anything else (a bug, or a file that slipped past validation; MemoryError included):
+  ``stepsize-lens: internal error: <type>: <message> (<file:line> in <function>)``, naming the
+  innermost stepsize_lens frame, with how to get the traceback, exit code 1.
+
+``--debug`` (anywhere on the command line) or ``STEPSIZE_LENS_DEBUG=1`` prints the full
+traceback before that line, and lets the warnings of the libraries below (numpy, pandas,
+matplotlib) through, which are otherwise silenced; the exit codes stay the same.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from stepsize_lens._sanitize import one_line, terminal_text
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "STEPSIZE_LENS_DEBUG"
+_debug_flag = False  # set by --debug (main strips it from the arguments, or the callback)
 
 app = typer.Typer(
     name="stepsize-lens",
@@ -52,28 +74,149 @@ def _options(
             help="Print the version and exit.",
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            DEBUG_FLAG,
+            help=f"On an error, print the full traceback too (or set {DEBUG_ENV}=1); "
+            "accepted anywhere on the command line.",
+        ),
+    ] = False,
 ) -> None:
     """Options before the command (a typer callback: without one, --version has no home)."""
+    global _debug_flag
+    _debug_flag = _debug_flag or debug
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"stepsize-lens: error: {message}", err=True)
-    raise typer.Exit(code)
+def _debugging() -> bool:
+    return _debug_flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false")
+
+
+def _say(line: str) -> None:
+    """One line on stderr (sanitised: no control character reaches the terminal)."""
+    try:
+        typer.echo(f"stepsize-lens: {one_line(line, limit=None)}", err=True)
+    except Exception:  # noqa: BLE001 - stderr itself failed (closed, full); nothing to say it on
+        pass
+
+
+def _passthrough() -> tuple[type[BaseException], ...]:
+    """What typer / click raise to end a command on purpose (an exit, a usage error, an
+    abort), looked up by name: which of them exist differs between typer and click versions."""
+    errors = _click_exceptions()
+    found = [typer.Exit, SystemExit]
+    for owner, name in ((typer, "Abort"), (errors, "ClickException"), (errors, "Exit")):
+        found.append(getattr(owner, name, None))
+    found.append(getattr(errors, "Abort", None))
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    found = (getattr(typer, "Abort", None), getattr(_click_exceptions(), "Abort", None))
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
+
+
+def _origin(exc: BaseException) -> str:
+    """``stepsize_lens/<file>.py:<line> in <function>`` of the innermost frame of the package
+    in ``exc``'s traceback, followed by ``; raised in <file>:<line> in <function>`` when the
+    innermost frame of all is outside the package (a library's, say)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def inside(frame: traceback.FrameSummary) -> bool:
+        return os.path.abspath(frame.filename).startswith(package + os.sep)
+
+    def where(frame: traceback.FrameSummary, relative: bool) -> str:
+        name = os.path.abspath(frame.filename)
+        shown = os.path.relpath(name, os.path.dirname(package)) if relative else name
+        return f"{shown if relative else os.path.basename(shown)}:{frame.lineno} in {frame.name}"
+
+    ours = [frame for frame in frames if inside(frame)]
+    if not ours:
+        return where(frames[-1], relative=False)
+    text = where(ours[-1], relative=True)
+    if not inside(frames[-1]):
+        text += f"; raised in {where(frames[-1], relative=False)}"
+    return text
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``<type>: <message> (<origin>)``, the type with its module unless built in."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    message = str(exc)
+    origin = _origin(exc)
+    return (
+        name
+        + (f": {one_line(message, limit=300)}" if message.strip() else "")
+        + (f" ({origin})" if origin else "")
+    )
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        where = str(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {exc.filename2}"
+        return f"{where}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def _handle(exc: BaseException) -> int:
+    """The exit code for ``exc``, after its one line on stderr (and, when debugging, the
+    traceback); re-raises what typer / click end a command with on purpose."""
+    from stepsize_lens.errors import UserInputError
+
+    if isinstance(exc, _passthrough()):
+        raise exc
+    if isinstance(exc, BrokenPipeError):  # stdout's reader went away (| head): stop quietly
+        _silence_stdout()
+        return 1
+    if _debugging():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, (KeyboardInterrupt, *_abort_types())):
+        _say("error: interrupted")
+        return 130
+    if isinstance(exc, UserInputError):
+        _say(f"error: {exc}")
+        return 2
+    if isinstance(exc, OSError):
+        _say(f"error: {_os_error_line(exc)}")
+        return 2
+    if not isinstance(exc, Exception):  # GeneratorExit and the like: not ours to turn into a line
+        raise exc
+    hint = "" if _debugging() else f"; run with {DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback"
+    _say(f"internal error: {_exception_line(exc)}{hint}")
+    return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+        pass
 
 
 def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors caused by user input into one line on stderr and exit code 2."""
+    """Turn every error of a command into one line on stderr and its exit code (module
+    docstring): 2 for bad input, 130 for Ctrl-C, 1 for anything unexpected."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stepsize_lens.errors import UserInputError
-
         try:
             return func(*args, **kwargs)
-        except UserInputError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted", code=130)
+        except BaseException as exc:  # noqa: BLE001 - _handle re-raises what is not ours
+            code = _handle(exc)
+        raise typer.Exit(code)
 
     return wrapper
 
@@ -284,11 +427,12 @@ def export(
     logdir = to_tensorboard(loaded, tensorboard, reducer=reducer.value)
     again = " (replacing the earlier export there; give each run its own folder)"
     again = again if replaced else ""
-    typer.echo(f"wrote {run} to {logdir}{again}; view with: tensorboard --logdir {logdir}")
+    shown, folder = terminal_text(str(run)), terminal_text(str(logdir))
+    typer.echo(f"wrote {shown} to {folder}{again}; view with: tensorboard --logdir {folder}")
     others = len(other_event_files(logdir))
     if others:
         typer.echo(
-            f"note: {logdir} also holds {others} event file(s) that this export did not write; "
+            f"note: {folder} also holds {others} event file(s) that this export did not write; "
             "TensorBoard shows them as one run with it"
         )
 
@@ -359,22 +503,56 @@ def _click_exceptions() -> Any:
     return exceptions
 
 
-def main() -> None:
-    """Console-script entry point. Usage errors (an unknown option, a missing argument, a bad
-    choice) become one line on stderr and exit code 2, like every other bad input."""
-    errors = _click_exceptions()
+def _take_debug_flag(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` without ``--debug`` (wherever it stands before a ``--``), and whether it was
+    there."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [a for a in args[:end] if a != DEBUG_FLAG] + args[end:]
+    return kept, len(kept) < len(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``argv``: the arguments, default ``sys.argv[1:]``). Never
+    ends in a traceback: every error is one line on stderr and an exit code (module
+    docstring); usage errors (an unknown option, a missing argument, a bad choice) exit 2."""
+    global _debug_flag
+    args, debug = _take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    before, _debug_flag = _debug_flag, _debug_flag or debug
     try:
-        code = app(standalone_mode=False, prog_name="stepsize-lens")
-    except errors.NoArgsIsHelpError as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except errors.ClickException as exc:
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        message = " ".join(exc.format_message().split())
-        typer.echo(f"stepsize-lens: error: {message}{hint}", err=True)
-        sys.exit(exc.exit_code)
-    except errors.Abort:
-        typer.echo("stepsize-lens: error: interrupted", err=True)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        with warnings.catch_warnings():
+            if not _debugging():  # a library's warning would break the one line
+                warnings.simplefilter("ignore")
+            code = _run_app(args)
+    finally:
+        _debug_flag = before
+    sys.exit(code)
+
+
+def _run_app(args: list[str]) -> int:
+    errors = _click_exceptions()
+    no_args_help = getattr(errors, "NoArgsIsHelpError", None)
+    try:
+        code = app(args=args, standalone_mode=False, prog_name="stepsize-lens")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # noqa: BLE001 - every error becomes one line and a code
+        if isinstance(no_args_help, type) and isinstance(exc, no_args_help):
+            exc.show()
+            return int(getattr(exc, "exit_code", 2))
+        click_exception = getattr(errors, "ClickException", None)
+        if isinstance(click_exception, type) and isinstance(exc, click_exception):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _say(f"error: {exc.format_message()}{hint}")
+            return int(getattr(exc, "exit_code", 2))
+        if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
+            return int(getattr(exc, "exit_code", 1))
+        if isinstance(exc, _abort_types()):
+            _say("error: interrupted")
+            return 130
+        try:
+            return _handle(exc)
+        except BaseException:  # noqa: BLE001 - re-raised as not ours: still one line
+            _say(f"internal error: {_exception_line(exc)}")
+            return 1
+    return code if isinstance(code, int) else 0

@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from stepsize_lens._sanitize import rich_text
 from stepsize_lens._schema import CLASSES, INVARIANT_CLASSES
 from stepsize_lens.table_fit import print_table
 
@@ -44,7 +45,7 @@ def print_census(table: pd.DataFrame, console: Any = None, title: str | None = N
 
     for scope, row in table.iterrows():
         out.add_row(
-            str(scope),
+            rich_text(str(scope)),
             f"{int(row['tensors'])}",
             _human_count(float(row["parameters"])),
             *(
@@ -69,8 +70,8 @@ def print_probe(result: ProbeResult, console: Any = None) -> None:
 
     for name, row in result.table[result.table["tested"]].iterrows():
         out.add_row(
-            str(name),
-            str(row["module_type"]),
+            rich_text(str(name)),
+            rich_text(str(row["module_type"])),
             "x".join(str(size) for size in row["shape"]),
             str(row["verdict"]) + (" (approx.)" if row["approximate"] else ""),
             num(row["channel_change"]),
@@ -90,7 +91,7 @@ def print_inspection(
     if tensors:
         print_probe(result, console)
     table = census(result)
-    title = f"scale-invariance census of {spec}" if spec else "scale-invariance census"
+    title = f"scale-invariance census of {rich_text(spec)}" if spec else "scale-invariance census"
     print_census(table, console, title=title)
     overall = table.loc["all"]
     invariant_tensors = sum(overall[f"tensors_{cls}"] for cls in INVARIANT_CLASSES)
@@ -102,7 +103,8 @@ def print_inspection(
         f"{result.tolerance:g}; 1-D tensors are not tested)."
     )
     if approximate:
+        example = rich_text(str(approximate[0]))
         console.print(
             f"{len(approximate)} invariant tensor(s) change the output by more than "
-            f"{result.numerical_tolerance:g} under the real eps, e.g. {approximate[0]}."
+            f"{result.numerical_tolerance:g} under the real eps, e.g. {example}."
         )

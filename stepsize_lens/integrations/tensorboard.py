@@ -40,11 +40,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stepsize_lens._files import output_folder
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.integrations import PREFIX, prefixed, writer_options
 
@@ -102,9 +105,11 @@ def to_tensorboard(
     Tags: ``<metric>/group_<g>``, ``<metric>/class_<c>``, ``lr/group_<g>``, ``scalars/<name>``
     (see the module docstring). ``metrics``: which metrics (default: all recorded ones).
     The event files of an earlier export into ``logdir`` (`exported_event_files`) are removed
-    once the new one is complete; if writing fails, they stay and the partial file goes.
+    once the new one is complete; if writing fails, they stay and the partial file goes. The
+    event file is written in a private folder inside ``logdir`` and renamed into place, so a
+    symlink planted at its name is replaced, never followed.
     """
-    from stepsize_lens.analysis.frames import REDUCERS, reduce
+    from stepsize_lens.analysis.frames import REDUCERS
 
     target = Path(logdir)
     if target.exists() and not target.is_dir():
@@ -117,32 +122,48 @@ def to_tensorboard(
         raise UserInputError(f"unknown metric {unknown[0]!r}; known: {', '.join(run.metric_names)}")
     wall = {int(step): float(t) for step, t in zip(run.steps, run.times)}
     previous = exported_event_files(target)
-    writer = _summary_writer(target)
-    done = False
+    # written in a private folder (mkdtemp: 0700, a fresh name), then renamed into place, so
+    # a symlink planted at the event file's name is replaced, never followed
+    staging = Path(tempfile.mkdtemp(prefix=".stepsize_lens_export.", dir=output_folder(target)))
     try:
-        for by, label in (("group", "group_{}"), ("class", "class_{}")):
-            frame = reduce(run, by=by, metrics=names, reducer=reducer, form="wide")
-            for row in frame.to_dict("records"):
-                step = int(row["step"])
-                for name in names:
-                    _add(writer, f"{name}/{label.format(row[by])}", row[name], step, wall)
-        skipped = run.skipped.astype(bool)
-        lr = run.group_field("lr")
-        for record, step in enumerate(run.steps):
-            if skipped[record]:
-                continue
-            for group, value in enumerate(lr[record]):
-                _add(writer, f"lr/group_{group}", value, int(step), wall)
-        scalars = run.scalars
-        for row in scalars.itertuples(index=False):
-            _add(writer, f"scalars/{row.name}", row.value, int(row.step), wall)
-        writer.flush()
-        done = True
+        writer = _summary_writer(staging)
+        try:
+            _write_export(writer, run, names, reducer, wall)
+            writer.flush()
+        finally:
+            writer.close()
+        moved = []
+        for path in sorted(staging.iterdir()):
+            os.replace(path, target / path.name)
+            moved.append(target / path.name)
     finally:
-        writer.close()
-        for path in previous if done else set(exported_event_files(target)) - set(previous):
+        shutil.rmtree(staging, ignore_errors=True)
+    for path in previous:
+        if path not in moved:
             path.unlink(missing_ok=True)
     return target
+
+
+def _write_export(
+    writer: Any, run: Run, names: list[str], reducer: str, wall: dict[int, float]
+) -> None:
+    from stepsize_lens.analysis.frames import reduce
+
+    for by, label in (("group", "group_{}"), ("class", "class_{}")):
+        frame = reduce(run, by=by, metrics=names, reducer=reducer, form="wide")
+        for row in frame.to_dict("records"):
+            step = int(row["step"])
+            for name in names:
+                _add(writer, f"{name}/{label.format(row[by])}", row[name], step, wall)
+    skipped = run.skipped.astype(bool)
+    lr = run.group_field("lr")
+    for record, step in enumerate(run.steps):
+        if skipped[record]:
+            continue
+        for group, value in enumerate(lr[record]):
+            _add(writer, f"lr/group_{group}", value, int(step), wall)
+    for row in run.scalars.itertuples(index=False):
+        _add(writer, f"scalars/{row.name}", row.value, int(row.step), wall)
 
 
 def _add(writer: Any, tag: str, value: Any, step: int, wall: dict[int, float]) -> None:

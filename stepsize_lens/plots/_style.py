@@ -110,16 +110,18 @@ def save_figure(
     fig: Figure, path_stem: str | os.PathLike[str], formats: Sequence[str] = ("png", "pdf")
 ) -> list[Path]:
     """Save ``fig`` as ``<path_stem>.<format>`` for each format (png, pdf, svg); returns the
-    paths. PNGs are 200 dpi; PDF and SVG keep text as text."""
+    paths. PNGs are 200 dpi; PDF and SVG keep text as text. Each file is written atomically
+    (`stepsize_lens._files.atomic_write`): a symlink at its name is replaced, never followed."""
+    from stepsize_lens._files import atomic_write
+
     stem = Path(path_stem)
     unknown = [fmt for fmt in formats if fmt not in FORMATS]
     if unknown:
         raise ValueError(f"unknown figure format(s) {unknown}; use {', '.join(FORMATS)}")
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     with style():
         for fmt in formats:
             path = stem.with_name(f"{stem.name}.{fmt}")
-            fig.savefig(path, format=fmt)
+            atomic_write(path, lambda handle, fmt=fmt: fig.savefig(handle, format=fmt))
             paths.append(path)
     return paths

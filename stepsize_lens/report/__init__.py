@@ -76,7 +76,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepsize_lens._files import atomic_write_text
+from stepsize_lens._files import atomic_write_text, check_folder
+from stepsize_lens._sanitize import json_text, terminal_text
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.report.data import (
     BY_CHOICES,
@@ -174,7 +175,7 @@ def report(
     with progress(status, 1, "loading run") as advance:
         run = _as_run(run)
         advance("analysing")
-    folder = Path(out) if out is not None else default_out([run.path])
+    folder = check_folder(out if out is not None else default_out([run.path]))
     with progress(status, 1, "analysing (summaries, findings)") as advance:
         classes = tensor_classes(run, None, delta)
         # the recurrence along the schedule, computed once for the findings, the theory
@@ -218,7 +219,7 @@ def compare_report(
         for item in runs:
             loaded.append(_as_run(item))
             advance("loading runs")
-    folder = Path(out) if out is not None else default_out([r.path for r in loaded], True)
+    folder = check_folder(out if out is not None else default_out([r.path for r in loaded], True))
     with progress(status, 1, "analysing (summaries, findings, ratios)") as advance:
         data = compare_data(loaded, delta, by, reference)
         advance("done")
@@ -253,7 +254,6 @@ def _emit(
 
         print_document(doc, console)
         return result
-    folder.mkdir(parents=True, exist_ok=True)
     page = folder / FILE_NAMES[format]
     if format == "markdown":
         from stepsize_lens.report.text import markdown_document
@@ -261,6 +261,7 @@ def _emit(
         text = markdown_document(doc, relative_to=folder)
     elif format == "json":
         text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        text = json_text(text)  # C1 controls and the like as \uXXXX: the same JSON
     else:
         from stepsize_lens.report.html import html_document
 
@@ -269,7 +270,7 @@ def _emit(
     atomic_write_text(page, text)
     result.page = page
     if format == "html":
-        console.file.write(f"{page}\n")
+        console.file.write(f"{terminal_text(str(page))}\n")
     else:
         console.file.write(text)
         result.text = text

@@ -7,7 +7,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from stepsize_lens._sanitize import map_strings, markdown_text, rich_text, terminal_text
 from stepsize_lens.report.document import (
     SEVERITY_COLORS,
     Document,
@@ -31,12 +33,16 @@ def _tensors(names: list[str], total: int | None) -> str:
 
 
 def print_document(doc: Document, console: Any) -> None:
-    """Render ``doc`` on a rich console: a header panel, coloured findings, tables."""
+    """Render ``doc`` on a rich console: a header panel, coloured findings, tables. Every
+    string is shown without control characters, and as text, not rich markup
+    (`stepsize_lens._sanitize`)."""
     from rich import box
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table as RichTable
     from rich.text import Text
 
+    doc = map_strings(doc, terminal_text)
     console.print()
     for block in doc.blocks:
         if isinstance(block, Verdict):
@@ -47,11 +53,11 @@ def print_document(doc: Document, console: Any) -> None:
             grid.add_column(style="bold")
             grid.add_column()
             for key, value in block.items:
-                grid.add_row(key, Text(value, overflow="fold"))
-            header = Panel(grid, title=f"[bold]{doc.title}[/bold]", title_align="left")
+                grid.add_row(Text(key), Text(value, overflow="fold"))
+            header = Panel(grid, title=Text(doc.title, style="bold"), title_align="left")
             print_whole(console, header)
         elif isinstance(block, Findings):
-            console.print(f"\n[bold]{block.title}[/bold] ({len(block.items)})")
+            console.print(f"\n[bold]{escape(block.title)}[/bold] ({len(block.items)})")
             if not block.items:
                 console.print("  [green]Nothing looks off.[/green]")
             for f in block.items:
@@ -73,7 +79,7 @@ def print_document(doc: Document, console: Any) -> None:
                     console.print(Text(f"      advice: {line}"))
         elif isinstance(block, Table):
             table = RichTable(
-                title=block.title,
+                title=Text(block.title),
                 title_justify="left",
                 title_style="bold",
                 box=box.SIMPLE_HEAD,
@@ -85,22 +91,21 @@ def print_document(doc: Document, console: Any) -> None:
                 header = block.columns[i] if label else block.columns[i].replace(" ", "\n")
                 widest = max((len(row[i]) for row in block.rows), default=1)
                 table.add_column(
-                    header,
+                    Text(header),
                     justify="left" if label else "right",
                     no_wrap=True,
                     min_width=widest if (i == 0 or not label) else None,
                 )
             for row in block.rows:
-                table.add_row(*(row[i] for i in keep))
+                table.add_row(*(Text(row[i]) for i in keep))
             console.print()
             print_table(console, table, key_columns=block.text_columns)
             if block.note:
                 console.print(Text(block.note, style="dim"))
         elif isinstance(block, Figures):
-            where = f" in {block.folder}" if block.folder is not None else ""
-            console.print(
-                f"\n[bold]Figures[/bold]{where}: " + ", ".join(f.path.name for f in block.items)
-            )
+            where = f" in {escape(str(block.folder))}" if block.folder is not None else ""
+            names = ", ".join(escape(f.path.name) for f in block.items)
+            console.print(f"\n[bold]Figures[/bold]{where}: {names}")
 
 
 def _terminal_columns(block: Table) -> list[int]:
@@ -114,14 +119,17 @@ def _terminal_columns(block: Table) -> list[int]:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A cell's text: on one line, ``|`` escaped, control characters shown as escapes."""
+    return terminal_text(text.replace("\n", " ")).replace("|", "\\|")
 
 
 def markdown_table(
     columns: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
 ) -> str:
     """A GitHub-flavoured markdown table, newline-terminated: the first ``text_columns``
-    columns left-aligned (labels), the others right-aligned (numbers); ``|`` in cells escaped."""
+    columns left-aligned (labels), the others right-aligned (numbers); ``|`` in cells escaped,
+    control characters shown as escapes. Cells may hold markdown on purpose (code spans):
+    escape names from a file with `stepsize_lens._sanitize.markdown_text` first."""
     aligns = [":--" if i < text_columns else "--:" for i in range(len(columns))]
     lines = [
         "| " + " | ".join(_md_cell(c) for c in columns) + " |",
@@ -139,21 +147,28 @@ def rich_table(
     text_columns: int = 1,
 ) -> Any:
     """The same table as a `rich.table.Table` (labels left, numbers right; a number never
-    wraps: print it with `table_fit.print_table`, which splits or stacks a table too wide)."""
+    wraps: print it with `table_fit.print_table`, which splits or stacks a table too wide);
+    every string shown as text: no control character, no rich markup
+    (`stepsize_lens._sanitize.rich_text`)."""
     from rich.table import Table as RichTable
 
-    table = RichTable(title=title, caption=caption)
+    def clean(text: str | None) -> str | None:
+        return None if text is None else rich_text(text)
+
+    table = RichTable(title=clean(title), caption=clean(caption))
     for i, name in enumerate(columns):
         label = i < text_columns
-        table.add_column(name, justify="left" if label else "right", no_wrap=not label)
+        table.add_column(clean(name), justify="left" if label else "right", no_wrap=not label)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(clean(cell) for cell in row))
     return table
 
 
 def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
     """GitHub-flavoured markdown; figures linked relative to ``relative_to`` (the folder the
-    markdown file is written to)."""
+    markdown file is written to). Every string from the document is escaped
+    (`stepsize_lens._sanitize.markdown_text`): no raw HTML, link or control character."""
+    doc = map_strings(doc, markdown_text)
     lines = [f"# {doc.title}", ""]
     for block in doc.blocks:
         if isinstance(block, Verdict):
@@ -171,7 +186,8 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
                     lines.append(f"  - evidence: {evidence}")
                 if f["tensors"]:
                     total = f["evidence"].get("tensor_count")
-                    lines.append(f"  - tensors: `{_tensors(f['tensors'], total)}`")
+                    # escaped text, not a code span (where a backslash escape would show)
+                    lines.append(f"  - tensors: {_tensors(f['tensors'], total)}")
                 lines.append(f"  - suggestion: {f['suggestion']}")
                 lines += [f"  - advice: {line}" for line in advice_lines(f)]
             lines.append("")
@@ -185,5 +201,6 @@ def markdown_document(doc: Document, relative_to: Path | None = None) -> str:
                 target = ref.path
                 if relative_to is not None:
                     target = Path(os.path.relpath(ref.path, relative_to))
-                lines += [f"![{ref.name}]({target.as_posix()})", "", f"*{ref.caption}*", ""]
+                link = quote(target.as_posix())
+                lines += [f"![{ref.name}]({link})", "", f"*{ref.caption}*", ""]
     return "\n".join(lines).rstrip() + "\n"

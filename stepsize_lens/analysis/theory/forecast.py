@@ -236,6 +236,13 @@ def _empty(run: Run, entry: Family, classes: Any, reason: str) -> Forecast:
     )
 
 
+# Integrating the recurrence costs one step per optimizer step up to the run's last step
+# (`recurrence.integrate`), whatever the number of records: a bound, so that a run file that
+# claims step 2^26 or 2^60 (a flipped bit, say) gives "no prediction" instead of hanging the
+# report for hours. A real run of 10 million steps takes minutes to integrate.
+MAX_INTEGRATED_STEPS = 10_000_000
+
+
 def forecast(
     run: Run,
     classes: pd.Series | Mapping[str, str] | None = None,
@@ -254,7 +261,8 @@ def forecast(
     the SGD family's steps and Adam's second moment; Lion and Muon do not depend on it). Between
     records the lr, the weight decay and g̃ are interpolated linearly in the step
     (`recurrence.integrate`). The forecast covers the tensors the theory is about: invariance
-    class channel or layer, covered by the family, not starting at zero.
+    class channel or layer, covered by the family, not starting at zero. A run that spans more
+    than `MAX_INTEGRATED_STEPS` optimizer steps gets no prediction (its note says why).
     """
     cls = tensor_classes(run, classes)
     name = family or optimizer_family(run)
@@ -289,6 +297,16 @@ def forecast(
     dyn = _constant_rows(entry.dynamics(h))  # type: ignore[misc]
     coupled, decoupled = entry.decay(h)  # type: ignore[misc]
     steps = run.steps[records]
+    # the steps integrate() walks: up to the first record (warm-up), then every gap
+    walked = float(steps[0]) + float(np.clip(np.diff(steps.astype(np.float64)), 0, None).sum())
+    if not walked <= MAX_INTEGRATED_STEPS:
+        return _empty(
+            run,
+            entry,
+            cls,
+            f"the run spans {walked:,.0f} optimizer steps, more than the "
+            f"{MAX_INTEGRATED_STEPS:,} the recurrence integrates",
+        )
     trajectory = integrate(steps, dyn, h.lr, coupled, decoupled, scale_free**2, first[ten_idx] ** 2)
     eq = equilibrium(dyn, h.lr, coupled, decoupled, scale_free**2)
     pick = lambda name: run.metric(name)[np.ix_(rec_idx, ten_idx)].astype(np.float64)  # noqa: E731
