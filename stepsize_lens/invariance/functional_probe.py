@@ -23,6 +23,7 @@ from stepsize_lens.invariance._forward import (
     _relative_change,
     _StateGuard,
 )
+from stepsize_lens.invariance._group_search import group_search
 from stepsize_lens.model_names import clean_name, unwrap_model
 
 if TYPE_CHECKING:
@@ -97,28 +98,71 @@ class _Prober:
         with torch.no_grad():
             return _float_leaves(_call(self.model, self.inputs))
 
-    def change(self, name: str, factor: np.ndarray | float) -> float:
-        param = self.params[name]
-        saved = param.detach().clone()
-        scale = torch.as_tensor(factor, dtype=param.dtype, device=param.device)
+    def change(self, factors: dict[str, np.ndarray | float]) -> float:
+        """Relative output change with every named tensor multiplied by its factor at once."""
+        saved = []
         try:
             with torch.no_grad():
-                param.mul_(scale)
+                for name, factor in factors.items():
+                    param = self.params[name]
+                    saved.append((param, param.detach().clone()))
+                    param.mul_(torch.as_tensor(factor, dtype=param.dtype, device=param.device))
             return _relative_change(self.forward(), self.base)
         finally:
             with torch.no_grad():
-                param.copy_(saved)
+                for param, value in reversed(saved):
+                    param.copy_(value)
 
-    def max_change(self, name: str, factors: Sequence[Any], stop_above: float | None) -> float:
+    def max_change(self, factors: dict[str, Sequence[Any]], stop_above: float | None) -> float:
+        """Max change over the draws (draw d rescales every named tensor by its d-th factor);
+        NaN at the first NaN; stops once above ``stop_above``."""
         worst = 0.0
-        for factor in factors:
-            change = self.change(name, factor)
+        for draw in range(len(next(iter(factors.values())))):
+            change = self.change({name: plan[draw] for name, plan in factors.items()})
             if change != change:
                 return float("nan")
             worst = max(worst, change)
             if stop_above is not None and worst > stop_above:
                 break
         return worst
+
+    def screen(
+        self, factors: dict[str, Sequence[Any]], limit: float, grouped: bool
+    ) -> dict[str, float]:
+        """Per tensor, the max change over its draws, stopping at the first draw above
+        ``limit`` (the tensor passes when it is at most ``limit``). Grouped: draw by draw, the
+        tensors still passing are tested together (`group_search`)."""
+        if not grouped:
+            return {name: self.max_change({name: plan}, limit) for name, plan in factors.items()}
+        worst = dict.fromkeys(factors, 0.0)
+        alive = list(factors)
+        for draw in range(len(next(iter(factors.values()), ()))):
+
+            def rescaled(group: list[str], draw: int = draw) -> float:
+                return self.change({name: factors[name][draw] for name in group})
+
+            found = group_search(alive, rescaled, limit)
+            for name, (change, _) in found.items():
+                worst[name] = change if change != change else max(worst[name], change)
+            alive = [name for name in alive if found[name][1]]
+        return worst
+
+    def measure(
+        self, factors: dict[str, Sequence[Any]], limit: float, grouped: bool
+    ) -> dict[str, float]:
+        """Per tensor, the max change over all its draws. Grouped: tensors are measured
+        together, and a group whose change exceeds ``limit`` is split until each tensor above
+        it is measured alone (`group_search`); a group stops at its first draw above ``limit``,
+        a tensor alone runs every draw."""
+        if not grouped:
+            return {name: self.max_change({name: plan}, None) for name, plan in factors.items()}
+
+        def rescaled(group: list[str]) -> float:
+            stop = limit if len(group) > 1 else None
+            return self.max_change({name: factors[name] for name in group}, stop)
+
+        found = group_search(list(factors), rescaled, limit)
+        return {name: change for name, (change, _) in found.items()}
 
     def close(self) -> None:
         self.guard.restore()
@@ -174,6 +218,7 @@ def probe(
     structural: bool = True,
     structural_dtype: torch.dtype = torch.float64,
     seed: int = 0,
+    grouped: bool = True,
 ) -> ProbeResult:
     """Find which parameter tensors are scale-invariant by rescaling them and running the model.
 
@@ -240,12 +285,14 @@ def probe(
     noise = {"structural": float("nan"), "numerical": float("nan")}
 
     def judge(prober: _Prober, limit: float) -> None:
-        for name, (row_factors, layer_factors) in plans.items():
-            channel_change[name] = prober.max_change(name, row_factors, stop_above=limit)
-            if channel_change[name] <= limit:
+        rows = {name: plan[0] for name, plan in plans.items()}
+        channel_change.update(prober.screen(rows, limit, grouped))
+        failed = {name: plans[name][1] for name in rows if not channel_change[name] <= limit}
+        for name in rows:
+            if name not in failed:
                 verdict[name] = "channel"
-                continue
-            layer_change[name] = prober.max_change(name, layer_factors, stop_above=limit)
+        layer_change.update(prober.screen(failed, limit, grouped))
+        for name in failed:
             verdict[name] = "layer" if layer_change[name] <= limit else "none"
 
     if structural:
@@ -265,11 +312,12 @@ def probe(
     try:
         noise["numerical"] = prober.noise
         if structural:
-            for name, (row_factors, layer_factors) in plans.items():
-                if verdict[name] == "channel":
-                    numerical_change[name] = prober.max_change(name, row_factors, None)
-                elif verdict[name] == "layer":
-                    numerical_change[name] = prober.max_change(name, layer_factors, None)
+            invariant = {
+                name: plan[0] if verdict[name] == "channel" else plan[1]
+                for name, plan in plans.items()
+                if verdict[name] != "none"
+            }
+            numerical_change.update(prober.measure(invariant, numerical_tolerance, grouped))
         else:
             judge(prober, numerical_tolerance)
             for name in plans:
