@@ -81,6 +81,17 @@ def test_a_member_that_fails_only_with_its_group_passes_alone():
     assert group_search(list(changes), measure, 1.0) == {"a": (0.6, True), "b": (0.6, True)}
 
 
+def test_a_group_passes_only_with_a_margin_below_the_limit():
+    # together 0.5 (under the limit 1, over the group's margin 0.25): split, each measured alone
+    changes = {"a": 0.2, "b": 0.3}
+    measure, calls = _counted(changes)
+    assert group_search(list(changes), measure, 1.0) == {"a": (0.2, True), "b": (0.3, True)}
+    assert calls == [["a", "b"], ["a"], ["b"]]
+    measure, calls = _counted({"a": 0.1, "b": 0.1})
+    assert group_search(["a", "b"], measure, 1.0) == {"a": (0.2, True), "b": (0.2, True)}
+    assert len(calls) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # grouped probe == per-tensor probe, verdict for verdict
 # --------------------------------------------------------------------------------------------
@@ -163,7 +174,8 @@ def test_grouped_probe_agrees_with_the_per_tensor_probe(structural, one_thread):
         assert new["approximate"].tolist() == old["approximate"].tolist(), label
         assert grouped.settings.keys() == alone.settings.keys(), label
         for key, value in grouped.settings.items():
-            assert value == alone.settings[key] or value != value == alone.settings[key], key
+            other = alone.settings[key]
+            assert value == other or (value != value and other != other), key
         limit = grouped.tolerance if structural else grouped.numerical_tolerance
         for column in ("channel_change", "layer_change"):
             measured = old[column].notna() | new[column].notna()

@@ -13,18 +13,23 @@ one forward per tensor costs.
 
 Every failure is measured on its tensor alone, so a failing tensor's change is exactly what
 probing it alone gives. A passing tensor gets the change of the group it passed in: the output
-moved by at most that much with the whole group rescaled. Passing jointly implies passing
-alone except when the effects of different tensors cancel, which needs their independent
-random factors to conspire (probability zero for effects above the noise).
+moved by at most that much with the whole group rescaled. A group passes only with a margin,
+at ``GROUP_MARGIN`` (1/4) of ``limit``; a group between that and ``limit`` is split, so that
+effects of different tensors that partly cancel (their independent random factors would have
+to conspire) cannot let a tensor that fails alone pass in its group. Near the limit, a group
+of tensors that each pass alone is split down to single tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+GROUP_MARGIN = 0.25
 
-def _passes(change: float, limit: float) -> bool:
-    return change <= limit  # NaN fails
+
+def _passes(change: float, limit: float, size: int) -> bool:
+    """A tensor alone passes at ``limit``; a group only at ``GROUP_MARGIN * limit``."""
+    return change <= (limit if size == 1 else GROUP_MARGIN * limit)  # NaN fails
 
 
 def _group_size(passed: int, failed: int, pool: int) -> int:
@@ -60,8 +65,8 @@ def group_search(
         size = _group_size(passed, failed, len(pool))
         group, pool = pool[:size], pool[size:]
         change = measure(group)
-        if _passes(change, limit) or len(group) == 1:
-            settle(group, change, _passes(change, limit))
+        if _passes(change, limit, len(group)) or len(group) == 1:
+            settle(group, change, _passes(change, limit, len(group)))
             continue
         # group fails: binary search for one failing tensor, what stays unsearched goes back
         untested: list[str] = []
@@ -69,7 +74,7 @@ def group_search(
         while len(group) > 1:
             first, second = group[: len(group) // 2], group[len(group) // 2 :]
             change = measure(first)
-            if _passes(change, limit):
+            if _passes(change, limit, len(first)):
                 settle(first, change, True)
                 group, measured_alone = second, False
             else:
@@ -77,6 +82,6 @@ def group_search(
                 group, measured_alone = first, True
         if not measured_alone:  # known to fail only as the rest of a failing group
             change = measure(group)
-        settle(group, change, _passes(change, limit))
+        settle(group, change, _passes(change, limit, 1))
         pool = untested + pool
     return results
