@@ -35,7 +35,7 @@ is importable from here. This package returns data only: the command line render
 from __future__ import annotations
 
 from stepsize_lens._schema import CLASS_OF_VIEW, CLASSES, DEFAULT_DELTA, PROBE_VERDICT_COLUMN
-from stepsize_lens.invariance._forward import trial_forward
+from stepsize_lens.invariance._forward import idle_threads, trial_forward
 from stepsize_lens.invariance.census_table import CENSUS_COLUMNS, census
 from stepsize_lens.invariance.disagreement import agreement, disagreements
 from stepsize_lens.invariance.functional_probe import (
@@ -67,6 +67,7 @@ __all__ = [
     "census",
     "classify_tensors",
     "disagreements",
+    "idle_threads",
     "paper_test",
     "pass_rates",
     "probe",
