@@ -1,15 +1,17 @@
 """How long does the functional probe take on timm's ResNet-18? Grouped against per tensor.
 
 Not a test. Run: ``python benchmarks/probe_speed.py [--model resnet18] [--input-shape 3,224,224]
-[--batch-size 4] [--repeats 1] [--threads N] [--cli]``. Builds ``timm.create_model(model,
-pretrained=False)`` (nothing is downloaded) and a standard normal batch, then, interleaved in
-this one process, times `invariance.probe` as ``stepsize-lens inspect`` runs it (grouped: tensors
-tested together, failures found by bisection) and with ``grouped=False`` (the per-tensor
-protocol the probe had before: every tensor rescaled alone, draw by draw). Prints the wall and
-CPU seconds and the forwards of each, the ratio per vs grouped, and whether every verdict and
-every ``approximate`` flag agree. ``--cli`` also times the whole ``stepsize-lens inspect
-benchmarks.probe_speed:timm_resnet18 --input-shape 3,224,224`` in a child process (start-up,
-imports, model, probe, census), run from the repository root. Target: inspect at most 20 s.
+[--batch-size 4] [--repeats 1] [--threads N] [--cli]``. Threads: by default as many as
+``stepsize-lens inspect`` takes (`invariance.idle_threads`: the idle CPUs). Builds
+``timm.create_model(model, pretrained=False)`` (nothing is downloaded) and a standard normal
+batch, then, interleaved in this one process, times `invariance.probe` as ``stepsize-lens
+inspect`` runs it (grouped: tensors tested together, failures found by bisection) and with
+``grouped=False`` (the per-tensor protocol the probe had before: every tensor rescaled alone,
+draw by draw). Prints the wall and CPU seconds and the forwards of each, the ratio per tensor
+over grouped, and whether every verdict and every ``approximate`` flag agree.
+``--cli`` also times the whole ``stepsize-lens inspect benchmarks.probe_speed:timm_resnet18
+--input-shape 3,224,224`` in a child process (start-up, imports, model, probe, census), run
+from the repository root. Target: inspect at most 20 s.
 
 timm imports torchvision at import time (data transforms, datasets, FrozenBatchNorm2d), and
 torchvision may be missing beside a CPU build of torch. Then this script lets those imports
@@ -142,12 +144,18 @@ def main() -> None:
     parser.add_argument("--input-shape", default="3,224,224")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved pairs")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: as inspect)"
+    )
     parser.add_argument("--cli", action="store_true", help="also time stepsize-lens inspect")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    from stepsize_lens.invariance import idle_threads
 
+    with idle_threads(args.threads):  # the pool inspect gives the probe
+        _compare(args)
+
+
+def _compare(args: argparse.Namespace) -> None:
     timm, stand_ins = import_timm()
     shape = tuple(int(size) for size in args.input_shape.split(","))
     torch.manual_seed(0)

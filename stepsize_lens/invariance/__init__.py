@@ -26,10 +26,11 @@ The outcome of the test is a `View` code where the run file stores it and a clas
 (``"channel"``, ``"layer"``, ``"none"``; `CLASSES`) wherever people read it, including the
 probe's per-tensor *verdict*; both come from `stepsize_lens._schema`.
 
-Modules, bottom up: `_forward` (repeatable forwards), `recorded_test` (1), `functional_probe`
-(2), `census_table` (3, reads 1 and 2), `disagreement` (4, reads 1 and 2). Module names differ
-from the function names so that ``invariance.probe`` is always the function. Everything public
-is importable from here. This package returns data only: the command line renders it.
+Modules, bottom up: `_forward` (repeatable forwards, thread pool), `_group_search` (testing
+tensors in groups), `recorded_test` (1), `functional_probe` (2), `census_table` (3, reads 1 and
+2), `disagreement` (4, reads 1 and 2). Module names differ from the function names so that
+``invariance.probe`` is always the function. Everything public is importable from here. This
+package returns data only: the command line renders it.
 """
 
 from __future__ import annotations

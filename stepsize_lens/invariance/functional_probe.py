@@ -2,7 +2,8 @@
 
 Ground truth without training: `probe(model, example_inputs)` rescales rows (random positive
 factors) or the whole tensor (one factor), runs the model forward in training mode, and
-compares outputs (see `probe` for the exact protocol). `probe_param_columns` turns a
+compares outputs (see `probe` for the exact protocol); tensors are rescaled in groups, and a
+group that fails is bisected (`_group_search`). `probe_param_columns` turns a
 `ProbeResult` into params-table columns for a run.
 """
 
@@ -180,6 +181,10 @@ class ProbeResult:
     is, with its real dtype and normalisation eps; NaN for non-invariant tensors) and
     ``approximate`` (numerical_change > numerical_tolerance: the invariance holds in structure
     but the real eps or precision bends it).
+
+    With ``grouped=True`` (the default) a failing tensor's change is measured on it alone, as
+    ``grouped=False`` measures every tensor; a passing tensor's change is that of the group it
+    passed in (all of the group rescaled at once), at most the tolerance it passed.
     """
 
     def __init__(self, table: pd.DataFrame, settings: dict[str, Any]) -> None:
@@ -233,6 +238,16 @@ def probe(
       tensor of the output (tuples, lists and dicts are walked).
     - a view passes when every draw changes the output by at most ``tolerance``.
 
+    **Groups** (``grouped=True``, the default): one forward rescales several tensors at once,
+    each by its own factors for that draw (the factors above). Draw by draw, the tensors still
+    passing are tested together; a group passes at a quarter of the tolerance, a failing group
+    is bisected until its failing tensors are measured alone (`_group_search.group_search`:
+    generalised binary splitting, group size following the failure rate seen so far). Passing
+    together implies passing alone unless the effects of several tensors cancel, which their
+    independent random factors would have to arrange, so the verdicts are those of
+    ``grouped=False`` (each tensor rescaled alone, draw by draw) in far fewer forwards when most
+    tensors pass, and in a few more than one per tensor when almost none does.
+
     Every forward starts from the same buffers (BatchNorm running statistics,
     num_batches_tracked) and the same RNG state (torch CPU and CUDA, Python, numpy), so dropout
     draws the same masks; afterwards all parameters, buffers, RNG states and train/eval flags are
@@ -243,7 +258,8 @@ def probe(
     is therefore *structural*: it probes a copy of the model in ``structural_dtype`` (float64)
     with every module's float ``eps`` set to 1e-30 (default ``tolerance``: 1e-6 in float64, 1e-3
     otherwise). The invariant tensors are then probed again in the model as it is (real dtype
-    and eps) and that deviation is reported as ``numerical_change``. ``structural=False`` skips
+    and eps, grouped the same way against ``numerical_tolerance``) and that deviation is
+    reported as ``numerical_change``. ``structural=False`` skips
     the copy and gives verdicts from the model as it is, against ``numerical_tolerance``.
 
     Why LayerNorm makes a linear layer *layer*- but not channel-invariant: for y = LN(W x), with
