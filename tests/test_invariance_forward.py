@@ -44,7 +44,10 @@ def test_idle_threads_sizes_the_pool_to_the_idle_cpus_and_puts_it_back(monkeypat
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))  # half a CPU idle
     with inv.idle_threads() as used:
         assert used == 1 == torch.get_num_threads()
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.6, 0.0, 0.0))  # 1.4 idle: one
+    with inv.idle_threads() as used:
+        assert used == 1 == torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.0, 0.0))
     with inv.idle_threads() as used:
         assert used == min(before, 8) == torch.get_num_threads()
     with pytest.raises(ValueError, match="at least 1"), inv.idle_threads(0):

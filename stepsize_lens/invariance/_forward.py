@@ -133,8 +133,8 @@ def _cast_inputs(inputs: Any, dtype: torch.dtype) -> Any:
 def idle_threads(threads: int | None = None) -> Iterator[int]:
     """Run the block with ``threads`` intra-op threads (`torch.set_num_threads`), by default
     with as many as the machine has idle CPUs: torch's setting, capped at the CPU count minus
-    the 1-minute load average, at least 1. torch's setting comes back afterwards; yields the
-    number used.
+    the 1-minute load average (rounded), at least 1. torch's setting comes back afterwards;
+    yields the number used.
 
     Why: the threads of an op wait for each other at its end. On a machine whose CPUs are busy
     with other processes, a thread that is not scheduled keeps the others waiting (spinning,
@@ -147,7 +147,7 @@ def idle_threads(threads: int | None = None) -> Iterator[int]:
             busy = os.getloadavg()[0]
         except (AttributeError, OSError):  # no load average on this platform
             busy = 0.0
-        threads = max(1, min(before, int((os.cpu_count() or 1) - busy)))
+        threads = max(1, min(before, int((os.cpu_count() or 1) - busy + 0.5)))
     if threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
     torch.set_num_threads(threads)
