@@ -66,6 +66,26 @@ def test_one_failure_costs_about_log2_n_forwards_and_all_failing_about_n():
     assert group_search([], measure, 1e-6) == {} and calls == []
 
 
+def test_expected_failures_start_one_by_one_and_groups_grow_as_tensors_pass():
+    failing = {f"t{i}": 1.0 for i in range(16)}
+    measure, calls = _counted(failing)
+    group_search(list(failing), measure, 1e-6, expect_failures=True)
+    assert len(calls) == 16 and all(len(group) == 1 for group in calls)
+    passing = dict.fromkeys(failing, 0.0)  # a wrong guess costs a few forwards, not one each
+    measure, calls = _counted(passing)
+    found = group_search(list(passing), measure, 1e-6, expect_failures=True)
+    assert all(ok for _, ok in found.values()) and len(calls) <= 6
+
+
+def test_a_false_alarm_shrinks_the_groups():
+    # every tensor passes alone, but any three together fail: groups must shrink, not retry
+    changes = dict.fromkeys((f"t{i}" for i in range(32)), 0.1)
+    measure, calls = _counted(changes)
+    found = group_search(list(changes), measure, 1.0)  # a group passes at 0.25
+    assert all(ok for _, ok in found.values())
+    assert len(calls) <= 40  # 35; retrying the whole pool after each false alarm takes 50+
+
+
 def test_nan_fails_and_is_reported_for_the_tensor_alone():
     changes = {"a": 0.0, "b": float("nan"), "c": 0.0}
     measure, _ = _counted(changes)

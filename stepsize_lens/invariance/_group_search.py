@@ -7,8 +7,9 @@ output change. A group that passes clears all its members in one forward. A fail
 bisected (Hwang's generalised binary splitting): the half tested first either passes (then the
 other half holds the failure) or fails (then it is searched and the other half goes back to the
 pool untested), so one failing tensor among n costs about log2(n) forwards. The group size
-follows the failure rate seen so far: the whole pool while nothing has failed, single tensors
-once half of what was judged failed, so a model where almost nothing passes costs about what
+follows the failure rate seen so far (a group that failed although the tensor its search
+ended on passes alone counts as one failure): the whole pool while nothing has failed, single
+tensors once half of what was judged failed, so a model where almost nothing passes costs about what
 one forward per tensor costs.
 
 Every failure is measured on its tensor alone, so a failing tensor's change is exactly what
@@ -45,12 +46,19 @@ def _group_size(passed: int, failed: int, pool: int) -> int:
 
 
 def group_search(
-    members: Sequence[str], measure: Callable[[list[str]], float], limit: float
+    members: Sequence[str],
+    measure: Callable[[list[str]], float],
+    limit: float,
+    *,
+    expect_failures: bool = False,
 ) -> dict[str, tuple[float, bool]]:
-    """``{member: (change, passed)}`` for every member (see the module docstring)."""
+    """``{member: (change, passed)}`` for every member (see the module docstring).
+
+    ``expect_failures``: start as if one failure had been seen, with single tensors, and let
+    the groups grow as tensors pass (for members that are likely to fail)."""
     results: dict[str, tuple[float, bool]] = {}
     pool = list(members)
-    passed = failed = 0
+    passed, failed = 0, int(expect_failures)
 
     def settle(group: list[str], change: float, ok: bool) -> None:
         nonlocal passed, failed
@@ -83,5 +91,7 @@ def group_search(
         if not measured_alone:  # known to fail only as the rest of a failing group
             change = measure(group)
         settle(group, change, _passes(change, limit, 1))
+        if results[group[0]][1]:  # the group failed, yet no tensor alone: smaller groups next
+            failed += 1
         pool = untested + pool
     return results
