@@ -9,8 +9,8 @@ other half holds the failure) or fails (then it is searched and the other half g
 pool untested), so one failing tensor among n costs about log2(n) forwards. The group size
 follows the failure rate seen so far (a group that failed although the tensor its search
 ended on passes alone counts as one failure): the whole pool while nothing has failed, single
-tensors once half of what was judged failed, so a model where almost nothing passes costs about what
-one forward per tensor costs.
+tensors once half of what was judged failed, so a model where almost nothing passes costs
+about one forward per tensor.
 
 Every failure is measured on its tensor alone, so a failing tensor's change is exactly what
 probing it alone gives. A passing tensor gets the change of the group it passed in: the output
