@@ -161,6 +161,13 @@ def test_inspect_factory_from_current_folder(user_models):
     assert "0.weight" in result.stdout and "channel" in result.stdout
 
 
+def test_inspect_with_one_thread_gives_the_same_verdicts(user_models):
+    default = _invoke("lens_user_models:small", "--input-shape", "6")
+    one = _invoke("lens_user_models:small", "--input-shape", "6", "--threads", "1")
+    assert one.exit_code == 0, one.output
+    assert one.stdout == default.stdout  # the census
+
+
 @pytest.mark.parametrize(
     ("spec", "extra", "message"),
     [
@@ -177,6 +184,7 @@ def test_inspect_factory_from_current_folder(user_models):
         ("resnet18", ["--input-shape", "1,8,8"], "does not fit model"),
         ("mlp", ["--batch-size", "1"], "batch size must be at least 2"),
         ("mlp", ["--draws", "0"], "draws must be at least 1"),
+        ("mlp", ["--threads", "0"], "--threads must be at least 1"),
         (
             "lens_user_models:tokens",
             ["--input-shape", "5"],

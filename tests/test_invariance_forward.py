@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -32,3 +33,23 @@ def test_trial_forward_raises_what_the_model_raises_and_restores_flags():
     with pytest.raises(RuntimeError):
         inv.trial_forward(model, torch.randn(3, 7))
     assert not any(module.training for module in model.modules())
+
+
+def test_idle_threads_sizes_the_pool_to_the_idle_cpus_and_puts_it_back(monkeypatch):
+    before = torch.get_num_threads()
+    with inv.idle_threads(1) as used:
+        assert used == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))  # half a CPU idle
+    with inv.idle_threads() as used:
+        assert used == 1 == torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.6, 0.0, 0.0))  # 1.4 idle: one
+    with inv.idle_threads() as used:
+        assert used == 1 == torch.get_num_threads()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.0, 0.0))
+    with inv.idle_threads() as used:
+        assert used == min(before, 8) == torch.get_num_threads()
+    with pytest.raises(ValueError, match="at least 1"), inv.idle_threads(0):
+        pass
+    assert torch.get_num_threads() == before

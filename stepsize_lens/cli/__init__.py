@@ -351,12 +351,22 @@ def inspect(
     draws: Annotated[int, typer.Option(help="Random rescalings per tensor and view.")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed (model init, batch, factors).")] = 0,
     tensors: Annotated[bool, typer.Option(help="Also list every tensor's verdict.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Intra-op threads for the probe's forwards (default: the idle CPUs, CPU count "
+            "minus load average, at least 1 and at most torch's setting).",
+        ),
+    ] = None,
 ) -> None:
     """Probe which weights of MODEL are scale-invariant and print the census."""
     from stepsize_lens.cli.model_spec import model_and_inputs
     from stepsize_lens.cli.render import print_inspection
-    from stepsize_lens.invariance import probe
+    from stepsize_lens.errors import UserInputError
+    from stepsize_lens.invariance import idle_threads, probe
 
+    if threads is not None and threads < 1:
+        raise UserInputError(f"--threads must be at least 1, not {threads}")
     module, inputs = model_and_inputs(
         model,
         input_shape,
@@ -366,7 +376,9 @@ def inspect(
         input_range=input_range,
         example=example,
     )
-    print_inspection(probe(module, inputs, draws=draws, seed=seed), spec=model, tensors=tensors)
+    with idle_threads(threads):  # a busy machine's CPUs make threads wait for each other
+        result = probe(module, inputs, draws=draws, seed=seed)
+    print_inspection(result, spec=model, tensors=tensors)
 
 
 class Reducer(str, Enum):

@@ -26,16 +26,17 @@ The outcome of the test is a `View` code where the run file stores it and a clas
 (``"channel"``, ``"layer"``, ``"none"``; `CLASSES`) wherever people read it, including the
 probe's per-tensor *verdict*; both come from `stepsize_lens._schema`.
 
-Modules, bottom up: `_forward` (repeatable forwards), `recorded_test` (1), `functional_probe`
-(2), `census_table` (3, reads 1 and 2), `disagreement` (4, reads 1 and 2). Module names differ
-from the function names so that ``invariance.probe`` is always the function. Everything public
-is importable from here. This package returns data only: the command line renders it.
+Modules, bottom up: `_forward` (repeatable forwards, thread pool), `_group_search` (testing
+tensors in groups), `recorded_test` (1), `functional_probe` (2), `census_table` (3, reads 1 and
+2), `disagreement` (4, reads 1 and 2). Module names differ from the function names so that
+``invariance.probe`` is always the function. Everything public is importable from here. This
+package returns data only: the command line renders it.
 """
 
 from __future__ import annotations
 
 from stepsize_lens._schema import CLASS_OF_VIEW, CLASSES, DEFAULT_DELTA, PROBE_VERDICT_COLUMN
-from stepsize_lens.invariance._forward import trial_forward
+from stepsize_lens.invariance._forward import idle_threads, trial_forward
 from stepsize_lens.invariance.census_table import CENSUS_COLUMNS, census
 from stepsize_lens.invariance.disagreement import agreement, disagreements
 from stepsize_lens.invariance.functional_probe import (
@@ -67,6 +68,7 @@ __all__ = [
     "census",
     "classify_tensors",
     "disagreements",
+    "idle_threads",
     "paper_test",
     "pass_rates",
     "probe",

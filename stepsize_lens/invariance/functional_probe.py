@@ -2,7 +2,8 @@
 
 Ground truth without training: `probe(model, example_inputs)` rescales rows (random positive
 factors) or the whole tensor (one factor), runs the model forward in training mode, and
-compares outputs (see `probe` for the exact protocol). `probe_param_columns` turns a
+compares outputs (see `probe` for the exact protocol); tensors are rescaled in groups, and a
+group that fails is bisected (`_group_search`). `probe_param_columns` turns a
 `ProbeResult` into params-table columns for a run.
 """
 
@@ -23,6 +24,7 @@ from stepsize_lens.invariance._forward import (
     _relative_change,
     _StateGuard,
 )
+from stepsize_lens.invariance._group_search import group_search
 from stepsize_lens.model_names import clean_name, unwrap_model
 
 if TYPE_CHECKING:
@@ -65,6 +67,19 @@ def _factor_plan(
     return rows, layer
 
 
+def _feeds_a_norm(model: torch.nn.Module) -> set[int]:
+    """ids of the parameters of every module whose next leaf module (in registration order) is
+    a normalisation layer (its class name has "Norm" in it: BatchNorm2d, LayerNorm, GroupNorm,
+    RMSNorm, timm's BatchNormAct2d, ...): a guess at which tensors are invariant, used only to
+    group them."""
+    leaves = [module for module in model.modules() if not next(module.children(), None)]
+    guessed: set[int] = set()
+    for module, following in zip(leaves, leaves[1:], strict=False):
+        if "norm" in type(following).__name__.lower():
+            guessed.update(id(param) for param in module.parameters(recurse=False))
+    return guessed
+
+
 def _module_types(model: torch.nn.Module) -> dict[int, str]:
     owner: dict[int, str] = {}
     for module in model.modules():
@@ -97,28 +112,81 @@ class _Prober:
         with torch.no_grad():
             return _float_leaves(_call(self.model, self.inputs))
 
-    def change(self, name: str, factor: np.ndarray | float) -> float:
-        param = self.params[name]
-        saved = param.detach().clone()
-        scale = torch.as_tensor(factor, dtype=param.dtype, device=param.device)
+    def change(self, factors: dict[str, np.ndarray | float]) -> float:
+        """Relative output change with every named tensor multiplied by its factor at once."""
+        saved = []
         try:
             with torch.no_grad():
-                param.mul_(scale)
+                for name, factor in factors.items():
+                    param = self.params[name]
+                    saved.append((param, param.detach().clone()))
+                    param.mul_(torch.as_tensor(factor, dtype=param.dtype, device=param.device))
             return _relative_change(self.forward(), self.base)
         finally:
             with torch.no_grad():
-                param.copy_(saved)
+                for param, value in reversed(saved):
+                    param.copy_(value)
 
-    def max_change(self, name: str, factors: Sequence[Any], stop_above: float | None) -> float:
+    def max_change(self, factors: dict[str, Sequence[Any]], stop_above: float | None) -> float:
+        """Max change over the draws (draw d rescales every named tensor by its d-th factor);
+        NaN at the first NaN; stops once above ``stop_above``."""
         worst = 0.0
-        for factor in factors:
-            change = self.change(name, factor)
+        for draw in range(len(next(iter(factors.values())))):
+            change = self.change({name: plan[draw] for name, plan in factors.items()})
             if change != change:
                 return float("nan")
             worst = max(worst, change)
             if stop_above is not None and worst > stop_above:
                 break
         return worst
+
+    def screen(
+        self,
+        factors: dict[str, Sequence[Any]],
+        limit: float,
+        grouped: bool,
+        likely: set[str] | frozenset[str] = frozenset(),
+    ) -> dict[str, float]:
+        """Per tensor, the max change over its draws, stopping at the first draw above
+        ``limit`` (the tensor passes when it is at most ``limit``). Grouped: draw by draw, the
+        tensors still passing are tested together (`group_search`); in the first draw the
+        ``likely`` ones (guessed invariant) apart from the rest, which start one by one."""
+        if not grouped:
+            return {name: self.max_change({name: plan}, limit) for name, plan in factors.items()}
+        worst = dict.fromkeys(factors, 0.0)
+        alive = list(factors)
+        for draw in range(len(next(iter(factors.values()), ()))):
+
+            def rescaled(group: list[str], draw: int = draw) -> float:
+                return self.change({name: factors[name][draw] for name in group})
+
+            if draw == 0:
+                found = group_search([n for n in alive if n in likely], rescaled, limit)
+                unlikely = [n for n in alive if n not in likely]
+                found.update(group_search(unlikely, rescaled, limit, expect_failures=True))
+            else:  # every tensor left passed a draw
+                found = group_search(alive, rescaled, limit)
+            for name, (change, _) in found.items():
+                worst[name] = change if change != change else max(worst[name], change)
+            alive = [name for name in alive if found[name][1]]
+        return worst
+
+    def measure(
+        self, factors: dict[str, Sequence[Any]], limit: float, grouped: bool
+    ) -> dict[str, float]:
+        """Per tensor, the max change over all its draws. Grouped: tensors are measured
+        together, and a group whose change exceeds ``limit`` is split until each tensor above
+        it is measured alone (`group_search`); a group stops at its first draw above ``limit``,
+        a tensor alone runs every draw."""
+        if not grouped:
+            return {name: self.max_change({name: plan}, None) for name, plan in factors.items()}
+
+        def rescaled(group: list[str]) -> float:
+            stop = limit if len(group) > 1 else None
+            return self.max_change({name: factors[name] for name in group}, stop)
+
+        found = group_search(list(factors), rescaled, limit)
+        return {name: change for name, (change, _) in found.items()}
 
     def close(self) -> None:
         self.guard.restore()
@@ -136,6 +204,10 @@ class ProbeResult:
     is, with its real dtype and normalisation eps; NaN for non-invariant tensors) and
     ``approximate`` (numerical_change > numerical_tolerance: the invariance holds in structure
     but the real eps or precision bends it).
+
+    With ``grouped=True`` (the default) a failing tensor's change is measured on it alone, as
+    ``grouped=False`` measures every tensor; a passing tensor's change is that of the group it
+    passed in (all of the group rescaled at once), at most the tolerance it passed.
     """
 
     def __init__(self, table: pd.DataFrame, settings: dict[str, Any]) -> None:
@@ -174,6 +246,7 @@ def probe(
     structural: bool = True,
     structural_dtype: torch.dtype = torch.float64,
     seed: int = 0,
+    grouped: bool = True,
 ) -> ProbeResult:
     """Find which parameter tensors are scale-invariant by rescaling them and running the model.
 
@@ -188,6 +261,18 @@ def probe(
       tensor of the output (tuples, lists and dicts are walked).
     - a view passes when every draw changes the output by at most ``tolerance``.
 
+    **Groups** (``grouped=True``, the default): one forward rescales several tensors at once,
+    each by its own factors for that draw (the factors above). Draw by draw, the tensors still
+    passing are tested together; a group passes at a quarter of the tolerance, a failing group
+    is bisected until its failing tensors are measured alone (`_group_search.group_search`:
+    generalised binary splitting, group size following the failure rate seen so far; in the
+    first draw, tensors of a module followed by a normalisation layer are searched apart from
+    the rest, which start one by one: a guess that saves forwards, never sets a verdict). Passing
+    together implies passing alone unless the effects of several tensors cancel, which their
+    independent random factors would have to arrange, so the verdicts are those of
+    ``grouped=False`` (each tensor rescaled alone, draw by draw) in far fewer forwards when most
+    tensors pass, and in a few more than one per tensor when almost none does.
+
     Every forward starts from the same buffers (BatchNorm running statistics,
     num_batches_tracked) and the same RNG state (torch CPU and CUDA, Python, numpy), so dropout
     draws the same masks; afterwards all parameters, buffers, RNG states and train/eval flags are
@@ -198,7 +283,8 @@ def probe(
     is therefore *structural*: it probes a copy of the model in ``structural_dtype`` (float64)
     with every module's float ``eps`` set to 1e-30 (default ``tolerance``: 1e-6 in float64, 1e-3
     otherwise). The invariant tensors are then probed again in the model as it is (real dtype
-    and eps) and that deviation is reported as ``numerical_change``. ``structural=False`` skips
+    and eps, grouped the same way against ``numerical_tolerance``) and that deviation is
+    reported as ``numerical_change``. ``structural=False`` skips
     the copy and gives verdicts from the model as it is, against ``numerical_tolerance``.
 
     Why LayerNorm makes a linear layer *layer*- but not channel-invariant: for y = LN(W x), with
@@ -239,13 +325,18 @@ def probe(
     numerical_change = dict.fromkeys(selected, float("nan"))
     noise = {"structural": float("nan"), "numerical": float("nan")}
 
+    guessed = _feeds_a_norm(model)
+    likely = {name for name in plans if id(all_params[name]) in guessed}
+
     def judge(prober: _Prober, limit: float) -> None:
-        for name, (row_factors, layer_factors) in plans.items():
-            channel_change[name] = prober.max_change(name, row_factors, stop_above=limit)
-            if channel_change[name] <= limit:
+        rows = {name: plan[0] for name, plan in plans.items()}
+        channel_change.update(prober.screen(rows, limit, grouped, likely))
+        failed = {name: plans[name][1] for name in rows if not channel_change[name] <= limit}
+        for name in rows:
+            if name not in failed:
                 verdict[name] = "channel"
-                continue
-            layer_change[name] = prober.max_change(name, layer_factors, stop_above=limit)
+        layer_change.update(prober.screen(failed, limit, grouped, likely))
+        for name in failed:
             verdict[name] = "layer" if layer_change[name] <= limit else "none"
 
     if structural:
@@ -265,11 +356,12 @@ def probe(
     try:
         noise["numerical"] = prober.noise
         if structural:
-            for name, (row_factors, layer_factors) in plans.items():
-                if verdict[name] == "channel":
-                    numerical_change[name] = prober.max_change(name, row_factors, None)
-                elif verdict[name] == "layer":
-                    numerical_change[name] = prober.max_change(name, layer_factors, None)
+            invariant = {
+                name: plan[0] if verdict[name] == "channel" else plan[1]
+                for name, plan in plans.items()
+                if verdict[name] != "none"
+            }
+            numerical_change.update(prober.measure(invariant, numerical_tolerance, grouped))
         else:
             judge(prober, numerical_tolerance)
             for name in plans:
