@@ -47,7 +47,6 @@ from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens._version import __version__
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
-from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.files import (
@@ -216,7 +215,6 @@ class Lens:
             )
             first_rows = first_rows[known:]
         self._add_params(first_rows, len(optimizer.param_groups), event=resumed is not None)
-        cpu_kernel.start_for(self._params)  # in the background; records use it once loaded
         if probe_inputs is not None:
             self._store_probe(model, probe_inputs)
         self._handles = [
@@ -317,7 +315,7 @@ class Lens:
             self._snapshot = Snapshot(local, paths_for(device))
         # With a closure (LBFGS, Lightning) the gradient is computed inside step(): read it after
         self._grads_after_step = closure_of(args or (), kwargs or {}) is not None
-        self._snapshot.capture(self._local(self._params), defer=not self._grads_after_step)
+        self._snapshot.capture(self._local(self._params))
         if not self._grads_after_step:
             self._capture_grads()
         self._armed = True
