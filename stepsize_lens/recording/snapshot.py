@@ -261,7 +261,9 @@ class Snapshot:
         elementwise dots their product; refining a few rows on the CPU gathers at most 3/8 of
         a tile more), and the float64 per-row tables the metrics are computed from (about
         `ROW_TABLE_BYTES` per row)."""
-        sums = self.num_rows * 7 * 8 + sum(s.rows * 6 * _itemsize(s.stat_dtype) for s in self.stores)
+        sums = self.num_rows * 7 * 8 + sum(
+            s.rows * 6 * _itemsize(s.stat_dtype) for s in self.stores
+        )
         scratch = 0
         for store in self.stores:
             largest = max((unit.numel for unit in store.units), default=0)
@@ -306,9 +308,7 @@ class Snapshot:
         views = self._row_views(grads)
         self._sums = []
         for store in self.stores:
-            sums = torch.zeros(
-                (6, store.rows), dtype=store.stat_dtype, device=store.memory.device
-            )
+            sums = torch.zeros((6, store.rows), dtype=store.stat_dtype, device=store.memory.device)
             if not self.paths.refine_all_rows:
                 sums[PERP] = math.nan  # refined rows only; the rest come from the sums
             self._sums.append(sums)
