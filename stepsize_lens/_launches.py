@@ -51,6 +51,9 @@ class Launches:
         """Kernel launches counted."""
         return sum(self.ops.values())
 
+    def __add__(self, other: Launches) -> Launches:
+        return Launches(self.ops + other.ops, self.waiting + other.waiting)
+
 
 def _name(func: torch._ops.OpOverload) -> str:
     return func._schema.name.split("::", 1)[-1]
