@@ -231,8 +231,9 @@ def timed_rounds(steps: dict[str, Step], data, rounds: int, warm_up: int) -> dic
 
 def own_cost(model_name: str, reps: int) -> dict[str, float]:
     """Median ms of the lens's own work per record (its hooks, timed around the real
-    ``optimizer.step()`` of real training steps), and of one parameter copy alone (the median of back-to-back copies) and inside a training step
-    (the first copy after the backward pass).
+    ``optimizer.step()`` of real training steps), and of one parameter copy alone (the median
+    of back-to-back copies) and inside a training step (the first copy after the backward
+    pass).
 
     - every step: a record that follows a record (the previous post hook left w' in the
       snapshot, so the capture copies nothing and this post hook keeps w' for the next);

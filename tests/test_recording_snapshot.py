@@ -161,3 +161,35 @@ def test_no_tensors():
     snap = Snapshot([])
     gram, perp2 = _record(snap, [], [], [])
     assert gram.shape == (0, 3, 3) and perp2.shape == (0,)
+
+
+def test_attach_and_a_record_start_no_child_process_thread_or_compiler(monkeypatch):
+    """Nothing is built at run time: attaching a lens and recording a step on the CPU start no
+    child process, no thread and no compiler."""
+    import multiprocessing
+    import os
+    import subprocess
+    import threading
+
+    import torch.utils.cpp_extension
+
+    import stepsize_lens
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the lens started a child process, a thread or a compiler")
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    monkeypatch.setattr(os, "fork", forbidden)
+    monkeypatch.setattr(os, "posix_spawn", forbidden, raising=False)
+    monkeypatch.setattr(multiprocessing.Process, "start", forbidden)
+    monkeypatch.setattr(threading.Thread, "start", forbidden)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", forbidden)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", forbidden)
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+    for _ in range(2):
+        model(torch.randn(3, 6)).square().mean().backward()
+        optimizer.step()
+    assert lens.num_records == 2
+    lens.close()
