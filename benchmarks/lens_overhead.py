@@ -20,12 +20,14 @@ order), and reported as medians with ratios to the plain step:
 
 Then, per model: the lens's own cost per record (pre hook + post hook, timed around the real
 ``optimizer.step()`` of real training steps), every step (w' kept: the next capture copies
-nothing) and for an isolated record (the capture copies w), as multiples of
-one copy of every parameter measured alone (the median of back-to-back copies, cache-warm) and
+nothing) and for an isolated record (the capture copies w), as multiples of one copy of every
+parameter measured alone (the median of back-to-back copies, cache-warm) and
 inside a training step (the first copy after the backward pass); the memory the lens holds as
-a multiple of the tracked parameter bytes (`Lens.held_bytes`); and the peak RSS increase of
-attaching the lens, measured in a fresh process per model (after the lens's code has run once
-on a tiny model, so module imports are not counted).
+a multiple of the tracked parameter bytes (`Lens.held_bytes`); what starting to record costs
+(``attach`` plus the first recorded step, which allocates the snapshot and copies w, against a
+plain step: medians over 5 fresh models that have already taken 3 plain steps); and the peak
+RSS increase of attaching the lens, measured in a fresh process per model (after the lens's
+code has run once on a tiny model, so module imports are not counted).
 
 Optional: ``--cockpit-rounds N`` adds Cockpit's cheapest configuration ("economy", from
 ``cockpit-for-pytorch``) on the CIFAR model, against its own plain steps.
@@ -301,6 +303,30 @@ def own_cost(model_name: str, reps: int) -> dict[str, float]:
     return {name: median_ms(values) for name, values in out.items()}
 
 
+def first_record(model_name: str, reps: int) -> dict[str, float]:
+    """The cost of starting to record: ``attach`` plus the first recorded step (the snapshot's
+    buffers allocated, w copied), against the plain steps around it, each on a model that has
+    already taken 3 plain steps (its own first-step costs excluded). Medians over ``reps``
+    fresh models, in ms."""
+    out: dict[str, list[float]] = {"plain step": [], "attach": [], "first recorded step": []}
+    for rep in range(reps):
+        model, optimizer = make_setup(model_name, seed=10 + rep)
+        data = batches(model_name, seed=10 + rep)
+        for _ in range(3):
+            train_step(model, optimizer, *next(data))
+        t0 = time.perf_counter()
+        train_step(model, optimizer, *next(data))
+        out["plain step"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
+        out["attach"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        train_step(model, optimizer, *next(data))
+        out["first recorded step"].append(time.perf_counter() - t0)
+        lens.close()
+    return {name: median_ms(values) for name, values in out.items()}
+
+
 def rss_probe(model_name: str) -> dict[str, float]:
     """In this (fresh) process: peak RSS before and after attaching the lens and recording."""
     torch.set_num_threads(1)
@@ -383,6 +409,13 @@ def report_model(model_name: str, rounds: int) -> None:
         "default schedule from step 1000 (every 100th step recorded): the unrecorded steps "
         "are the 'lens default, steady' line above; with one isolated record per 100 steps, "
         f"(plain + record / 100) / plain = {steady:.4f}x"
+    )
+    first = first_record(model_name, reps=5)
+    cost = first["attach"] + first["first recorded step"] - first["plain step"]
+    print(
+        f"first record: attach {first['attach']:.1f} ms + first recorded step "
+        f"{first['first recorded step']:.1f} ms, against a plain step of "
+        f"{first['plain step']:.1f} ms: the start costs {cost / plain:.2f} plain steps more"
     )
     records = ", ".join(f"{lens.num_records}" for lens in lenses)
     print(f"records taken by the lenses above (every step, default): {records}")
