@@ -23,15 +23,29 @@ Checks, printed as one table:
 3. AdamP and SGDP on CUDA: the default multi-tensor route (``foreach=None``) against the
    per-tensor reference route (``foreach=False``), same gradients, 20 steps: the largest
    relative parameter difference and whether the applied views agree.
+4. Kernel launches (every dispatched torch op that is not a view, counted with a
+   ``TorchDispatchMode``, `stepsize_lens._launches`; on the CPU with the accelerator paths
+   forced, ``STEPSIZE_LENS_DEVICE_PATHS=accelerator``), and ops that make the host wait:
+   - one lens record on ResNet-18, ViT-tiny and ResNet-50 (the full models, also in a dry
+     run: a step with the lens minus the same step without it, SGD momentum, foreach);
+   - one optimizer step on ResNet-18's parameters for each path: AdamP and SGDP per-tensor
+     (``foreach=False``) and multi-tensor (default), beside torch's AdamW (foreach, fused) and
+     SGD momentum (foreach). The compiled path (``fused=True``) runs inductor's kernels, which
+     a dispatch mode does not see: it is timed instead.
+5. On CUDA, the compiled route: ``AdamP(fused=True)`` and ``SGDP(fused=True)`` once compiled
+   (``fused_ready``) against their multi-tensor path and torch's AdamW(fused) / SGD(foreach),
+   ms per step on ResNet-50's parameters.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +53,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import stepsize_lens
+from stepsize_lens._device_paths import ENV_VAR
+from stepsize_lens._launches import count_launches
+from stepsize_lens.models import CifarResNet, vit_tiny
 from stepsize_lens.optim import SGDP, AdamP
 from stepsize_lens.schedules import every
 
@@ -350,6 +367,170 @@ def projected_routes(device: torch.device, steps: int = 20) -> dict[str, tuple[f
     return out
 
 
+# -- launches -----------------------------------------------------------------------------------
+def resnet18() -> nn.Module:
+    """ResNet-18 in torchvision's layout (7x7 stem, 1000 classes): 62 tensors."""
+    model = CifarResNet((2, 2, 2, 2), num_classes=1000)
+    model.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+    return model
+
+
+LAUNCH_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "ResNet-18": resnet18,
+    "ViT-tiny": lambda: vit_tiny(num_classes=1000, image_size=224, patch_size=16),
+    "ResNet-50": ResNet,
+}
+
+
+@contextlib.contextmanager
+def accelerator_paths(device: torch.device) -> Iterator[None]:
+    """The accelerator code paths: by default on CUDA, forced on the CPU."""
+    before = os.environ.get(ENV_VAR)
+    if device.type == "cpu":
+        os.environ[ENV_VAR] = "accelerator"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+
+def _with_grads(model: nn.Module, device: torch.device) -> list[torch.Tensor]:
+    params = list(model.to(device).parameters())
+    gen = torch.Generator().manual_seed(7)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).to(device)
+    return params
+
+
+def record_launches(model: nn.Module, device: torch.device, records: int = 2) -> tuple[int, str]:
+    """The most launches one lens record took (a step with the lens minus the same step
+    without it), and the ops that made the host wait (empty: none)."""
+    params = _with_grads(model, device)
+    plain = torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=True)
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=True)
+    with torch.no_grad():
+        plain.step()
+        optimizer.step()
+    with count_launches() as base:
+        plain.step()
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1), flush_every=None)
+    most, waiting = 0, set()
+    for _ in range(records):
+        lens.latest()  # lands the previous record: host-side bookkeeping
+        with count_launches() as step:
+            optimizer.step()
+        most = max(most, step.total - base.total)
+        waiting |= set(step.waiting)
+    lens.close()
+    return most, ", ".join(sorted(waiting))
+
+
+OPTIMIZER_PATHS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+    "AdamP per-tensor (foreach=False)": lambda p: AdamP(
+        p, lr=1e-3, weight_decay=1e-2, foreach=False
+    ),
+    "AdamP multi-tensor (default)": lambda p: AdamP(p, lr=1e-3, weight_decay=1e-2),
+    "SGDP per-tensor (foreach=False)": lambda p: SGDP(
+        p, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=False
+    ),
+    "SGDP multi-tensor (default)": lambda p: SGDP(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+    "torch AdamW(foreach)": lambda p: torch.optim.AdamW(
+        p, lr=1e-3, weight_decay=1e-2, foreach=True
+    ),
+    "torch AdamW(fused)": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, fused=True),
+    "torch SGD(momentum, foreach)": lambda p: torch.optim.SGD(
+        p, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True
+    ),
+}
+
+
+def step_launches(
+    make: Callable[[list[torch.Tensor]], torch.optim.Optimizer], device: torch.device
+) -> tuple[int, str]:
+    """Launches of one optimizer step on ResNet-18's parameters (after a first step that
+    creates the state), and the ops that made the host wait."""
+    torch.manual_seed(8)
+    params = _with_grads(resnet18(), device)
+    optimizer = make(params)
+    optimizer.step()
+    with count_launches() as step:
+        optimizer.step()
+    return step.total, ", ".join(sorted(step.waiting))
+
+
+def launch_rows(device: torch.device) -> list[tuple[str, str, str]]:
+    rows = []
+    where = "CUDA" if device.type == "cuda" else "CPU, accelerator paths forced"
+    with accelerator_paths(device):
+        for name, build in LAUNCH_MODELS.items():
+            torch.manual_seed(9)
+            model = build()
+            tensors = sum(1 for _ in model.parameters())
+            launches, waiting = record_launches(model, device)
+            rows.append(
+                (
+                    f"{name} ({tensors} tensors)",
+                    f"launches per lens record ({where})",
+                    f"{launches}; waiting ops: {waiting or 'none'}",
+                )
+            )
+        for name, make in OPTIMIZER_PATHS.items():
+            launches, waiting = step_launches(make, device)
+            rows.append(
+                (
+                    name,
+                    f"launches per step, ResNet-18 ({where})",
+                    f"{launches}; waiting ops: {waiting or 'none'}",
+                )
+            )
+    return rows
+
+
+def compiled_route(device: torch.device, rounds: int = 20, block: int = 5) -> dict[str, float]:
+    """ms per step on ResNet-50's parameters (CUDA): AdamP/SGDP compiled (``fused=True``,
+    once ``fused_ready``), their multi-tensor path, torch's AdamW(fused) and SGD(foreach);
+    interleaved blocks, the GPU synchronised at block ends."""
+    torch.manual_seed(10)
+    makers = {
+        "AdamP(fused=True), compiled": lambda p: AdamP(p, lr=1e-3, weight_decay=1e-2, fused=True),
+        "AdamP multi-tensor": lambda p: AdamP(p, lr=1e-3, weight_decay=1e-2),
+        "torch AdamW(fused)": lambda p: torch.optim.AdamW(
+            p, lr=1e-3, weight_decay=1e-2, fused=True
+        ),
+        "SGDP(fused=True), compiled": lambda p: SGDP(
+            p, lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True
+        ),
+        "SGDP multi-tensor": lambda p: SGDP(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        "torch SGD(momentum, foreach)": lambda p: torch.optim.SGD(
+            p, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True
+        ),
+    }
+    optimizers = {}
+    for name, make in makers.items():
+        optimizer = make(_with_grads(ResNet(), device))
+        optimizer.step()
+        ready = getattr(optimizer, "fused_ready", None)
+        if ready is not None and not ready(timeout=600):
+            print(f"gpu_check: {name} did not compile: its multi-tensor path is timed instead")
+        optimizers[name] = optimizer
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    names = list(optimizers)
+    for round_index in range(rounds + 1):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(block):
+                optimizers[name].step()
+            synchronize(device)
+            if round_index:
+                times[name].append((time.perf_counter() - t0) / block)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
 # -- the table ----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -402,6 +583,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"max rel. param diff {worst:.1e}, views {'equal' if views else 'DIFFER'}",
             )
         )
+    rows += launch_rows(device)
+    if device.type == "cuda":
+        for name, ms in compiled_route(device).items():
+            rows.append((name, "ms per step, ResNet-50 params", f"{ms:.2f} ms"))
+    else:
+        rows.append(("AdamP/SGDP(fused=True)", "compiled route's time", "n/a (CUDA only)"))
     width = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"gpu_check: {header}; {time.perf_counter() - started:.0f} s")
     print(" | ".join(h.ljust(w) for h, w in zip(("workload", "check", "result"), width)))

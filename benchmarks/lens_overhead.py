@@ -9,10 +9,7 @@ process, interleaved (each round runs one step of every configuration in turn, i
 order), and reported as medians with ratios to the plain step:
 
 - plain:                   no lens
-- lens every step:         ``attach(..., schedule=every(1))``, on the default path (the fused
-                           CPU kernel, loaded before measuring)
-- lens every step (eager): the same with the kernel switched off (the eager passes: what a
-                           process gets while the kernel builds, or where it cannot be built)
+- lens every step:         ``attach(..., schedule=every(1))``
 - lens default, steady:    ``attach(...)`` with the default schedule from step 1000 on (every
                            100th step recorded): the median step time, i.e. an unrecorded
                            step (each hook one Python call); the steady state adds one
@@ -23,12 +20,14 @@ order), and reported as medians with ratios to the plain step:
 
 Then, per model: the lens's own cost per record (pre hook + post hook, timed around the real
 ``optimizer.step()`` of real training steps), every step (w' kept: the next capture copies
-nothing) and for an isolated record (the capture copies w), on both paths, as multiples of
-one copy of every parameter measured alone (the median of back-to-back copies, cache-warm) and
+nothing) and for an isolated record (the capture copies w), as multiples of one copy of every
+parameter measured alone (the median of back-to-back copies, cache-warm) and
 inside a training step (the first copy after the backward pass); the memory the lens holds as
-a multiple of the tracked parameter bytes (`Lens.held_bytes`); and the peak RSS increase of
-attaching the lens, measured in a fresh process per model (after the lens's code has run once
-on a tiny model, so module imports are not counted).
+a multiple of the tracked parameter bytes (`Lens.held_bytes`); what starting to record costs
+(``attach`` plus the first recorded step, which allocates the snapshot and copies w, against a
+plain step: medians over 5 fresh models that have already taken 3 plain steps); and the peak
+RSS increase of attaching the lens, measured in a fresh process per model (after the lens's
+code has run once on a tiny model, so module imports are not counted).
 
 Optional: ``--cockpit-rounds N`` adds Cockpit's cheapest configuration ("economy", from
 ``cockpit-for-pytorch``) on the CIFAR model, against its own plain steps.
@@ -54,7 +53,6 @@ from torch import nn
 
 import stepsize_lens
 from stepsize_lens.models import CifarResNet, cifar_resnet18
-from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.schedules import every
 
 BATCH = 32
@@ -198,13 +196,12 @@ def configurations(model_name: str) -> tuple[dict[str, Step], list[stepsize_lens
     for name in (
         "plain",
         "lens every step",
-        "lens every step (eager)",
         "lens default, steady",
         "naive recorder",
         "W&B-style histograms",
     ):
         model, optimizer = make_setup(model_name)
-        if name.startswith("lens every step"):
+        if name == "lens every step":
             lenses.append(stepsize_lens.attach(model, optimizer, path=None, schedule=every(1)))
         elif name == "lens default, steady":
             lens = stepsize_lens.attach(model, optimizer, path=None)
@@ -214,14 +211,8 @@ def configurations(model_name: str) -> tuple[dict[str, Step], list[stepsize_lens
             NaiveRecorder(optimizer)
         elif name == "W&B-style histograms":
             HistogramLogger(optimizer)
-        mode = "eager" if name.endswith("(eager)") else None
-        steps[name] = lambda x, y, m=model, o=optimizer, mode=mode: eager_or_not(m, o, x, y, mode)
+        steps[name] = lambda x, y, m=model, o=optimizer: train_step(m, o, x, y)
     return steps, lenses
-
-
-def eager_or_not(model, optimizer, x, y, mode: str | None) -> None:
-    with cpu_kernel.forced(mode):
-        train_step(model, optimizer, x, y)
 
 
 def timed_rounds(steps: dict[str, Step], data, rounds: int, warm_up: int) -> dict[str, list[float]]:
@@ -242,9 +233,9 @@ def timed_rounds(steps: dict[str, Step], data, rounds: int, warm_up: int) -> dic
 
 def own_cost(model_name: str, reps: int) -> dict[str, float]:
     """Median ms of the lens's own work per record (its hooks, timed around the real
-    ``optimizer.step()`` of real training steps) on the default path and the eager one, and of
-    one parameter copy alone (the median of back-to-back copies) and inside a training step
-    (the first copy after the backward pass).
+    ``optimizer.step()`` of real training steps), and of one parameter copy alone (the median
+    of back-to-back copies) and inside a training step (the first copy after the backward
+    pass).
 
     - every step: a record that follows a record (the previous post hook left w' in the
       snapshot, so the capture copies nothing and this post hook keeps w' for the next);
@@ -260,8 +251,6 @@ def own_cost(model_name: str, reps: int) -> dict[str, float]:
     out: dict[str, list[float]] = {
         "every step": [],
         "isolated": [],
-        "every step (eager)": [],
-        "isolated (eager)": [],
         "copy alone": [],
         "copy in a step": [],
     }
@@ -294,16 +283,14 @@ def own_cost(model_name: str, reps: int) -> dict[str, float]:
         return statistics.median(times)
 
     for rep in range(reps + 2):
-        for mode, suffix in ((None, ""), ("eager", " (eager)")):
-            with cpu_kernel.forced(mode):
-                recorded(keep_next=True)  # leaves w' in the snapshot
-                every_step = recorded(keep_next=True)
-                backward()
-                optimizer.step()  # an unrecorded step: the parameters move on
-                isolated = recorded(keep_next=False)
-            if rep >= 2:  # the first rounds allocate and warm up
-                out["every step" + suffix].append(every_step)
-                out["isolated" + suffix].append(isolated)
+        recorded(keep_next=True)  # leaves w' in the snapshot
+        every_step = recorded(keep_next=True)
+        backward()
+        optimizer.step()  # an unrecorded step: the parameters move on
+        isolated = recorded(keep_next=False)
+        if rep >= 2:  # the first rounds allocate and warm up
+            out["every step"].append(every_step)
+            out["isolated"].append(isolated)
         backward()
         t0 = time.perf_counter()
         torch._foreach_copy_(copies, params)
@@ -316,10 +303,33 @@ def own_cost(model_name: str, reps: int) -> dict[str, float]:
     return {name: median_ms(values) for name, values in out.items()}
 
 
+def first_record(model_name: str, reps: int) -> dict[str, float]:
+    """The cost of starting to record: ``attach`` plus the first recorded step (the snapshot's
+    buffers allocated, w copied), against the plain steps around it, each on a model that has
+    already taken 3 plain steps (its own first-step costs excluded). Medians over ``reps``
+    fresh models, in ms."""
+    out: dict[str, list[float]] = {"plain step": [], "attach": [], "first recorded step": []}
+    for rep in range(reps):
+        model, optimizer = make_setup(model_name, seed=10 + rep)
+        data = batches(model_name, seed=10 + rep)
+        for _ in range(3):
+            train_step(model, optimizer, *next(data))
+        t0 = time.perf_counter()
+        train_step(model, optimizer, *next(data))
+        out["plain step"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        lens = stepsize_lens.attach(model, optimizer, path=None, schedule=every(1))
+        out["attach"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        train_step(model, optimizer, *next(data))
+        out["first recorded step"].append(time.perf_counter() - t0)
+        lens.close()
+    return {name: median_ms(values) for name, values in out.items()}
+
+
 def rss_probe(model_name: str) -> dict[str, float]:
     """In this (fresh) process: peak RSS before and after attaching the lens and recording."""
     torch.set_num_threads(1)
-    cpu_kernel.wait(timeout=900)  # loaded before the baseline, as in training that runs a while
     model, optimizer = make_setup(model_name)
     data = batches(model_name, seed=3)
 
@@ -388,7 +398,7 @@ def report_model(model_name: str, rounds: int) -> None:
         f"parameter copy: {copy_alone:.2f} ms alone (back to back), {copy_step:.2f} ms inside "
         "a training step"
     )
-    for kind in ("every step", "isolated", "every step (eager)", "isolated (eager)"):
+    for kind in ("every step", "isolated"):
         ms = own[kind]
         print(
             f"lens own cost per record, {kind + ':':<20}{ms:>7.2f} ms = "
@@ -400,8 +410,15 @@ def report_model(model_name: str, rounds: int) -> None:
         "are the 'lens default, steady' line above; with one isolated record per 100 steps, "
         f"(plain + record / 100) / plain = {steady:.4f}x"
     )
+    first = first_record(model_name, reps=5)
+    cost = first["attach"] + first["first recorded step"] - first["plain step"]
+    print(
+        f"first record: attach {first['attach']:.1f} ms + first recorded step "
+        f"{first['first recorded step']:.1f} ms, against a plain step of "
+        f"{first['plain step']:.1f} ms: the start costs {cost / plain:.2f} plain steps more"
+    )
     records = ", ".join(f"{lens.num_records}" for lens in lenses)
-    print(f"records taken by the lenses above (every step, eager, default): {records}")
+    print(f"records taken by the lenses above (every step, default): {records}")
     probe = rss_in_fresh_process(model_name)
     if probe is None:
         print("memory: the fresh-process probe failed")
@@ -487,16 +504,6 @@ def main() -> None:
         print(json.dumps(rss_probe(args.rss_probe)))
         return
     torch.set_num_threads(args.threads)
-    kernel = cpu_kernel.wait(timeout=900)
-    status = cpu_kernel.status()
-    print(
-        "fused CPU kernel: "
-        + (
-            f"loaded ({status.how}, {status.seconds:.1f} s)"
-            if kernel is not None
-            else f"unavailable ({status.error}): the default path is the eager one"
-        )
-    )
     print(
         f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, batch {BATCH}, "
         "SGD momentum 0.9, weight decay 5e-4; allocator: "

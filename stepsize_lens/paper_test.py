@@ -75,13 +75,37 @@ def _paper_test_torch(
     dtype = torch.promote_types(reference.dtype, torch.float32)
     cos = torch.as_tensor(cos_grad, device=device, dtype=dtype)
     chan = torch.as_tensor(channel_cos, device=device, dtype=dtype)
+    bounds = paper_bounds(numel, rows, delta, device=device, dtype=dtype)
+    testable = torch.as_tensor(ndim, device=device) >= 2
+    return views_from_cosines(cos, chan, bounds, testable)
+
+
+def paper_bounds(
+    numel: Any,
+    rows: Any,
+    delta: float = DEFAULT_DELTA,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """[2, T]: the channel bound δ·sqrt(rows/numel) and the layer bound δ/sqrt(numel) per
+    tensor (numel and rows at least 1), as a tensor on ``device``."""
     numel_t = torch.as_tensor(numel, device=device, dtype=dtype).clamp(min=1)
     rows_t = torch.as_tensor(rows, device=device, dtype=dtype).clamp(min=1)
-    ndim_t = torch.as_tensor(ndim, device=device)
-    channel_pass = chan < delta * torch.sqrt(rows_t / numel_t)
-    layer_pass = cos.abs() < delta * torch.rsqrt(numel_t)
-    codes = torch.where(
-        channel_pass, int(View.CHANNEL), torch.where(layer_pass, int(View.LAYER), int(View.NONE))
-    )
-    untested = (ndim_t < 2) | (torch.isnan(cos) & torch.isnan(chan))
-    return torch.where(untested, int(View.UNTESTED), codes).to(torch.int8)
+    return torch.stack([delta * torch.sqrt(rows_t / numel_t), delta * torch.rsqrt(numel_t)])
+
+
+def views_from_cosines(
+    cos_grad: torch.Tensor,
+    channel_cos_grad_max: torch.Tensor,
+    bounds: torch.Tensor,
+    testable: torch.Tensor,
+) -> torch.Tensor:
+    """`paper_test` on torch tensors with the bounds computed once (`paper_bounds`, [2, T])
+    and ``testable`` [T] bool (ndim >= 2): int8 `View` codes, a fixed handful of ops on the
+    cosines' device with no device-to-host read (what the lens runs live)."""
+    layer = cos_grad.abs() < bounds[1]
+    codes = layer.to(torch.int8).mul_(int(View.LAYER))  # NONE is 0
+    codes.masked_fill_(channel_cos_grad_max < bounds[0], int(View.CHANNEL))
+    # untested: too few dims, or both cosines NaN (fmax is NaN only where both are)
+    untested = torch.isnan(torch.fmax(cos_grad, channel_cos_grad_max)).logical_or_(~testable)
+    return codes.masked_fill_(untested, int(View.UNTESTED))

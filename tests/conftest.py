@@ -16,18 +16,6 @@ import pytest
 REPORT_STEPS = 40
 
 
-@pytest.fixture(scope="session", autouse=True)
-def cpu_kernel_loaded() -> bool:
-    """The lens's fused CPU kernel, built (or loaded from the cache) once before any test, so
-    every record of the session takes the same path whatever the build's timing: the kernel
-    where it can be built, the eager passes elsewhere. True if it is loaded."""
-    from stepsize_lens.optim import _cpu_kernel
-    from stepsize_lens.recording import cpu_kernel
-
-    _cpu_kernel.start()  # AdamP/SGDP's, built meanwhile; their fused tests wait for it
-    return cpu_kernel.wait(timeout=600) is not None
-
-
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     # small models train faster on one thread, and the CPUs are shared with other jobs

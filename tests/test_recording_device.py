@@ -35,3 +35,17 @@ def test_cpu_transfers():
     later = PendingCopy(host, deferred=True)
     host.add_(1)  # the deferred copy is private, as the pinned buffer of a device copy is
     assert later.ready() and later.result().tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_environment_switch_forces_the_accelerator_paths(monkeypatch):
+    from stepsize_lens._device_paths import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, "accelerator")
+    assert paths_for(torch.device("cpu")) == ACCELERATOR_PATHS
+    forced = DevicePaths(refine_all_rows=True)
+    with forced_paths(forced):  # a test's own choice still wins
+        assert paths_for(torch.device("cpu")) is forced
+    monkeypatch.setenv(ENV_VAR, "cpu")  # any other value: the device decides
+    assert paths_for(torch.device("cpu")) == CPU_PATHS
+    monkeypatch.delenv(ENV_VAR)
+    assert paths_for(torch.device("cpu")) == CPU_PATHS

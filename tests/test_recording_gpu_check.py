@@ -43,3 +43,10 @@ def test_dry_run_on_the_cpu(capsys):
     for check in ("every step / plain", "default (steady) / plain", "memory held, own buffers"):
         assert out.count(check) == 2, check
     assert "AdamP on cpu" in out and "views equal" in out and "SGDP on cpu" in out
+    # the launches table: a lens record on three full-size models, each optimizer path per step
+    records = [line for line in out.splitlines() if "launches per lens record" in line]
+    assert len(records) == 3, records
+    for line in records:
+        launches = int(line.split("|")[2].split(";")[0])
+        assert 20 < launches <= 300 and "waiting ops: none" in line, line
+    assert out.count("launches per step, ResNet-18") == 7

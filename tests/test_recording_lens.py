@@ -20,7 +20,6 @@ from _lens_models import train as _train
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.recording.device import (
     ACCELERATOR_PATHS,
     CPU_PATHS,
@@ -345,8 +344,7 @@ def test_every_device_branch_forced_on_the_cpu_gives_the_same_metrics(paths):
         torch.manual_seed(0)
         model = Mixed()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-        # the eager passes on both sides: the branches are theirs (the kernel sums in float64)
-        with forced_paths(forced), cpu_kernel.forced("eager"):
+        with forced_paths(forced):
             lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
             _train_mixed(model, optimizer, 3)
         if forced.deferred_transfer:

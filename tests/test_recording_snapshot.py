@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stepsize_lens.recording import cpu_kernel
 from stepsize_lens.recording.device import ACCELERATOR_PATHS, CPU_PATHS, DevicePaths
 from stepsize_lens.recording.snapshot import Snapshot
 
@@ -41,25 +40,8 @@ def reference(weights, grads, after):
     return out
 
 
-DEFER = {"defer": False}
-
-
-@pytest.fixture(params=["eager", "kernel", "kernel, copy in the gradient pass"], autouse=True)
-def record_path(request: pytest.FixtureRequest, cpu_kernel_loaded: bool):
-    """Every test on every CPU path: the eager passes, the fused kernel, and the kernel copying
-    w in its pass over (w, g) (accelerator paths forced on the CPU always take the eager
-    passes)."""
-    mode = request.param.split(",")[0]
-    if mode == "kernel" and not cpu_kernel_loaded:
-        pytest.skip(f"the fused CPU kernel is unavailable: {cpu_kernel.status().error}")
-    DEFER["defer"] = "," in request.param
-    with cpu_kernel.forced(mode):
-        yield request.param
-    DEFER["defer"] = False
-
-
 def _record(snap: Snapshot, weights, grads, after, keep=False):
-    snap.capture(weights, defer=DEFER["defer"])
+    snap.capture(weights)
     snap.grad_sums(grads)
     return snap.update_sums(after, keep)
 
@@ -149,16 +131,14 @@ def test_untouched_parameters_are_not_copied_again():
     weights, grads, after = _tensors()
     params = [torch.nn.Parameter(w.clone()) for w in weights]
     snap = Snapshot(params)
-    assert snap.capture(params, defer=DEFER["defer"])  # the first capture copies
+    assert snap.capture(params)  # the first capture copies
     snap.grad_sums(grads)
     with torch.no_grad():
         for p, a in zip(params, after):
             p.copy_(a)  # "the optimizer step"
     snap.update_sums(params, keep=True)
-    for bucket in snap.buckets:  # W now holds w'
-        for unit in bucket.units:
-            want = torch.cat([_rows64(params[i]).float()[f : f + r] for i, f, r in unit.pieces])
-            assert torch.equal(bucket.buffer[unit.start : unit.stop], want)
+    for index, param in enumerate(params):  # W now holds w'
+        assert torch.equal(snap.held_rows(index), _rows64(param).float())
     assert not snap.capture(params)  # nothing touched them: nothing to copy
     with torch.no_grad():
         params[3].mul_(2)  # a write between steps bumps the version counter
@@ -181,3 +161,35 @@ def test_no_tensors():
     snap = Snapshot([])
     gram, perp2 = _record(snap, [], [], [])
     assert gram.shape == (0, 3, 3) and perp2.shape == (0,)
+
+
+def test_attach_and_a_record_start_no_child_process_thread_or_compiler(monkeypatch):
+    """Nothing is built at run time: attaching a lens and recording a step on the CPU start no
+    child process, no thread and no compiler."""
+    import multiprocessing
+    import os
+    import subprocess
+    import threading
+
+    import torch.utils.cpp_extension
+
+    import stepsize_lens
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the lens started a child process, a thread or a compiler")
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    monkeypatch.setattr(os, "fork", forbidden)
+    monkeypatch.setattr(os, "posix_spawn", forbidden, raising=False)
+    monkeypatch.setattr(multiprocessing.Process, "start", forbidden)
+    monkeypatch.setattr(threading.Thread, "start", forbidden)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", forbidden)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", forbidden)
+    lens = stepsize_lens.attach(model, optimizer, path=None, schedule=1)
+    for _ in range(2):
+        model(torch.randn(3, 6)).square().mean().backward()
+        optimizer.step()
+    assert lens.num_records == 2
+    lens.close()

@@ -14,8 +14,12 @@ loop has already launched) every recorded step. So on accelerators:
   ``flush``/``latest``/``close``; host-built inputs (learning rates, has-gradient flags) go to
   the device from pinned memory without waiting (`to_device`).
 
-Each branch can be forced on the CPU (`forced_paths`), so the test suite runs all of them on
-any machine and checks they give the same metrics as the CPU path.
+All of them can be forced on the CPU: ``STEPSIZE_LENS_DEVICE_PATHS=accelerator`` in the
+environment (`stepsize_lens._device_paths`, read when a lens builds its snapshot) makes every
+lens take the accelerator paths, so launch counts and the absence of host waits can be checked
+on any machine (``benchmarks/gpu_check.py --dry-run``, the tests); `forced_paths` forces any
+combination for the lenses built inside a block (the test suite runs each branch and checks it
+gives the same metrics as the CPU path).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from stepsize_lens._device_paths import forced_accelerator
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,12 @@ _forced: DevicePaths | None = None
 
 
 def paths_for(device: torch.device) -> DevicePaths:
-    """The paths for tensors on ``device`` (or the forced ones, see `forced_paths`)."""
+    """The paths for tensors on ``device``: the forced ones inside `forced_paths`, else the
+    accelerator paths on an accelerator or where ``STEPSIZE_LENS_DEVICE_PATHS=accelerator``."""
     if _forced is not None:
         return _forced
+    if forced_accelerator():
+        return ACCELERATOR_PATHS
     return CPU_PATHS if device.type == "cpu" else ACCELERATOR_PATHS
 
 

@@ -62,15 +62,20 @@ def split_group_values(
 ) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
     """`group_values` without reading accelerator tensors: the host table (NaN where a value
     is such a tensor) and those entries as (field index, group index, tensor)."""
-    table = torch.full((len(GROUP_FIELDS), len(param_groups)), math.nan, dtype=torch.float64)
+    # built as Python numbers, then one tensor: no per-entry tensor writes
+    rows: list[list[float]] = []
     later: list[tuple[int, int, torch.Tensor]] = []
     for f, field in enumerate(GROUP_FIELDS):
+        row = []
         for g, group in enumerate(param_groups):
             value = _raw(group, field)
             if _on_accelerator(value):
                 later.append((f, g, value))
+                row.append(math.nan)
             else:
-                table[f, g] = group_field(group, field)
+                row.append(group_field(group, field))
+        rows.append(row)
+    table = torch.tensor(rows, dtype=torch.float64).reshape(len(GROUP_FIELDS), len(param_groups))
     return table, later
 
 

@@ -49,7 +49,7 @@ from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens._version import __version__
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
-from stepsize_lens.recording import cpu_kernel, signals
+from stepsize_lens.recording import signals
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.files import (
@@ -258,7 +258,6 @@ class Lens:
             )
             first_rows = first_rows[known:]
         self._add_params(first_rows, len(optimizer.param_groups), event=resumed is not None)
-        cpu_kernel.start_for(self._params)  # in the background; records use it once loaded
         if probe_inputs is not None:
             self._store_probe(model, probe_inputs)
         self._handles = [
@@ -441,9 +440,9 @@ class Lens:
                 local = self._local(self._params)
                 device = local[0].device if local else torch.device("cpu")
                 self._snapshot = Snapshot(local, paths_for(device))
-            # With a closure (LBFGS, Lightning) g is computed inside step(): read it after
+            # With a closure (LBFGS, Lightning) the gradient comes inside step(): read it after
             self._grads_after_step = closure_of(args or (), kwargs or {}) is not None
-            self._snapshot.capture(self._local(self._params), defer=not self._grads_after_step)
+            self._snapshot.capture(self._local(self._params))
             if not self._grads_after_step:
                 self._capture_grads()
             self._armed = True

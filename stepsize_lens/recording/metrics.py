@@ -35,6 +35,8 @@ rows; everything here works on vectors of length rows or tensors.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from stepsize_lens._schema import CHANNEL_METRICS, LAYER_METRICS, METRICS
@@ -48,24 +50,21 @@ def row_grams(stacked: torch.Tensor) -> torch.Tensor:
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den where den > 0, NaN elsewhere (also NaN where den is NaN)."""
-    nan = torch.full_like(num, float("nan"))
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), nan)
+    """num / den where den > 0, NaN elsewhere (also NaN where den is NaN). Batch several ratios
+    by stacking them: it is four ops whatever their number."""
+    return torch.where(den > 0, num, math.nan) / den
 
 
 def radial_coef(wd: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
-    """c = <w,Δ>/‖w‖², the radial part of Δ as a multiple of w (0 where ‖w‖ = 0)."""
-    return torch.where(ww > 0, wd / torch.where(ww > 0, ww, 1), 0)
+    """c = <w,Δ>/‖w‖², the radial part of Δ as a multiple of w (0 where ‖w‖ = 0 or either is
+    NaN)."""
+    return (wd / ww).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
 
 
-def _angle(ww: torch.Tensor, wd: torch.Tensor, perp2: torch.Tensor) -> torch.Tensor:
-    """Angle between w and w + Δ from <w,w>, <w,Δ>, ‖Δ⊥‖²: atan2(‖Δ⊥‖, ‖w‖ + Δr)."""
-    norm = ww.sqrt()
-    radial = safe_div(wd, norm)
-    perp = perp2.clamp_min(0).sqrt()
-    return torch.where(
-        norm > 0, torch.atan2(perp, norm + radial), torch.full_like(norm, float("nan"))
-    )
+def _angles(norm: torch.Tensor, radial: torch.Tensor, perp2: torch.Tensor) -> torch.Tensor:
+    """Angle between w and w + Δ from ‖w‖, Δr = <Δ,ŵ> (NaN where ‖w‖ = 0, see `safe_div`) and
+    ‖Δ⊥‖²: atan2(‖Δ⊥‖, ‖w‖ + Δr); NaN where ‖w‖ = 0 (through Δr)."""
+    return torch.atan2(perp2.clamp_min(0).sqrt_(), norm + radial)
 
 
 def tensor_perp2(
@@ -80,63 +79,66 @@ def tensor_perp2(
     ww_r = row_gram[:, W, W]
     coef_r = radial_coef(row_gram[:, W, D], ww_r)
     coef = radial_coef(grams[:, W, D], grams[:, W, W])
-    spread = (coef_r - coef[row_tensor]).square() * ww_r
+    spread = coef_r.sub_(coef.index_select(0, row_tensor)).square_().mul_(ww_r)
     out = torch.zeros(grams.shape[0], dtype=row_gram.dtype, device=row_gram.device)
-    return out.index_add_(0, row_tensor, row_perp2 + spread)
+    return out.index_add_(0, row_tensor, spread.add_(row_perp2))
 
 
 def layer_metrics(
     grams: torch.Tensor, perp2: torch.Tensor, lr: torch.Tensor, has_grad: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Whole-tensor metrics from Gram matrices [T, 3, 3], ‖Δ⊥‖² [T], lr [T], has_grad [T] bool."""
+    """Whole-tensor metrics from Gram matrices [T, 3, 3], ‖Δ⊥‖² [T], lr [T], has_grad [T] bool.
+
+    A fixed number of ops whatever T: the norms are one sqrt of their stack, the five ratios
+    one `safe_div` of stacked numerators and denominators."""
     ww, gg, dd = grams[:, W, W], grams[:, G, G], grams[:, D, D]
     wg, wd = grams[:, W, G], grams[:, W, D]
-    nan = torch.full_like(ww, float("nan"))
-    w_norm, g_norm, d_norm = ww.sqrt(), gg.sqrt(), dd.sqrt()
-    g_norm = torch.where(has_grad, g_norm, nan)
+    norms = torch.stack([ww, gg, dd]).sqrt_()
+    norms[G].masked_fill_(has_grad.logical_not(), math.nan)
+    w_norm, g_norm, d_norm = norms
+    products = norms[G:] * w_norm  # ‖w‖‖g‖, ‖w‖‖Δ‖
+    ratios = safe_div(
+        torch.stack([d_norm, lr.to(ww.dtype), wg, wd, wd]),
+        torch.cat([norms[:1], ww[None], products, norms[:1]]),
+    )
+    relative, effective_lr, cos_grad, cos_update, radial = ratios
     out = {
         "weight_norm": w_norm,
         "grad_norm": g_norm,
         "update_norm": d_norm,
-        "relative_update": safe_div(d_norm, w_norm),
-        "angular_update": _angle(ww, wd, perp2),
-        "effective_lr": safe_div(lr.to(ww.dtype), ww),
-        "cos_grad": safe_div(wg, w_norm * g_norm),
-        "cos_update": safe_div(wd, w_norm * d_norm),
-        "norm_growth": 2 * wd + dd,
+        "relative_update": relative,
+        "angular_update": _angles(w_norm, radial, perp2),
+        "effective_lr": effective_lr,
+        "cos_grad": cos_grad,
+        "cos_update": cos_update,
+        "norm_growth": torch.add(dd, wd, alpha=2),
     }
     assert tuple(out) == LAYER_METRICS
     return out
 
 
-def _segment_nanmean(values: torch.Tensor, segment: torch.Tensor, num: int) -> torch.Tensor:
-    finite = ~torch.isnan(values)
-    total = torch.zeros(num, dtype=values.dtype, device=values.device)
-    count = torch.zeros(num, dtype=values.dtype, device=values.device)
-    total.index_add_(0, segment, torch.where(finite, values, torch.zeros_like(values)))
-    count.index_add_(0, segment, finite.to(values.dtype))
-    return safe_div(total, count)
+def _segment_nanmeans(
+    values: torch.Tensor, segment: torch.Tensor, num: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per segment, the mean of each row of ``values`` [k, rows] over its non-NaN entries (NaN
+    where there is none), and how many there were: ([k, num], [k, num])."""
+    counted = torch.cat(
+        [
+            values.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf),
+            (values == values).to(values.dtype),
+        ]
+    )
+    sums = torch.zeros((counted.shape[0], num), dtype=values.dtype, device=values.device)
+    sums.index_add_(1, segment, counted)
+    k = values.shape[0]
+    return safe_div(sums[:k], sums[k:]), sums[k:]
 
 
 def _segment_nanmax(values: torch.Tensor, segment: torch.Tensor, num: int) -> torch.Tensor:
-    neg_inf = torch.full_like(values, float("-inf"))
-    out = torch.full((num,), float("-inf"), dtype=values.dtype, device=values.device)
-    out.scatter_reduce_(0, segment, torch.where(torch.isnan(values), neg_inf, values), "amax")
-    return torch.where(torch.isneginf(out), torch.full_like(out, float("nan")), out)
-
-
-def _segment_cv(values: torch.Tensor, mean: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-    """std/mean per segment of ``values`` (NaNs left out) given each segment's ``mean``: the
-    population std from the squared deviations about the mean (a second pass, no
-    cancellation); NaN where the mean is 0 or undefined."""
-    finite = ~torch.isnan(values)
-    num = mean.shape[0]
-    dev = torch.where(finite, values - mean[segment], torch.zeros_like(values))
-    total = torch.zeros(num, dtype=values.dtype, device=values.device)
-    count = torch.zeros(num, dtype=values.dtype, device=values.device)
-    total.index_add_(0, segment, dev * dev)
-    count.index_add_(0, segment, finite.to(values.dtype))
-    return safe_div(safe_div(total, count).sqrt(), mean)
+    """Per segment, the largest non-NaN value (NaN where there is none)."""
+    out = torch.full((num,), -math.inf, dtype=values.dtype, device=values.device)
+    out.scatter_reduce_(0, segment, values.nan_to_num(nan=-math.inf), "amax")
+    return out.masked_fill_(out == -math.inf, math.nan)
 
 
 def channel_metrics(
@@ -149,28 +151,30 @@ def channel_metrics(
     """Per-channel metrics from per-row Grams [rows, 3, 3] and ‖Δ⊥_r‖² [rows].
 
     row_tensor [rows] maps each row to its tensor index; multi_row [T] bool marks tensors with
-    ndim >= 2 (the others get NaN); has_grad [T] bool.
+    ndim >= 2 (the others get NaN); has_grad [T] bool. A fixed number of ops whatever the
+    numbers of rows and tensors: segment sums (``index_add_``) over the rows.
     """
     num = multi_row.shape[0]
     ww, gg = grams[:, W, W], grams[:, G, G]
     wg, wd = grams[:, W, G], grams[:, W, D]
-    cos_rows = safe_div(wg.abs(), ww.sqrt() * gg.sqrt())
-    nan = torch.full((num,), float("nan"), dtype=grams.dtype, device=grams.device)
-    angles = _angle(ww, wd, perp2)
-    mean_angle = _segment_nanmean(angles, row_tensor, num)
-    out = {
-        "channel_cos_grad_max": torch.where(
-            multi_row & has_grad, _segment_nanmax(cos_rows, row_tensor, num), nan
-        ),
-        "channel_weight_norm": torch.where(
-            multi_row, _segment_nanmean(ww.sqrt(), row_tensor, num), nan
-        ),
-        "channel_angular_update": torch.where(multi_row, mean_angle, nan),
-        "channel_angular_update_cv": torch.where(
-            multi_row, _segment_cv(angles, mean_angle, row_tensor), nan
-        ),
-    }
-    assert tuple(out) == CHANNEL_METRICS
+    norms = torch.stack([ww, gg]).sqrt_()
+    w_norm = norms[0]
+    # |cos(w_r, g_r)| and Δr_r = <Δ_r, ŵ_r> in one division
+    cos_rows, radial = safe_div(
+        torch.stack([wg.abs(), wd]), torch.stack([w_norm * norms[1], w_norm])
+    )
+    angles = _angles(w_norm, radial, perp2)
+    means, counts = _segment_nanmeans(torch.stack([w_norm, angles]), row_tensor, num)
+    mean_angle = means[1]
+    # coefficient of variation: population std about the mean (a second pass, no
+    # cancellation) over the mean, as sqrt(Σ dev² / (count·mean²)); NaN where the mean is 0
+    dev = angles.sub_(mean_angle.index_select(0, row_tensor)).nan_to_num_(nan=0.0).square_()
+    spread = torch.zeros(num, dtype=grams.dtype, device=grams.device).index_add_(0, row_tensor, dev)
+    cv = safe_div(spread, counts[1] * mean_angle.square()).sqrt_()
+    block = torch.stack([_segment_nanmax(cos_rows, row_tensor, num), means[0], mean_angle, cv])
+    block.masked_fill_(multi_row.logical_not(), math.nan)
+    block[0].masked_fill_(has_grad.logical_not(), math.nan)
+    out = dict(zip(CHANNEL_METRICS, block))
     return out
 
 
@@ -195,6 +199,9 @@ def all_metrics(
     ‖Δ‖² − <Δ,ŵ>² cancels for nearly radial updates; row_tensor: [rows] tensor index of each
     row; multi_row, has_grad: [T] bool;
     lr: [T] the group learning rate of each tensor.
+
+    About 70 tensor ops whatever the numbers of rows and tensors (on an accelerator, as many
+    kernel launches), none of which makes the host wait for the device.
     """
     row_gram = row_gram.to(torch.float64)
     row_perp2 = row_perp2.to(torch.float64)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from stepsize_lens._schema import METRICS, View
-from stepsize_lens.paper_test import paper_test
+from stepsize_lens.paper_test import paper_bounds, views_from_cosines
 
 Move = Callable[[torch.Tensor, torch.device], torch.Tensor]  # `device.to_device`
 
@@ -24,8 +24,9 @@ def _stay(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class ShapeTable:
-    """numel, rows and ndim of the tracked tensors as tensors on one device (built once).
-    ``move`` puts a host tensor on the device (`device.to_device`: without waiting)."""
+    """numel, rows and ndim of the tracked tensors as tensors on one device (built once), and
+    the paper test's bounds per δ (`bounds`, computed once on the host and moved). ``move``
+    puts a host tensor on the device (`device.to_device`: without waiting)."""
 
     def __init__(
         self,
@@ -33,21 +34,36 @@ class ShapeTable:
         device: torch.device,
         move: Move = _stay,
     ) -> None:
-        self.numel = move(torch.tensor(params_table["numel"], dtype=torch.float64), device)
-        self.rows = move(torch.tensor(params_table["rows"], dtype=torch.float64), device)
-        self.ndim = move(torch.tensor(params_table["ndim"], dtype=torch.int64), device)
+        self._host = {
+            "numel": torch.tensor(params_table["numel"], dtype=torch.float64),
+            "rows": torch.tensor(params_table["rows"], dtype=torch.float64),
+            "ndim": torch.tensor(params_table["ndim"], dtype=torch.int64),
+        }
+        self.device = device
+        self._move = move
+        self.numel = move(self._host["numel"], device)
+        self.rows = move(self._host["rows"], device)
+        self.ndim = move(self._host["ndim"], device)
+        self.testable = move(self._host["ndim"] >= 2, device)
+        self._bounds: dict[float, torch.Tensor] = {}
+
+    def bounds(self, delta: float) -> torch.Tensor:
+        """[2, T] float64 on the device: `paper_test.paper_bounds` for ``delta``."""
+        if delta not in self._bounds:
+            host = paper_bounds(self._host["numel"], self._host["rows"], delta)
+            self._bounds[delta] = self._move(host, self.device)
+        return self._bounds[delta]
 
 
 def live_test_views(
     block: torch.Tensor, shapes: ShapeTable, has_grad: torch.Tensor, delta: float
 ) -> torch.Tensor:
-    """The paper's test on one record's [len(METRICS), T] block: float64 [T] `View` codes."""
+    """The paper's test on one record's [len(METRICS), T] block: float64 [T] `View` codes
+    (`paper_test.views_from_cosines`; a tensor without a gradient was not tested)."""
     cos_grad = block[METRICS.index("cos_grad")]
     channel_max = block[METRICS.index("channel_cos_grad_max")]
-    views = paper_test(cos_grad, channel_max, shapes.numel, shapes.rows, shapes.ndim, delta=delta)
-    # a tensor without a gradient was not tested
-    views = torch.where(has_grad, views, torch.full_like(views, View.UNTESTED))
-    return views.to(torch.float64)
+    views = views_from_cosines(cos_grad, channel_max, shapes.bounds(delta), shapes.testable)
+    return views.masked_fill_(has_grad.logical_not(), int(View.UNTESTED)).to(torch.float64)
 
 
 def applied_views(
