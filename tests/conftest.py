@@ -16,6 +16,15 @@ import pytest
 REPORT_STEPS = 40
 
 
+@pytest.fixture(scope="session", autouse=True)
+def optim_kernel_started() -> None:
+    """AdamP/SGDP's fused CPU kernel, built (or loaded from the cache) in the background from
+    the session's start; their fused tests wait for it."""
+    from stepsize_lens.optim import _cpu_kernel
+
+    _cpu_kernel.start()
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     # small models train faster on one thread, and the CPUs are shared with other jobs
