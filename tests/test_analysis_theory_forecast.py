@@ -200,7 +200,7 @@ def test_a_run_spanning_too_many_steps_gets_no_prediction_instead_of_hanging() -
     past `MAX_INTEGRATED_STEPS` the forecast is empty and says why, at once."""
     from stepsize_lens.analysis.theory.forecast import MAX_INTEGRATED_STEPS
 
-    far = crafted_run(records=4, steps=[1, 2, 2**40, 3])
+    far = crafted_run(records=4, steps=[1, 2, 3, 2**40])
     result = forecast(far)
     assert result.empty and "more than the 10,000,000 the recurrence integrates" in result.reason
     near = crafted_run(records=4, steps=[1, 2, 3, MAX_INTEGRATED_STEPS // 10**4])
