@@ -1,7 +1,7 @@
 """C++ CPU kernels built at run time: never waited for by training, cached, optional. A leaf.
 
-The package's hand-written CPU kernels (the lens's record passes, ``recording/cpu_kernel.cpp``;
-AdamP and SGDP's fused steps, ``optim/cpu_kernel.cpp``) ship as sources and are compiled with
+The package's hand-written CPU kernel (AdamP and SGDP's fused steps, ``optim/cpu_kernel.cpp``;
+the lens's record passes are torch ops only since issue 22) ships as source and is compiled with
 ``torch.utils.cpp_extension`` on the user's machine. An `Extension` names a source; its
 `Loader` brings the module in:
 
