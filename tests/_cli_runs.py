@@ -1,11 +1,15 @@
 """Tiny real runs for the CLI tests (a BatchNorm MLP, 12 SGD steps, recorded with the lens):
 `tiny_run` with names of your choosing (hostile ones included), and `call_main`, the console
-script's entry point called in-process."""
+script's entry point called in-process; `run_main`, the same in a fresh interpreter; and
+`REPORT_FIGURES`, the figures `report` writes."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +17,31 @@ from torch import nn
 
 import stepsize_lens
 from stepsize_lens.cli import main
+
+ROOT = Path(__file__).parents[1]
+REPORT_FIGURES = (
+    "paper_panel",
+    "norm_growth",
+    "effective_step",
+    "decay_split",
+    "theory",
+    "cos_threshold",
+    "heatmap",
+)
+
+
+def run_main(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The console script's entry point in a fresh interpreter."""
+    code = "from stepsize_lens.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J<script>alert(1)</script><img src=x onerror=alert(2)>\x9b31m"
 

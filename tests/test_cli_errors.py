@@ -5,7 +5,6 @@ the traceback)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import types
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _cli_runs import call_main, tiny_run
+from _cli_runs import call_main, run_main, tiny_run
 
 import stepsize_lens.cli as cli
 
@@ -37,18 +36,6 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def run_main(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
-    code = "from stepsize_lens.cli import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 def test_every_command_on_a_file_that_raises_deep_inside(runs, tmp_path):

@@ -10,17 +10,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from _cli_runs import HOSTILE, call_main, tiny_run
+from _cli_runs import HOSTILE, REPORT_FIGURES, call_main, tiny_run
 
-REPORT_FIGURES = (
-    "paper_panel",
-    "norm_growth",
-    "effective_step",
-    "decay_split",
-    "theory",
-    "cos_threshold",
-    "heatmap",
-)
 COMPARE_FIGURES = ("paper_panel", "norm_growth", "effective_step")
 PAGES = ("report.md", "report.html", "report.json")
 

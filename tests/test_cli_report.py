@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_runs import REPORT_FIGURES, run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,32 +22,10 @@ from stepsize_lens.cli import app
 
 ROOT = Path(__file__).parents[1]
 RUNNER = CliRunner()
-FIGURES = (
-    "paper_panel",
-    "norm_growth",
-    "effective_step",
-    "decay_split",
-    "theory",
-    "cos_threshold",
-    "heatmap",
-)
 
 
 def invoke(*args: str):
     return RUNNER.invoke(app, [str(a) for a in args])
-
-
-def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The console script's entry point in a fresh interpreter."""
-    code = "import sys; from stepsize_lens.cli import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 def assert_png(path: Path) -> None:
@@ -67,7 +46,7 @@ def test_report_text_writes_figures_beside_the_run(local_runs):
     assert "stepsize-lens report: SGD momentum 0.9" in result.stdout
     assert "no weight decay" in result.stdout  # the finding for this run
     out = local_runs["sgd_momentum"].parent / "sgd_momentum_report"
-    for name in FIGURES:
+    for name in REPORT_FIGURES:
         assert_png(out / f"{name}.png")
         assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -91,7 +70,7 @@ def test_report_html_is_one_self_contained_page(report_runs, tmp_path):
     page = Path(result.stdout.strip())
     assert page == tmp_path / "report.html"
     html = page.read_text(encoding="utf-8")
-    assert html.count('src="data:image/png;base64,') == len(FIGURES)
+    assert html.count('src="data:image/png;base64,') == len(REPORT_FIGURES)
     assert "Summary per param group" in html
 
 
@@ -369,7 +348,7 @@ def test_html_report_opens_in_headless_chromium_without_errors(report_runs, tmp_
     result = invoke("report", report_runs["adamp"], "-f", "html", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.stderr
     check, console = chromium_check(tmp_path / "out" / "report.html", tmp_path)
-    assert check == f"images={len(FIGURES)} broken=0"
+    assert check == f"images={len(REPORT_FIGURES)} broken=0"
     assert console == []
 
 
