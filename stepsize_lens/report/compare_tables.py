@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stepsize_lens._jsonable import jsonable
+from stepsize_lens.report.formatting import num, times
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,14 +130,6 @@ def compare_sections(
 # --------------------------------------------------------------------------------------------
 
 
-def _times(value: Any) -> str:
-    return "–" if value is None else f"{value:.3g}×"
-
-
-def _num(value: Any) -> str:
-    return "–" if value is None else f"{value:.3g}"
-
-
 def _step(value: Any) -> str:
     return "–" if value is None else f"{int(value):,}"
 
@@ -163,9 +156,9 @@ def headline(sections: dict[str, Any], label: str, ref: str) -> str:
         return ""
     return (
         f"{label} against {ref} ({set_label} tensors): norm growth "
-        f"{_times(mine['peak_growth'])} at its peak and {_times(mine['last_growth'])} at the "
-        f"end, against {_times(theirs['peak_growth'])} and {_times(theirs['last_growth'])}; "
-        f"effective step (angular update) {_times(step['ratio'])} the reference's (geometric "
+        f"{times(mine['peak_growth'])} at its peak and {times(mine['last_growth'])} at the "
+        f"end, against {times(theirs['peak_growth'])} and {times(theirs['last_growth'])}; "
+        f"effective step (angular update) {times(step['ratio'])} the reference's (geometric "
         "mean over the steps where the lr is at least 10% of its peak)."
     )
 
@@ -186,12 +179,12 @@ def norm_growth_table(data: dict[str, Any]) -> TableSpec:
         [
             r["set"],
             r["run"],
-            _num(r["first"]),
-            _num(r["peak"]),
+            num(r["first"]),
+            num(r["peak"]),
             _step(r["peak_step"]),
-            _num(r["last"]),
-            _times(r["peak_growth"]),
-            _times(r["last_growth"]),
+            num(r["last"]),
+            times(r["peak_growth"]),
+            times(r["last_growth"]),
         ]
         for r in data.get("norm_growth", [])
     ]
@@ -232,11 +225,11 @@ def windows_table(data: dict[str, Any], labels: list[str], ref: str) -> TableSpe
         first = angle.get(ref) or next(iter(angle.values()), None)
         span = "–" if first is None else f"{_step(first['x_first'])}–{_step(first['x_last'])}"
         line = [set_label, WINDOWS.get(window, window), span]
-        line += [_num(angle[label]["value"]) if label in angle else "–" for label in labels]
+        line += [num(angle[label]["value"]) if label in angle else "–" for label in labels]
         for label in others:
             line += [
-                _times(angle[label]["ratio"]) if label in angle else "–",
-                _times(lr[label]["ratio"]) if label in lr else "–",
+                times(angle[label]["ratio"]) if label in angle else "–",
+                times(lr[label]["ratio"]) if label in lr else "–",
             ]
         rows.append(line)
     note = (
@@ -265,8 +258,8 @@ def premature_table(data: dict[str, Any]) -> TableSpec:
             r["set"],
             r["run"],
             str(r["tensors"]),
-            _times(r["norm_part"]),
-            _times(r["peak_norm_part"]),
+            times(r["norm_part"]),
+            times(r["peak_norm_part"]),
             _VERDICTS.get(r["verdict"], r["verdict"]),
             f"{r['premature_tensors']} of {r['tensors']}",
         ]
@@ -301,7 +294,7 @@ def premature_tensor_table(data: dict[str, Any], labels: list[str]) -> TableSpec
                 line.append("–")
                 continue
             mark = {"premature": " premature", "transient": " transient"}.get(r["verdict"], "")
-            line.append(_times(r["norm_part"]) + mark)
+            line.append(times(r["norm_part"]) + mark)
         rows.append(line)
     note = (
         "Per scale-invariant tensor and run: the ‖w‖ part at the end of the run (as in the "

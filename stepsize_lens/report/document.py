@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stepsize_lens.analysis.frames import set_name
+from stepsize_lens.report.formatting import num, share, step, times
 
 SEVERITY_COLORS = {"critical": "red", "warning": "yellow", "info": "blue"}
 METRIC_NAMES = {"weight_norm": "‖w‖", "angular_update": "angular update", "effective_lr": "η/‖w‖²"}
@@ -82,27 +83,6 @@ class Document:
 # --------------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------------
-
-
-def num(value: Any, digits: int = 3) -> str:
-    """A number in ``digits`` significant digits; "–" when undefined."""
-    if value is None:
-        return "–"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return f"{value:.{digits}g}"
-
-
-def times(value: Any) -> str:
-    return "–" if value is None else f"{value:.3g}×"
-
-
-def share(value: Any) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
-def step(value: Any) -> str:
-    return "–" if value is None else str(int(value))
 
 
 def _hyper(hyper: dict[str, Any]) -> str:
