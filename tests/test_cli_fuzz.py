@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 from _cli_runs import HOSTILE, call_main, tiny_run
+from _dict_paths import dict_paths, get_path
 
 SEED = 21
 FORMATS = ("text", "json", "markdown", "html")
@@ -50,24 +51,6 @@ def _truncate(data: bytes, rng: random.Random) -> bytes:
 
 
 # -- dict mutations --------------------------------------------------------------------------
-
-
-def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
-    """Every place in the run dict: key / index paths to dict items, list items, leaves."""
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value[:3]):
-            found += _paths(item, (*prefix, i))
-    return found
-
-
-def _get(root: Any, path: tuple) -> Any:
-    for key in path:
-        root = root[key]
-    return root
 
 
 JUNK: list[Callable[[random.Random], Any]] = [
@@ -122,8 +105,8 @@ def _tensor_mutation(t: torch.Tensor, rng: random.Random) -> Any:
 def _dict_mutation(data: dict, rng: random.Random) -> dict:
     data = copy.deepcopy(data)
     for _ in range(rng.randint(1, 3)):
-        path = rng.choice(_paths(data))
-        parent, key = _get(data, path[:-1]), path[-1]
+        path = rng.choice(dict_paths(data, list_items=3))
+        parent, key = get_path(data, path[:-1]), path[-1]
         value = parent[key]
         choice = rng.random()
         if choice < 0.25 and isinstance(parent, dict):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli_runs import REPORT_FIGURES as CLI_REPORT_FIGURES
 from PIL import Image
 from rich.console import Console
 
@@ -18,7 +19,7 @@ import stepsize_lens
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.report import compare_data, compare_report, load_run, report, report_data
 from stepsize_lens.report.data import default_out
-from stepsize_lens.report.document import num, share, step, times
+from stepsize_lens.report.formatting import num, share, step, times
 from stepsize_lens.run import save_run_dict
 
 # the keys the module docstring documents
@@ -125,15 +126,7 @@ COMPARISON_KEYS = {
     "final_ratio",
     "mean_ratio",
 }
-REPORT_FIGURES = {
-    "paper_panel",
-    "norm_growth",
-    "effective_step",
-    "decay_split",
-    "theory",
-    "cos_threshold",
-    "heatmap",
-}
+REPORT_FIGURES = set(CLI_REPORT_FIGURES)
 
 
 def quiet(width: int = 160) -> Console:

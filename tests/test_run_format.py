@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from _dict_paths import dict_paths, get_path
 from _lens_models import small_model, train
 
 import stepsize_lens
@@ -41,23 +42,6 @@ def real_run(tmp_path_factory) -> dict[str, Any]:
 def _save(data: dict[str, Any], path) -> None:
     """As a writer would (a fresh checksum), so the fuzz reaches validation."""
     torch.save(seal(data), path)
-
-
-def _nodes(value: Any, path: tuple = ()) -> list[tuple]:
-    found = [path] if path else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += _nodes(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += _nodes(item, (*path, index))
-    return found
-
-
-def _get(data: Any, path: tuple) -> Any:
-    for key in path:
-        data = data[key]
-    return data
 
 
 REPLACEMENTS = (
@@ -127,16 +111,16 @@ def mutate(data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     data = copy.deepcopy(data)
     for _ in range(rng.randint(1, 3)):
         if rng.random() < 0.4:  # odd values of the right type: these should mostly load
-            tensors = [p for p in _nodes(data) if isinstance(_get(data, p), torch.Tensor)]
+            tensors = [p for p in dict_paths(data) if isinstance(get_path(data, p), torch.Tensor)]
             if tensors:
                 path = rng.choice(tensors)
-                parent = _get(data, path[:-1])
+                parent = get_path(data, path[:-1])
                 parent[path[-1]] = _mutated_tensor(parent[path[-1]], rng, values_only=True)
                 continue
         section = rng.choice(list(data))  # a section first: the params lists would dominate
-        nodes = [(section,), *_nodes(data[section], (section,))]
+        nodes = [(section,), *dict_paths(data[section], (section,))]
         path = rng.choice(nodes)
-        parent, key = _get(data, path[:-1]), path[-1]
+        parent, key = get_path(data, path[:-1]), path[-1]
         value = parent[key]
         roll = rng.random()
         if roll < 0.2:
@@ -201,7 +185,7 @@ def test_a_deleted_field_fails_at_load(real_run, tmp_path, where, fragment):
     import copy
 
     data = copy.deepcopy(real_run)
-    del _get(data, where[:-1])[where[-1]]
+    del get_path(data, where[:-1])[where[-1]]
     _save(data, tmp_path / "bad.pt")
     with pytest.raises(RunFileError, match="bad.pt") as info:
         load(tmp_path / "bad.pt")
