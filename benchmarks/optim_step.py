@@ -5,17 +5,19 @@ feed a BatchNorm get the tangential gradients that make AdamP/SGDP project), CPU
 one process. Every optimizer owns a copy of the parameters; repetitions are interleaved
 (one step of each optimizer per round, in rotating order) and the median is reported, with
 ratios to the torch peer of the same family measured in the same rounds. Our ``fused=True``
-optimizers are timed once their C++ kernel is loaded (`fused_ready(timeout=None)`; the wait
-is printed: it is the background build, kept in torch's extension cache after the first time).
+optimizers are timed once their step is compiled by ``torch.compile`` (`fused_ready(timeout=
+None)`; the wait is printed: it is the background compilation, which inductor's cache
+shortens in later processes).
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 \\
         python benchmarks/optim_step.py
 
 glibc's default allocator returns large blocks to the system after each use, so optimizers
 that allocate parameter-sized temporaries pay page faults at every step and their times
-swing between repetitions; the two variables keep such blocks in the heap. Targets (issue 15,
-ResNet-18): our fused AdamP <= 2x torch AdamW(fused); our fused SGDP <= 2x torch SGD(momentum,
-foreach) with weight decay and without; both >= 2x faster than the reference package.
+swing between repetitions; the two variables keep such blocks in the heap. Targets (issue 22,
+ResNet-18): our fused AdamP <= 2.2x torch AdamW(fused); our fused SGDP <= 2x torch
+SGD(momentum, foreach) with weight decay and without; the reference package >= 2x slower than
+our multi-tensor path.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def bench_model(
         opt.fused_ready(timeout=None) for opt, _ in made.values() if hasattr(opt, "fused_ready")
     )
     print(
-        f"fused C++ kernel {'loaded' if ready else 'NOT loaded (multi-tensor fallback)'} after "
-        f"{time.perf_counter() - start:.1f} s of waiting for the background build"
+        f"fused steps {'compiled' if ready else 'NOT compiled (multi-tensor fallback)'} after "
+        f"{time.perf_counter() - start:.1f} s of waiting for the background compilation"
     )
     opt, params = made["ours AdamP (multi-tensor)"]
     opt.step()
@@ -181,14 +183,14 @@ def main() -> None:
     if not args.resnet_only:
         results["ViT-tiny"] = bench_model("ViT-tiny", vit_tiny(), args.rounds, args.warmup)
     res = results["ResNet-18"]
-    print("\nTargets on ResNet-18 (fused path):")
+    print("\nTargets on ResNet-18 (fused: compiled; multi: the default multi-tensor path):")
     checks = [
-        ("AdamP / AdamW(fused)", res["ours AdamP (fused)"][0], "<= 2"),
-        ("SGDP / SGD(momentum, foreach)", res["ours SGDP (fused)"][0], "<= 2"),
-        ("SGDP / SGD(momentum, foreach), no wd", res["ours SGDP (fused) no wd"][0], "<= 2"),
-        ("reference AdamP / ours", res["ours AdamP (fused)"][1], ">= 2"),
-        ("reference SGDP / ours", res["ours SGDP (fused)"][1], ">= 2"),
-        ("reference SGDP / ours, no wd", res["ours SGDP (fused) no wd"][1], ">= 2"),
+        ("fused AdamP / AdamW(fused)", res["ours AdamP (fused)"][0], "<= 2.2"),
+        ("fused SGDP / SGD(momentum, foreach)", res["ours SGDP (fused)"][0], "<= 2"),
+        ("fused SGDP / SGD(momentum, foreach), no wd", res["ours SGDP (fused) no wd"][0], "<= 2"),
+        ("reference AdamP / multi AdamP", res["ours AdamP (multi-tensor)"][1], ">= 2"),
+        ("reference SGDP / multi SGDP", res["ours SGDP (multi-tensor)"][1], ">= 2"),
+        ("reference SGDP / multi SGDP, no wd", res["ours SGDP (multi-tensor) no wd"][1], ">= 2"),
     ]
     for name, value, target in checks:
         print(f"  {name:40s} {value:5.2f}  (target {target})")

@@ -98,14 +98,20 @@ def views_from_cosines(
     cos_grad: torch.Tensor,
     channel_cos_grad_max: torch.Tensor,
     bounds: torch.Tensor,
-    testable: torch.Tensor,
+    testable: torch.Tensor | None = None,
+    *,
+    undefined: int = View.UNTESTED,
 ) -> torch.Tensor:
     """`paper_test` on torch tensors with the bounds computed once (`paper_bounds`, [2, T])
-    and ``testable`` [T] bool (ndim >= 2): int8 `View` codes, a fixed handful of ops on the
-    cosines' device with no device-to-host read (what the lens runs live)."""
+    and ``testable`` [T] bool (ndim >= 2; None: all): int8 `View` codes, a fixed handful of
+    ops on the cosines' device with no device-to-host read. The lens runs it live, AdamP and
+    SGDP decide their projection with it (``undefined=View.NONE``: where both cosines are NaN
+    no view passes, as in the authors' optimizers)."""
     layer = cos_grad.abs() < bounds[1]
     codes = layer.to(torch.int8).mul_(int(View.LAYER))  # NONE is 0
     codes.masked_fill_(channel_cos_grad_max < bounds[0], int(View.CHANNEL))
     # untested: too few dims, or both cosines NaN (fmax is NaN only where both are)
-    untested = torch.isnan(torch.fmax(cos_grad, channel_cos_grad_max)).logical_or_(~testable)
-    return codes.masked_fill_(untested, int(View.UNTESTED))
+    untested = torch.isnan(torch.fmax(cos_grad, channel_cos_grad_max))
+    if testable is not None:
+        untested.logical_or_(~testable)
+    return codes.masked_fill_(untested, int(undefined))

@@ -7,6 +7,7 @@ with the lens, built once per test session.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +16,10 @@ import pytest
 
 REPORT_STEPS = 40
 
-
-@pytest.fixture(scope="session", autouse=True)
-def optim_kernel_started() -> None:
-    """AdamP/SGDP's fused CPU kernel, built (or loaded from the cache) in the background from
-    the session's start; their fused tests wait for it."""
-    from stepsize_lens.optim import _cpu_kernel
-
-    _cpu_kernel.start()
+# AdamP/SGDP(fused=True) compile their step in the background from their first step: a minute
+# of both CPUs per model. The suite runs their fused steps on the multi-tensor path, and the
+# tests of the compiled path (tests/test_optim_compiled.py) turn compilation back on.
+os.environ.setdefault("STEPSIZE_LENS_COMPILE", "0")
 
 
 @contextlib.contextmanager

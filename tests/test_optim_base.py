@@ -4,7 +4,6 @@ state dicts, closures, gradient checks and the exports."""
 from __future__ import annotations
 
 import io
-import threading
 
 import adamp as reference
 import pytest
@@ -30,26 +29,30 @@ from _optim_cases import (  # noqa: F401 (one_thread: an autouse fixture)
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens import _native
+from stepsize_lens._device_paths import ENV_VAR
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.optim import SGDP, AdamP, _blocked, _cpu_kernel
+from stepsize_lens.optim import SGDP, AdamP, _blocked
 
 
 @pytest.mark.parametrize(
     "path,block_numel",
-    [("multi-tensor", None), ("multi-tensor", 100), ("fused", None)],
-    ids=["multi_tensor", "multi_tensor_tiny_blocks", "fused"],
+    [("multi-tensor", None), ("multi-tensor", 100), ("accelerator", None), ("fused", None)],
+    ids=["multi_tensor", "multi_tensor_tiny_blocks", "multi_tensor_accelerator", "fused"],
 )
 @pytest.mark.parametrize("opt_name,config_name", CASES)
 def test_reference_and_other_paths_agree(opt_name, config_name, path, block_numel, monkeypatch):
     """Both paths see the same gradients (those of the per-tensor run) at every step.
 
-    Tiny blocks cut every tensor into many pieces and put several tensors in one block.
+    Tiny blocks cut every tensor into many pieces and put several tensors in one block; the
+    accelerator mode (forced on the CPU) sums the rows of equal length together. The fused path
+    runs here uncompiled (tests/test_optim_compiled.py compiles it).
     """
+    if path == "accelerator":
+        monkeypatch.setenv(ENV_VAR, "accelerator")
+        path = "multi-tensor"
     if block_numel is not None:
-        monkeypatch.setattr(
-            _blocked, "row_blocks", lambda shapes: _blocked.RowBlocks(shapes, block_numel)
-        )
+        monkeypatch.setattr(_blocked, "BLOCK_NUMEL", block_numel)
+        monkeypatch.setattr(_blocked, "CPU", _blocked.Mode("cpu", block_numel))
     kwargs, specs = config(opt_name, config_name)
     x, y = data("cnn")
     net, twin = model("cnn"), model("cnn")
@@ -189,8 +192,8 @@ def test_odd_layouts_and_float64_use_the_fallback_correctly(opt_name):
 
 @pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
 def test_long_rows_cut_into_pieces_on_the_fused_path(opt_name):
-    """Rows longer than the traced function's piece limit (2 and 3 pieces, a row with no
-    split) and longer than the C++ kernel's task (segments summed in order)."""
+    """Rows longer than the compiled step's piece limit (2 and 3 pieces, a row with no split)
+    and longer than a CPU block."""
     kwargs, _ = config(opt_name, "nesterov")
     gen = torch.Generator().manual_seed(9)
     shapes = [(3, 2, 48, 48), (4, 9000), (2, 4099 * 2), (2, 3 * (1 << 14) + 5)]
@@ -401,108 +404,3 @@ def test_fused_and_foreach_follow_torchs_rules(opt_name):
     with pytest.raises(UserInputError, match="floating-point"):
         opt.add_param_group({"params": [torch.zeros(2, dtype=torch.long)], "fused": True})
     assert len(opt.param_groups) == 1
-
-
-def _train_pair(opt_name: str, fused, multi, net, twin, steps: int = 3) -> None:
-    x, y = data("cnn")
-    for _ in range(steps):
-        for n, o in ((net, fused), (twin, multi)):
-            o.zero_grad()
-            F.cross_entropy(n(x), y).backward()
-            o.step()
-
-
-@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
-def test_fused_steps_never_wait_for_the_kernel(opt_name, monkeypatch):
-    """While the C++ kernel loads, fused steps take the multi-tensor path (same numbers, bit
-    for bit); once it is loaded, it steps every tensor in one call per dtype."""
-    module = _cpu_kernel.wait()
-    if module is None:
-        pytest.skip(f"the fused CPU kernel is unavailable: {_cpu_kernel.status().error}")
-    release, calls = threading.Event(), []
-
-    class Spy:
-        def __getattr__(self, name):
-            def call(*args):
-                calls.append((name, len(args[0])))
-                return getattr(module, name)(*args)
-
-            return call
-
-    def slow_load():  # the background thread blocks until the test lets it go
-        release.wait(timeout=120)
-        return Spy(), "built"
-
-    monkeypatch.setattr(_cpu_kernel, "_loader", _native.Loader(slow_load))
-    kwargs, _ = config(opt_name, "nesterov")
-    net, twin = model("cnn"), model("cnn")
-    fused = OURS[opt_name](net.parameters(), fused=True, **kwargs)
-    multi = OURS[opt_name](twin.parameters(), foreach=True, **kwargs)
-    assert not fused.fused_ready()
-    _train_pair(opt_name, fused, multi, net, twin)
-    for a, b in zip(net.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
-    assert calls == []
-    release.set()
-    assert fused.fused_ready(timeout=120)
-    _train_pair(opt_name, fused, multi, net, twin, steps=2)
-    native = f"{opt_name.lower()}_step"
-    assert calls == [(native, len(list(net.parameters())))] * 2
-    assert_close_params(net, twin)
-
-
-def test_a_kernel_that_cannot_be_built_says_so_once_and_falls_back(monkeypatch, capsys):
-    def unavailable():
-        raise _native.Unavailable("no C++ compiler: 'c++' not found")
-
-    monkeypatch.setattr(
-        _cpu_kernel,
-        "_loader",
-        _native.Loader(unavailable, "the fused AdamP/SGDP CPU kernel", "fused=True steps ..."),
-    )
-    p, q = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4, 3))
-    opt = SGDP([p], lr=0.1, momentum=0.9, fused=True)
-    assert not opt.fused_ready(timeout=120)
-    assert not SGDP([nn.Parameter(torch.randn(2))], lr=0.1, fused=True).fused_ready(timeout=1)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "stepsize_lens: the fused AdamP/SGDP CPU kernel is unavailable (no C++ compiler: "
-        "'c++' not found); fused=True steps ..."
-    ]
-    ref = SGDP([q], lr=0.1, momentum=0.9, foreach=True)
-    with torch.no_grad():
-        q.copy_(p)
-    for _ in range(2):
-        p.grad, q.grad = torch.ones(4, 3), torch.ones(4, 3)
-        opt.step()
-        ref.step()
-    assert torch.equal(p, q)
-
-
-def test_fused_ready_has_nothing_to_wait_for_without_cpu_tensors_or_fused_groups(monkeypatch):
-    monkeypatch.setattr(
-        _cpu_kernel, "_loader", _native.Loader(lambda: pytest.fail("must not load"))
-    )
-    assert AdamP([nn.Parameter(torch.randn(3, 3))], fused=False).fused_ready(timeout=None)
-    assert _cpu_kernel.status().state == "idle"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("opt_name", ["AdamP", "SGDP"])
-def test_torch_compile_of_the_step_matches_the_eager_step(opt_name):
-    """Issue 15: ``torch.compile(optimizer.step)`` on CPU, as for torch's optimizers."""
-    kwargs, _ = config(opt_name, "nesterov")
-    x, y = data("cnn")
-    net, twin = model("cnn"), model("cnn")
-    eager = make(opt_name, net.parameters(), "per-tensor", **kwargs)
-    opt = OURS[opt_name](twin.parameters(), **kwargs)
-    compiled_step = torch.compile(opt.step)
-    for _ in range(6):
-        for n, o, step in ((net, eager, eager.step), (twin, opt, compiled_step)):
-            o.zero_grad()
-            F.cross_entropy(n(x), y).backward()
-            step()
-    assert_close_params(twin, net)
-    assert [int(s["projection"]) for s in opt.state.values()] == [
-        int(s["projection"]) for s in eager.state.values()
-    ]

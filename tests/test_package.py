@@ -121,7 +121,6 @@ FLOORS = {
     "_files": 0,
     "_sanitize": 0,
     "_jsonable": 0,
-    "_native": 0,
     "_device_paths": 0,
     "errors": 0,
     "schedules": 0,

@@ -4,27 +4,26 @@
 way (validation of every parameter group, state restore, gradient checks, the closure, one
 call per parameter group, the choice of path); a subclass gives its checks, its state
 initialisation and its step on a group. `Kernels` runs an optimizer's step on lists of
-tensors along one of three paths (`PATHS`, docs/design.md §4):
+tensors along one of three paths (`PATHS`, docs/design.md §4), from exactly two
+implementations, the per-tensor reference and the multi-tensor engine (`_blocked`):
 
 - ``per-tensor``: the reference, one tensor at a time, any tensor;
 - ``multi-tensor``: per device and dtype, each tensor along its `_blocked.Partition` route;
-- ``fused``: on the CPU, once the C++ kernel is loaded (`_cpu_kernel`, built in the
-  background), every tensor with a rows view in one call of two passes over the data;
-  until then, where it cannot be built, and on other devices (CUDA), the multi-tensor route.
-  A step traced by ``torch.compile`` runs the optimizer's row function (`RowStep.fn`) on
-  each tensor instead, which the compiler fuses.
+- ``fused``: the multi-tensor code compiled by ``torch.compile`` (inductor: C++ on the CPU,
+  Triton on a GPU), compiled in the background from the first step on (`_compiled`); until
+  it is ready, and where no compiler works, the multi-tensor path runs.
 
 Half-precision tensors (`HALF_DTYPES`) are computed in float32 and rounded once when written,
-as torch's fused kernels do: the C++ kernel and the traced row functions load and store them
-directly, the other paths run on float32 copies.
+as torch's fused kernels do (the paths run on float32 copies).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 import torch
@@ -33,8 +32,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import required  # type: ignore[attr-defined]
 
 from stepsize_lens.errors import UserInputError
-from stepsize_lens.optim import _blocked, _cpu_kernel
-from stepsize_lens.optim._projection import row_pieces, stats_dtype
+from stepsize_lens.optim import _blocked, _compiled
 
 H = TypeVar("H")
 
@@ -48,10 +46,9 @@ PATHS: dict[str, str] = {
     PER_TENSOR: "foreach=False: the reference, one tensor at a time; any device, dtype, layout",
     MULTI_TENSOR: "foreach=True, or foreach=None when every parameter is a torch.Tensor or "
     "nn.Parameter: any device; tensors without a rows view run the per-tensor code",
-    FUSED: "fused=True: on the CPU, a C++ kernel (built at run time; needs a C++ compiler and "
-    "ninja) steps every tensor with a rows view in one call of two passes once it is loaded; "
-    "until then, where it cannot be built, and on other devices (CUDA), the multi-tensor path. "
-    "A step traced by torch.compile runs each tensor's step in torch ops for the compiler",
+    FUSED: "fused=True: the multi-tensor code compiled by torch.compile (inductor) in the "
+    "background from the first step on; the multi-tensor path runs until it is ready, and "
+    "where it cannot be compiled (said once, in one line)",
 }
 
 #: Devices ``fused=True`` accepts (torch's fused optimizers' main ones).
@@ -62,9 +59,6 @@ PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 #: Parameter dtypes that every path computes in float32 (state stays in the parameter's dtype).
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-#: Parameter dtypes the C++ kernel steps (others take the multi-tensor path).
-NATIVE_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 
 
 class ProjectedOptimizer(Optimizer):
@@ -77,7 +71,8 @@ class ProjectedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, plus one clear error for a missing required value and the group's checks.
 
-        With ``fused=True`` on CPU tensors, the C++ kernel starts loading in the background.
+        Nothing is compiled here: a ``fused=True`` group starts its compilation at its first
+        step.
         """
         missing = [k for k, v in self.defaults.items() if v is required and k not in param_group]
         if missing:
@@ -95,8 +90,6 @@ class ProjectedOptimizer(Optimizer):
         except Exception:
             self.param_groups.pop()
             raise
-        if group["fused"] and _on_cpu(group):
-            _cpu_kernel.start()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -117,17 +110,44 @@ class ProjectedOptimizer(Optimizer):
         restore_projection_dtype(self.state)
 
     def fused_ready(self, timeout: float | None = 0.0) -> bool:
-        """Whether the C++ kernel that ``fused=True`` groups of CPU tensors run is loaded.
+        """Whether every ``fused=True`` group's compiled step is ready for its current tensors.
 
-        Waits up to ``timeout`` seconds (None: until it is loaded or has failed) for the
-        background build. Steps never wait; call this before training when the first steps
-        must already take the fused path (reproducible runs, benchmarks). True when there is
-        nothing to load (no fused group of CPU tensors), False when the kernel is unavailable
-        (no compiler or ``ninja``, ``STEPSIZE_LENS_CPU_KERNEL=0``, a failed build).
+        Waits up to ``timeout`` seconds (None: until compiled or failed) for the background
+        compilations, starting those not yet started (a group's first step starts its own).
+        Steps never wait; call this before training when the first steps must already run
+        compiled (benchmarks). True when there is nothing to compile, False when the compiler
+        is unavailable or failed (said once, in one line) or turned off
+        (``STEPSIZE_LENS_COMPILE=0``).
         """
-        if not any(group["fused"] and _on_cpu(group) for group in self.param_groups):
-            return True
-        return _cpu_kernel.wait(timeout) is not None
+        ok = True
+        for group in self.param_groups:
+            if not group["fused"]:
+                continue
+            tensors = self._peek(group)
+            if tensors[0]:
+                ok &= self._kernels.compiled.wait(*tensors, self._hyper(group), timeout)
+        return ok
+
+    def _peek(self, group: dict[str, Any]) -> GroupTensors:
+        """The group's tensors with a gradient and their states as its next step will see them
+        (state created, step counted), without changing anything."""
+        params, grads, states = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = dict(self.state[p])
+            self._init_state(p, state)
+            params.append(p)
+            grads.append(p.grad)
+            states.append(state)
+        return params, grads, states
+
+    #: The optimizer's steps on lists of tensors (`Kernels`); set by each subclass.
+    _kernels: Kernels
+
+    def _hyper(self, group: dict[str, Any]) -> Any:
+        """The hyperparameters of one step of ``group`` (the subclass's ``_Hyper``)."""
+        raise NotImplementedError
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise `UserInputError` for invalid hyperparameters of ``group`` (defaults filled)."""
@@ -139,7 +159,7 @@ class ProjectedOptimizer(Optimizer):
 
     def _update(self, group: dict[str, Any], tensors: GroupTensors, path: str) -> None:
         """The step on the parameters of ``group`` that have a gradient (`_gather`)."""
-        raise NotImplementedError
+        self._kernels(*tensors, self._hyper(group), path=path)
 
     def _gather(self, group: dict[str, Any]) -> GroupTensors:
         params, grads, states = [], [], []
@@ -204,80 +224,64 @@ ListStep = Callable[[list[Tensor], list[Tensor], list[dict], H], None]
 
 
 @dataclass(frozen=True)
-class RowStep(Generic[H]):
-    """How an optimizer's fused step runs, in C++ and in torch ops.
-
-    ``native``: the name of its function in ``optim/cpu_kernel.cpp``, which steps all tensors
-    of one dtype in one call (weights, gradients, state tensors in the order of
-    `Kernels.state_keys`, projection slots, the float64 hyper table, nesterov).
-    ``floats(hyper, state, numel, rows)``: one tensor's row of that table (a function of
-    ``state["step"]`` where there is one, ``numel`` and ``rows``), also the ``hyper`` of
-    ``fn``. ``fn(w, g, *state, projection, unit, hyper, nesterov=...)``: the same step of one
-    tensor in torch ops (arguments as `traced_call` makes them), run by a step that
-    ``torch.compile`` traces. ``nesterov(hyper)``: whether the Nesterov form is used.
-    """
-
-    native: str
-    floats: Callable[[H, dict, int, int], Sequence[float]]
-    fn: Callable[..., None]
-    nesterov: Callable[[H], bool]
-
-
-@dataclass(frozen=True)
 class Kernels(Generic[H]):
     """An optimizer's steps on lists of tensors, given its hyperparameters ``H``.
 
-    ``reference``: the per-tensor path, for any tensor. ``plain``: a multi-tensor step for
-    tensors that are never projected. ``blocked``: pass 1 (`BlockedTensors.first_pass`) and
-    pass 2 on blocked tensors; returns each tensor's view. ``state_keys``: the state tensors
-    ``blocked`` and the fused step read as rows. ``rows``: the fused step.
+    ``reference``: the per-tensor path, for any tensor. ``plain(params, grads, states, hyper,
+    scalars)``: a multi-tensor step for tensors that are never projected. ``blocked(part,
+    hyper, scalars)``: the multi-tensor step of projectable tensors (`_blocked`); returns each
+    tensor's view. ``state_keys``: the state tensors ``blocked`` reads as rows. ``scalars``:
+    the values of one step that change from step to step (lr, bias corrections), as a float64
+    list from (hyper, step): the compiled path passes them as a tensor, so a schedule never
+    recompiles it; the eager paths pass None and read the hyperparameters.
     """
 
     reference: ListStep[H]
-    plain: ListStep[H]
-    blocked: Callable[[_blocked.BlockedTensors, H], Tensor]
+    plain: Callable[..., None]
+    blocked: Callable[..., Tensor]
     state_keys: tuple[str, ...]
-    rows: RowStep[H]
+    scalars: Callable[[H, int | None], list[float]]
+    compiled: _compiled.CompiledSteps = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compiled", _compiled.CompiledSteps(self))
 
     def __call__(
         self, params: list[Tensor], grads: list[Tensor], states: list[dict], hyper: H, *, path: str
     ) -> None:
-        """The step along ``path`` (`PATHS`); the multi-tensor and fused paths never sync.
-
-        Per device and dtype, each tensor goes along its `Partition` route (fallback:
-        ``reference``, plain: ``plain``, blocked: ``blocked``), except on the fused path where
-        the C++ kernel is loaded (it takes the plain and blocked tensors) or the step is being
-        traced (blocked tensors run ``rows.fn``).
-        """
+        """The step along ``path`` (`PATHS`); the multi-tensor and fused paths never sync."""
         if path == PER_TENSOR:
             in_float32(self.reference, params, grads, states, hyper, self.state_keys)
             return
+        if path == FUSED and not torch.compiler.is_compiling():
+            if self.compiled.run(params, grads, states, hyper):
+                return
+        self.multi_tensor(params, grads, states, hyper)
+
+    def multi_tensor(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict],
+        hyper: H,
+        scalars: Tensor | None = None,
+    ) -> None:
+        """The multi-tensor step: per device and dtype, each tensor along its `Partition` route
+        (fallback: ``reference``, plain: ``plain``, blocked: ``blocked``), in the `_blocked.Mode`
+        of the device. ``scalars``: the step's `scalars` as a tensor (the compiled path)."""
         grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads], with_indices=True)  # type: ignore[arg-type]
         for (ps, dev_grads), indices in grouped.values():
             gs = cast(list[Tensor], dev_grads)
             sts = [states[i] for i in indices]
-            traced = path == FUSED and torch.compiler.is_compiling()
-            if path == FUSED and not traced:
-                module = native_module(ps[0])
-                if module is not None:
-                    rest = self._native(module, ps, gs, sts, hyper)
-                    ps, gs, sts = (
-                        [ps[i] for i in rest],
-                        [gs[i] for i in rest],
-                        [sts[i] for i in rest],
-                    )
-                    if not ps:
-                        continue
-            route = _blocked.Partition(ps)
-            blocked = route.blocked
-            if traced:
-                for i in blocked:
-                    self._traced(route, i, ps[i], gs[i], sts[i], hyper)
-                blocked = []
+            mode = _blocked.mode_for(ps[0].device)
+            route = _blocked.Partition(ps, by_width=mode.gather)
+
+            blocked = functools.partial(self._blocked_step, mode=mode, scalars=scalars)
+            plain = functools.partial(self._plain_step, scalars=scalars)
             for ids, step in (
                 (route.fallback, self.reference),
-                (route.plain, self.plain),
-                (blocked, self._blocked_step),
+                (route.plain, plain),
+                (route.blocked, blocked),
             ):
                 if ids:
                     in_float32(
@@ -290,115 +294,29 @@ class Kernels(Generic[H]):
                     )
 
     def _blocked_step(
-        self, params: list[Tensor], grads: list[Tensor], states: list[dict], hyper: H
-    ) -> None:
-        route = _blocked.Partition(params)  # all blocked: projectable with a rows view
-        part = route.blocked_tensors(params, grads, states, self.state_keys)
-        part.save_views(self.blocked(part, hyper))
-
-    def _native(
         self,
-        module: Any,
         params: list[Tensor],
         grads: list[Tensor],
         states: list[dict],
         hyper: H,
-    ) -> list[int]:
-        """One call of the C++ kernel on every tensor it can read in place (one device and
-        dtype; `native_layout`); returns the indices of those it did not step.
-
-        A gradient in another layout than its parameter is copied into the parameter's for
-        this step, a state tensor replaced (once) by such a copy, as the multi-tensor path does.
-        """
-        rest: list[int] = []
-        done: list[int] = []
-        state: list[list[Tensor]] = [[] for _ in self.state_keys]
-        g: list[Tensor] = []
-        floats: list[Sequence[float]] = []
-        cached: dict[tuple, Sequence[float]] = {}
-        for i, (p, grad, st) in enumerate(zip(params, grads, states)):
-            if not native_layout(p):
-                rest.append(i)
-                continue
-            strides = p.stride()
-            if grad.stride() != strides:
-                grad = torch.empty_like(p).copy_(grad)
-            for column, k in zip(state, self.state_keys):
-                if st[k].stride() != strides:
-                    st[k] = torch.empty_like(p).copy_(st[k])
-                column.append(st[k])
-            done.append(i)
-            g.append(grad)
-            rows = p.shape[0] if p.ndim > 1 else 1
-            key = (st.get("step"), p.numel(), rows)  # all a row of the table depends on
-            if key not in cached:
-                cached[key] = self.rows.floats(hyper, st, p.numel(), rows)
-            floats.append(cached[key])
-        if done:
-            getattr(module, self.rows.native)(
-                [params[i].detach() for i in done],
-                g,
-                *state,
-                [states[i]["projection"] for i in done],
-                torch.tensor(floats, dtype=torch.float64),
-                self.rows.nesterov(hyper),
-            )
-        return rest
-
-    def _traced(
-        self, route: _blocked.Partition, i: int, p: Tensor, g: Tensor, state: dict, hyper: H
+        *,
+        mode: _blocked.Mode,
+        scalars: Tensor | None,
     ) -> None:
-        """``rows.fn`` on blocked tensor ``i``, for a step traced by ``torch.compile``."""
-        tensors = (
-            route.rows[i],
-            route.grad_rows(i, p, g),
-            *(route.state_rows(i, p, state, k) for k in self.state_keys),
-        )
-        floats = self.rows.floats(hyper, state, p.numel(), route.rows[i].shape[0])
-        row_hyper = torch.tensor(floats, dtype=torch.float64, device=p.device)
-        args = traced_call(tensors, state["projection"], row_hyper)
-        self.rows.fn(*args, nesterov=self.rows.nesterov(hyper))
+        route = _blocked.Partition(params, by_width=mode.gather)  # all blocked
+        part = route.blocked_tensors(params, grads, states, self.state_keys, mode)
+        part.save_views(self.blocked(part, hyper, scalars))
 
-
-def traced_call(tensors: Sequence[Tensor], projection: Tensor, hyper: Tensor) -> tuple[Tensor, ...]:
-    """The arguments of a row function (`RowStep.fn`) for [rows, K] ``tensors`` (w, g, state).
-
-    Each row is cut into `row_pieces` consecutive pieces, so the tensors become
-    [rows * pieces, K / pieces] views (inductor sums short rows faster), followed by the
-    projection slot, ``unit``: ones of [rows, pieces] in the statistics' dtype, and ``hyper``.
-    """
-    w = tensors[0]
-    rows, cols = w.shape
-    pieces = row_pieces(cols)
-    unit = torch.ones((rows, pieces), device=w.device, dtype=stats_dtype(w.dtype))
-    shape = (rows * pieces, cols // pieces)
-    return (*(t.view(shape) for t in tensors), projection, unit, hyper)
-
-
-def native_layout(p: Tensor) -> bool:
-    """Whether the C++ kernel reads ``p`` in place: a plain tensor, contiguous or channels_last
-    (dense with dim 0 outermost, so each row is one block of memory). Other dense layouts with
-    a rows view take the multi-tensor path."""
-    if type(p) not in PLAIN_TYPES:
-        return False
-    if p.is_contiguous():
-        return True
-    if p.ndim == 4:
-        return p.is_contiguous(memory_format=torch.channels_last)
-    if p.ndim == 5:
-        return p.is_contiguous(memory_format=torch.channels_last_3d)
-    return False
-
-
-def native_module(p: Tensor) -> Any:
-    """The loaded C++ kernel if it steps tensors like ``p`` (CPU, `NATIVE_DTYPES`), else None."""
-    if p.device.type != "cpu" or p.dtype not in NATIVE_DTYPES:
-        return None
-    return _cpu_kernel.ready()
-
-
-def _on_cpu(group: dict[str, Any]) -> bool:
-    return any(p.device.type == "cpu" for p in group["params"])
+    def _plain_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict],
+        hyper: H,
+        *,
+        scalars: Tensor | None,
+    ) -> None:
+        self.plain(params, grads, states, hyper, scalars)
 
 
 def in_float32(

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from stepsize_lens._rows import as_rows, row_order
 from stepsize_lens._schema import View
-from stepsize_lens.paper_test import channel_threshold, layer_threshold
+from stepsize_lens.paper_test import channel_threshold, layer_threshold, views_from_cosines
 
 
 def projectable(p: Tensor) -> bool:
@@ -82,10 +82,25 @@ class RowLayout:
             self._cache[key] = torch.tensor([chan, layer], dtype=dtype, device=device)
         return self._cache[key]
 
+    def row_index(self, device: torch.device) -> Tensor:
+        """The tensor each row belongs to (its index in the list), as a device tensor."""
+        key = ("row_index", device)
+        if key not in self._cache:
+            tensors = torch.arange(len(self.rows), device=device)
+            lengths = self.lengths(device)
+            self._cache[key] = tensors.repeat_interleave(lengths, output_size=self.total_rows)
+        return self._cache[key]
+
     def expand(self, per_tensor: Tensor) -> Tensor:
-        """Per-tensor values repeated over each tensor's rows (no host sync: size is known)."""
-        lengths = self.lengths(per_tensor.device)
-        return per_tensor.repeat_interleave(lengths, output_size=self.total_rows)
+        """Per-tensor values repeated over each tensor's rows (no host sync: size is known).
+
+        Eager: one gather by `row_index`. Traced by ``torch.compile``: a concatenation of
+        broadcasts, which the compiler stores once (a gather it would recompute, unvectorised,
+        for every element of the loops that read it).
+        """
+        if torch.compiler.is_compiling():
+            return torch.cat([per_tensor[t : t + 1].expand(r) for t, r in enumerate(self.rows)])
+        return per_tensor[self.row_index(per_tensor.device)]
 
     # unsafe=True skips segment_reduce's validation of the lengths, which reads them on the
     # host (a device sync); ours are positive and sum to total_rows by construction.
@@ -96,30 +111,6 @@ class RowLayout:
     def segment_max(self, per_row: Tensor) -> Tensor:
         lengths = self.lengths(per_row.device)
         return torch.segment_reduce(per_row, "max", lengths=lengths, unsafe=True)
-
-
-class TensorRows:
-    """The `RowLayout` interface for the rows of one tensor, in a traced (compiled) row kernel.
-
-    Segment reductions over one tensor are plain reductions, and the thresholds come as the
-    caller's double-precision 0-dim tensors (compared in the statistics' dtype, as
-    `RowLayout.thresholds` rounds them), so that one compiled kernel serves every shape.
-    """
-
-    def __init__(self, channel_threshold: Tensor, layer_threshold: Tensor) -> None:
-        self.thr = (channel_threshold, layer_threshold)
-
-    def thresholds(self, delta: float, dtype: torch.dtype, device: torch.device) -> tuple:
-        return self.thr
-
-    def expand(self, per_tensor: Tensor) -> Tensor:
-        return per_tensor
-
-    def segment_sum(self, per_row: Tensor) -> Tensor:
-        return per_row.sum(0, keepdim=True)
-
-    def segment_max(self, per_row: Tensor) -> Tensor:
-        return per_row.amax(0, keepdim=True)
 
 
 #: Inductor sums float32 rows longer than this with a slower cascade helper, so row kernels
@@ -140,53 +131,31 @@ def row_pieces(cols: int, limit: int = PIECE_LIMIT) -> int:
     return 1
 
 
-def project_rows(
-    w: Tensor, g: Tensor, u: Tensor, rows: int, thresholds: tuple[Tensor, Tensor], eps: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The test and the projection of one tensor, in a row kernel's terms.
-
-    ``w``, ``g``, ``u``: the weight, the raw gradient and the update direction in the
-    statistics' dtype, as [rows * pieces, K / pieces] (each row of the [rows, K] tensor in
-    consecutive pieces, `row_pieces`). Returns (view [1], c [rows]) with u_r - c_r w_r the
-    projected update (`choose_views`, `projection_coefs` on a `TensorRows` layout).
-    """
-
-    def per_row(x: Tensor) -> Tensor:
-        return x.sum(1).view(rows, -1).sum(1)
-
-    layout = TensorRows(*thresholds)
-    w_norm = per_row(w * w).sqrt()
-    g_norm = per_row(g * g).sqrt()
-    views = choose_views(per_row(w * g), w_norm, g_norm, layout, 0.0, eps)
-    return views, projection_coefs(per_row(w * u), w_norm, views, layout, eps)
-
-
 def choose_views(
     w_dot_g: Tensor,
     w_norm: Tensor,
     g_norm: Tensor,
-    layout: RowLayout | TensorRows,
+    layout: RowLayout,
     delta: float,
     eps: float,
 ) -> Tensor:
     """The `View` each tensor passes (NONE, CHANNEL or LAYER), from per-row statistics.
 
     ``w_dot_g`` = <w_r, g_r>, ``w_norm`` = ||w_r||, ``g_norm`` = ||g_r|| for every row of every
-    tensor. A NaN cosine fails both views, as in the reference.
+    tensor. The test itself is `paper_test.views_from_cosines` (the lens's too); a NaN cosine
+    fails its view, and where both are NaN no view passes, as in the reference.
     """
     thr = layout.thresholds(delta, w_dot_g.dtype, w_dot_g.device)
     cos_rows = w_dot_g / (w_norm.clamp_min(eps) * g_norm.clamp_min(eps))
-    channel = layout.segment_max(cos_rows.abs()) < thr[0]
+    channel_max = layout.segment_max(cos_rows.abs())
     layer_w = layout.segment_sum(w_norm * w_norm).sqrt_()
     layer_g = layout.segment_sum(g_norm * g_norm).sqrt_()
     cos_layer = layout.segment_sum(w_dot_g) / (layer_w.clamp_min(eps) * layer_g.clamp_min(eps))
-    layer = cos_layer.abs() < thr[1]
-    zero = torch.zeros((), dtype=torch.long, device=w_dot_g.device)
-    return torch.where(channel, int(View.CHANNEL), torch.where(layer, int(View.LAYER), zero))
+    return views_from_cosines(cos_layer, channel_max, thr, undefined=View.NONE).long()
 
 
 def projection_coefs(
-    w_dot_u: Tensor, w_norm: Tensor, views: Tensor, layout: RowLayout | TensorRows, eps: float
+    w_dot_u: Tensor, w_norm: Tensor, views: Tensor, layout: RowLayout, eps: float
 ) -> Tensor:
     """Per-row c such that u_r - c_r * w_r removes the radial part of the chosen view.
 
@@ -246,13 +215,19 @@ def project_(
     return views[0], views[0] != int(View.NONE)
 
 
-def pick(cond: Tensor, if_false: float, if_true: float, dtype: torch.dtype) -> Tensor:
+def pick(
+    cond: Tensor, if_false: float | Tensor, if_true: float | Tensor, dtype: torch.dtype
+) -> Tensor:
     """``if_true`` where ``cond`` else ``if_false``, as ``dtype`` on ``cond``'s device.
 
-    The constants are rounded from Python floats exactly like a scalar argument of ``mul_``
-    (so the weight decay matches the reference bit for bit), and are filled on the device
-    (no host-to-device copy). Use `stats_dtype` so that low-precision parameters keep the
-    constant in float32, as a Python scalar would.
+    Python floats are rounded exactly like a scalar argument of ``mul_`` (so the weight decay
+    matches the reference bit for bit) and filled on the device (no host-to-device copy); 0-dim
+    tensors (a compiled step's scalars) are rounded the same way. Use `stats_dtype` so that
+    low-precision parameters keep the constant in float32, as a Python scalar would.
     """
     kw = dict(dtype=dtype, device=cond.device)
-    return torch.where(cond, torch.full((), if_true, **kw), torch.full((), if_false, **kw))
+
+    def constant(x: float | Tensor) -> Tensor:
+        return x.to(**kw) if isinstance(x, Tensor) else torch.full((), x, **kw)
+
+    return torch.where(cond, constant(if_true), constant(if_false))

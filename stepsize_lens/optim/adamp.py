@@ -21,7 +21,6 @@ from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
-from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 __all__ = ["AdamP", "adamp"]
 
@@ -61,16 +60,15 @@ class AdamP(B.ProjectedOptimizer):
 
             - ``foreach=False``: the per-tensor reference path above.
             - ``foreach=True`` (and the default ``None`` when every parameter is a plain
-              tensor): the multi-tensor path. It never synchronises with the device, works on
-              cache-sized blocks of rows and, without nesterov, computes the Adam direction
-              with torch's fused Adam kernel (CPU, CUDA).
-            - ``fused=True``: on CPU, a C++ kernel steps every tensor in one call: one pass
-              updates the moments and sums the test's row statistics, a second projects and
-              writes the weight, recomputing the direction from the moments (1-D tensors
-              are written in the first). It is built in the background from construction
-              on (seconds, once: torch's extension cache keeps it; needs a C++ compiler and
-              ``ninja``); until it is loaded, where it cannot be built, and on CUDA, the
-              multi-tensor path runs, so no step waits. `fused_ready(timeout=None)` waits.
+              tensor): the multi-tensor path. It never synchronises with the device; on the
+              CPU it works on cache-sized blocks of rows, on accelerators in a number of kernel
+              launches that depends on the row lengths, not on the number of tensors; without
+              nesterov it computes the Adam direction with torch's fused Adam kernel.
+            - ``fused=True``: the multi-tensor code compiled by ``torch.compile`` (inductor: C++
+              on the CPU, Triton on a GPU), compiled in a background thread from the first step
+              on (about a minute on a small CPU); until it is ready, and where it cannot be
+              compiled (said once, in one line), the multi-tensor path runs, so no step waits.
+              `fused_ready(timeout=None)` waits for it.
     """
 
     def __init__(
@@ -121,9 +119,8 @@ class AdamP(B.ProjectedOptimizer):
             state["projection"] = B.new_projection_state(p)
         state["step"] += 1
 
-    def _update(self, group: dict[str, Any], tensors: B.GroupTensors, path: str) -> None:
-        adamp(
-            *tensors,
+    def _hyper(self, group: dict[str, Any]) -> _Hyper:
+        return _Hyper(
             lr=group["lr"],
             beta1=group["betas"][0],
             beta2=group["betas"][1],
@@ -132,7 +129,6 @@ class AdamP(B.ProjectedOptimizer):
             delta=group["delta"],
             wd_ratio=group["wd_ratio"],
             nesterov=group["nesterov"],
-            path=path,
         )
 
 
@@ -153,20 +149,15 @@ class _Hyper:
         """Weight-decay multipliers (no view, a view): 1 - η λ and 1 - η λ wd_ratio."""
         return 1 - self.lr * self.weight_decay, 1 - self.lr * self.weight_decay * self.wd_ratio
 
-    def row_floats(self, state: dict, numel: int, rows: int) -> tuple[float, ...]:
-        """One tensor's row of the fused step's hyper table (`_adamp_rows`, ``adamp_step`` in
-        ``cpu_kernel.cpp``), computed in double like the reference."""
-        step = state["step"]
-        return (
-            self.beta1,
-            self.beta2,
-            math.sqrt(1 - self.beta2**step),
+    def scalars(self, step: int | None) -> list[float]:
+        """The values of step t that change between steps, in double like the reference:
+        lr / (1 - β1^t), sqrt(1 - β2^t) and the two decays (`_base.Kernels.scalars`)."""
+        assert step is not None
+        return [
             self.lr / (1 - self.beta1**step),
-            self.eps,
+            math.sqrt(1 - self.beta2**step),
             *self.decays(),
-            channel_threshold(numel, rows, self.delta),
-            layer_threshold(numel, self.delta),
-        )
+        ]
 
 
 def adamp(
@@ -210,9 +201,10 @@ def _single_tensor_adamp(
 FUSED_ADAM_DEVICES = frozenset({"cpu", "cuda"})
 
 
-def _fused_kernel_ok(p: Tensor, nesterov: bool) -> bool:
-    """torch's fused Adam kernel computes our direction (not the Nesterov form)."""
-    return not nesterov and p.device.type in FUSED_ADAM_DEVICES
+def _fused_kernel_ok(p: Tensor, h: _Hyper, scalars: Tensor | None) -> bool:
+    """torch's fused Adam kernel computes our direction (not the Nesterov form); a traced
+    step writes the formula instead, which the compiler fuses with the row sums."""
+    return scalars is None and not h.nesterov and p.device.type in FUSED_ADAM_DEVICES
 
 
 def _step_tensors(steps: list[int], device: torch.device) -> list[Tensor]:
@@ -251,21 +243,30 @@ def _fused_adam_kernel(
     )
 
 
+def _zeros_like(tensors: list[Tensor]) -> list[Tensor]:
+    """Zero tensors shaped like ``tensors``, views of one buffer (one launch, not one each)."""
+    numels = [t.numel() for t in tensors]
+    flat = torch.zeros(sum(numels), dtype=tensors[0].dtype, device=tensors[0].device)
+    return [x.view(t.shape) for x, t in zip(flat.split(numels), tensors)]
+
+
 def _adam_directions(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[int],
     h: _Hyper,
+    scalars: Tensor | None,
 ) -> list[Tensor]:
     """Update the moments in place; return the Adam steps d = -lr/(1-β1^t) * u as new tensors.
 
-    Without Nesterov, torch's fused Adam kernel does it in one pass (applied to zeros, its
-    "parameter" update is d); otherwise ``torch._foreach_*`` ops follow the reference formula.
+    Eager, without Nesterov: torch's fused Adam kernel in one pass (applied to zeros, its
+    "parameter" update is d). Otherwise ``torch._foreach_*`` ops follow the reference formula,
+    with the bias corrections of ``scalars`` when given (the compiled path: one step count).
     """
     beta1, beta2 = h.beta1, h.beta2
-    if _fused_kernel_ok(grads[0], h.nesterov):
-        out = [torch.zeros_like(g) for g in grads]
+    if _fused_kernel_ok(grads[0], h, scalars):
+        out = _zeros_like(grads)
         _fused_adam_kernel(torch._fused_adam_, out, grads, exp_avgs, exp_avg_sqs, steps, h, 0.0)
         return out
     torch._foreach_mul_(exp_avgs, beta1)
@@ -273,7 +274,10 @@ def _adam_directions(
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+    if scalars is None:
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in steps])
+    else:
+        torch._foreach_div_(denom, scalars[1])
     torch._foreach_add_(denom, h.eps)
     if h.nesterov:
         out = torch._foreach_mul(exp_avgs, beta1)
@@ -282,44 +286,54 @@ def _adam_directions(
     else:
         out = torch._foreach_div(exp_avgs, denom)
     del denom
-    torch._foreach_mul_(out, [-h.lr / (1 - beta1**t) for t in steps])
+    if scalars is None:
+        torch._foreach_mul_(out, [-h.lr / (1 - beta1**t) for t in steps])
+    else:
+        torch._foreach_mul_(out, -scalars[0])
     return out
 
 
-def _plain_adamw(params: list[Tensor], grads: list[Tensor], states: list[dict], h: _Hyper) -> None:
+def _plain_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict],
+    h: _Hyper,
+    scalars: Tensor | None,
+) -> None:
     """Tensors that are never projected: decoupled decay, then the Adam step."""
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-    steps = [s["step"] for s in states]
-    if _fused_kernel_ok(params[0], h.nesterov):
+    steps = [s.get("step") for s in states]
+    if _fused_kernel_ok(params[0], h, scalars):
         _fused_adam_kernel(
             torch._fused_adamw_, params, grads, exp_avgs, exp_avg_sqs, steps, h, h.weight_decay
         )
         return
-    directions = _adam_directions(grads, exp_avgs, exp_avg_sqs, steps, h)
+    directions = _adam_directions(grads, exp_avgs, exp_avg_sqs, steps, h, scalars)
     if h.weight_decay > 0:
-        torch._foreach_mul_(params, h.decays()[0])
+        torch._foreach_mul_(params, h.decays()[0] if scalars is None else scalars[2])
     torch._foreach_add_(params, directions)
 
 
-def _blocked_adamp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
-    """Multi-tensor path for tensors cut into cache-sized blocks of rows; returns the views.
+def _blocked_adamp(part: _blocked.BlockedTensors, h: _Hyper, scalars: Tensor | None) -> Tensor:
+    """Multi-tensor path of the projectable tensors (`_blocked`); returns the views.
 
-    Pass 1 (`BlockedTensors.first_pass`), per block: the row statistics of the test on (w, g),
-    the moments and the Adam step d = -lr/(1-β1^t) u, and <w_r, d_r>; then the views and the
-    per-row coefficients c_r of the projection d <- d - c_r w_r. Pass 2, per block:
+    Pass 1 (`BlockedTensors.first_pass`), per block: the moments and the Adam step
+    d = -lr/(1-β1^t) u, then the row sums of the test on (w, g) and <w_r, d_r>; then the views
+    and the per-row coefficients c_r of the projection d <- d - c_r w_r. Pass 2, per block:
     w <- w * (decay - c_r) + d, with decay = 1 - lr λ ratio chosen by the view.
     """
     m, v = part.state["exp_avg"], part.state["exp_avg_sq"]
     steps = part.per_piece("step")
     d, views, coefs = part.first_pass(
-        lambda a, b: _adam_directions(part.g[a:b], m[a:b], v[a:b], steps[a:b], h),
+        lambda a, b: _adam_directions(part.g[a:b], m[a:b], v[a:b], steps[a:b], h, scalars),
         delta=h.delta,
         eps=h.eps,
     )
     scale = coefs.neg_()
     if h.weight_decay > 0:
-        scale += part.layout.expand(P.pick(views != int(View.NONE), *h.decays(), scale.dtype))
+        decays = h.decays() if scalars is None else (scalars[2], scalars[3])
+        scale += part.layout.expand(P.pick(views != int(View.NONE), *decays, scale.dtype))
     else:
         scale += 1
     scales, w = part.blocks.split(scale[:, None]), part.w
@@ -329,59 +343,14 @@ def _blocked_adamp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     return views
 
 
-def _adamp_rows(
-    w: Tensor,
-    g: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    projection: Tensor,
-    unit: Tensor,
-    hyper: Tensor,
-    *,
-    nesterov: bool,
-) -> None:
-    """The fused step of one tensor in torch ops, for a step traced by ``torch.compile``.
-
-    The same computation as ``adamp_step`` of ``cpu_kernel.cpp``. ``w``, ``g`` and the moments
-    as [rows * pieces, K / pieces] (`_base.traced_call`); ``unit``: ones of shape
-    [rows, pieces]; ``hyper`` (float64, `_Hyper.row_floats`): beta1, beta2,
-    sqrt(1 - beta2^t), lr / (1 - beta1^t), eps, the two decays and the two thresholds of the
-    test. The view goes into ``projection``. The class docstring's algorithm in the
-    statistics' dtype (``unit``'s: float32, or float64 for float64 tensors), written so that
-    inductor makes it two loops: moments, direction u and the four row sums of the test; then
-    w <- w decay - step_size (u - c_r w) (not w (decay + step_size c_r) - step_size u: see
-    docs/design.md §4.4). Multiplying u by ``unit`` (one per piece)
-    keeps the first loop [pieces, K / pieces]-shaped, which lets inductor fuse the moment
-    update into the row sums instead of a separate flat pass.
-    """
-    beta1, beta2, sqrt_bc2, step_size, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(0)
-    sdt = unit.dtype
-    w_, g_ = w.to(sdt), g.to(sdt)
-    m = exp_avg.to(sdt) * beta1 + g_ * (1 - beta1)
-    v = exp_avg_sq.to(sdt) * beta2 + g_ * g_ * (1 - beta2)
-    numer = m * beta1 + g_ * (1 - beta1) if nesterov else m
-    u = numer / (v.sqrt() / sqrt_bc2 + eps) * unit.reshape(-1)[:, None]
-    views, coefs = P.project_rows(w_, g_, u, unit.shape[0], (thr_c, thr_l), eps)
-    decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
-    c = coefs.to(sdt)[:, None].expand(unit.shape).reshape(-1)[:, None]
-    w.copy_(w_ * decay_rows - step_size.to(sdt) * (u - c * w_))
-    exp_avg.copy_(m)
-    exp_avg_sq.copy_(v)
-    projection.copy_(views[0])
-
-
-#: Per device and dtype: a plain multi-tensor AdamW step for tensors that are never projected,
-#: `_blocked_adamp` (multi-tensor) or `_adamp_rows` (fused) for the others, the reference path
-#: for odd layouts.
+#: The per-tensor reference; the multi-tensor engine's two parts (tensors never projected:
+#: AdamW; the others: `_blocked_adamp`), which ``fused=True`` compiles.
 _KERNELS = B.Kernels(
     reference=_single_tensor_adamp,
     plain=_plain_adamw,
     blocked=_blocked_adamp,
     state_keys=("exp_avg", "exp_avg_sq"),
-    rows=B.RowStep(
-        native="adamp_step",
-        floats=lambda h, state, numel, rows: h.row_floats(state, numel, rows),
-        fn=_adamp_rows,
-        nesterov=lambda h: bool(h.nesterov),
-    ),
+    scalars=lambda h, step: h.scalars(step),
 )
+
+AdamP._kernels = _KERNELS

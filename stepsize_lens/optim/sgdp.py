@@ -21,7 +21,6 @@ from stepsize_lens.errors import UserInputError
 from stepsize_lens.optim import _base as B
 from stepsize_lens.optim import _blocked
 from stepsize_lens.optim import _projection as P
-from stepsize_lens.paper_test import channel_threshold, layer_threshold
 
 __all__ = ["SGDP", "sgdp"]
 
@@ -64,15 +63,13 @@ class SGDP(B.ProjectedOptimizer):
 
             - ``foreach=False``: the per-tensor reference path above.
             - ``foreach=True`` (and the default ``None`` when every parameter is a plain
-              tensor): the multi-tensor path. It never synchronises with the device and works
-              on cache-sized blocks of rows.
-            - ``fused=True``: on CPU, a C++ kernel steps every tensor in one call: one pass
-              updates the buffer and sums the test's row statistics, a second projects and
-              writes weight and buffer (1-D tensors are written in the first). It is built
-              in the background from construction on (seconds, once: torch's extension
-              cache keeps it; needs a C++ compiler and ``ninja``); until it is loaded, where
-              it cannot be built, and on CUDA, the multi-tensor path runs, so no step waits.
-              `fused_ready(timeout=None)` waits for it.
+              tensor): the multi-tensor path. It never synchronises with the device; on the
+              CPU it works on cache-sized blocks of rows, on accelerators in a number of kernel
+              launches that depends on the row lengths, not on the number of tensors.
+            - ``fused=True``: the multi-tensor code compiled by ``torch.compile`` (inductor: C++
+              on the CPU, Triton on a GPU), compiled in a background thread from the first step
+              on; until it is ready, and where it cannot be compiled (said once, in one line),
+              the multi-tensor path runs, so no step waits. `fused_ready(timeout=None)` waits.
     """
 
     def __init__(
@@ -124,9 +121,8 @@ class SGDP(B.ProjectedOptimizer):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["projection"] = B.new_projection_state(p)
 
-    def _update(self, group: dict[str, Any], tensors: B.GroupTensors, path: str) -> None:
-        sgdp(
-            *tensors,
+    def _hyper(self, group: dict[str, Any]) -> _Hyper:
+        return _Hyper(
             lr=group["lr"],
             momentum=group["momentum"],
             dampening=group["dampening"],
@@ -135,7 +131,6 @@ class SGDP(B.ProjectedOptimizer):
             eps=group["eps"],
             delta=group["delta"],
             wd_ratio=group["wd_ratio"],
-            path=path,
         )
 
 
@@ -163,17 +158,9 @@ class _Hyper:
             return 1.0, 1.0
         return 1 - lr * wd * 1 / (1 - mu), 1 - lr * wd * self.wd_ratio / (1 - mu)
 
-    def row_floats(self, state: dict, numel: int, rows: int) -> tuple[float, ...]:
-        """One tensor's row of the fused step's hyper table (`_sgdp_rows`, ``sgdp_step``)."""
-        return (
-            self.momentum,
-            self.dampening,
-            self.lr,
-            self.eps,
-            *self.decays(),
-            channel_threshold(numel, rows, self.delta),
-            layer_threshold(numel, self.delta),
-        )
+    def scalars(self, step: int | None = None) -> list[float]:
+        """The values that change between steps (`_base.Kernels.scalars`): lr and the decays."""
+        return [self.lr, *self.decays()]
 
 
 def sgdp(
@@ -221,7 +208,7 @@ def _sgd_directions(
     """Update the buffers in place; return the directions (the buffers unless nesterov).
 
     ``one_pass``: without dampening, buf <- g + μ buf in one op per tensor rather than two
-    foreach ops (worth it on the few large pieces of a block, not on many small tensors).
+    foreach ops (worth it on the few large pieces of a CPU block, not on many tensors).
     """
     if one_pass and h.dampening == 0:
         for g, buf in zip(grads, bufs):
@@ -234,34 +221,64 @@ def _sgd_directions(
     return bufs
 
 
-def _plain_sgd(params: list[Tensor], grads: list[Tensor], states: list[dict], h: _Hyper) -> None:
+def _plain_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict],
+    h: _Hyper,
+    scalars: Tensor | None,
+) -> None:
     """Tensors that are never projected: momentum, decoupled decay, then the step."""
     directions = _sgd_directions(grads, [s["momentum_buffer"] for s in states], h)
     if h.weight_decay > 0:
-        torch._foreach_mul_(params, h.decays()[0])
-    torch._foreach_add_(params, directions, alpha=-h.lr)
+        torch._foreach_mul_(params, h.decays()[0] if scalars is None else scalars[1])
+    if scalars is None:
+        torch._foreach_add_(params, directions, alpha=-h.lr)
+    else:
+        torch._foreach_add_(params, torch._foreach_mul(directions, -scalars[0]))
 
 
-def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
-    """Multi-tensor path for tensors cut into cache-sized blocks of rows; returns the views.
+def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper, scalars: Tensor | None) -> Tensor:
+    """Multi-tensor path of the projectable tensors (`_blocked`); returns the views.
 
-    Pass 1 (`BlockedTensors.first_pass`), per block: the row statistics of the test on (w, g),
-    the buffer update, the direction d and <w_r, d_r>; then the views and the per-row
+    Pass 1 (`BlockedTensors.first_pass`), per block: the buffer update and the direction d,
+    then the row sums of the test on (w, g) and <w_r, d_r>; then the views and the per-row
     projection coefficients c_r. Pass 2, per block: d <- d - c_r w_r (in the buffer without
     nesterov), w <- w * decay, w <- w - lr d.
     """
     buf = part.state["momentum_buffer"]
-    d, views, coefs = part.first_pass(
-        lambda a, b: _sgd_directions(part.g[a:b], buf[a:b], h, one_pass=True),
-        delta=h.delta,
-        eps=h.eps,
-    )
+    one_pass = part.mode.block_numel is not None  # the CPU's blocks hold few, large pieces
+    traced = scalars is not None
+    momentum: list[Tensor] = []
+
+    def direction(a: int, b: int) -> list[Tensor]:
+        if not traced:
+            return _sgd_directions(part.g[a:b], buf[a:b], h, one_pass=one_pass)
+        # traced: the new buffer as a value, written back once at the end
+        new = torch._foreach_add(
+            torch._foreach_mul(buf[a:b], h.momentum), part.g[a:b], alpha=1 - h.dampening
+        )
+        momentum.extend(new)
+        return torch._foreach_add(part.g[a:b], new, alpha=h.momentum) if h.nesterov else new
+
+    d, views, coefs = part.first_pass(direction, delta=h.delta, eps=h.eps)
     neg_coefs = part.blocks.split(coefs.neg_()[:, None])
     decay = None
     if h.weight_decay > 0:
-        per_tensor = P.pick(views != int(View.NONE), *h.decays(), coefs.dtype)
+        decays = h.decays() if scalars is None else (scalars[1], scalars[2])
+        per_tensor = P.pick(views != int(View.NONE), *decays, coefs.dtype)
         decay = part.blocks.split(part.layout.expand(per_tensor)[:, None])
     w = part.w
+    if scalars is not None:  # traced: one expression per tensor, each written once
+        for i, (wi, gi, bi) in enumerate(zip(w, part.g, buf)):
+            # the direction again from (buf, g), so that the compiler need not store it
+            momentum[i] = bi * h.momentum + gi * (1 - h.dampening)
+            di = gi + momentum[i] * h.momentum if h.nesterov else momentum[i]
+            projected = di + neg_coefs[i] * wi
+            decayed = wi if decay is None else wi * decay[i]
+            wi.copy_(decayed - scalars[0] * projected)
+            buf[i].copy_(momentum[i] if h.nesterov else projected)
+        return views
     for a, b in reversed(part.blocks.blocks):  # the last blocks of pass 1 are still in cache
         torch._foreach_addcmul_(d[a:b], w[a:b], neg_coefs[a:b])
         if decay is not None:
@@ -270,51 +287,14 @@ def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper) -> Tensor:
     return views
 
 
-def _sgdp_rows(
-    w: Tensor,
-    g: Tensor,
-    momentum_buffer: Tensor,
-    projection: Tensor,
-    unit: Tensor,
-    hyper: Tensor,
-    *,
-    nesterov: bool,
-) -> None:
-    """The fused step of one tensor in torch ops, for a step traced by ``torch.compile``.
-
-    The same computation as ``sgdp_step`` of ``cpu_kernel.cpp``. Shapes and ``unit`` as in
-    `adamp._adamp_rows`; ``hyper`` (float64, `_Hyper.row_floats`):
-    momentum, dampening, lr, eps, the two decays and the two thresholds of the test; the view
-    goes into ``projection``. The class docstring's algorithm in the statistics' dtype,
-    written so that inductor makes it two loops: buffer, direction d and the four row sums of
-    the test; then d <- d - c_r w, the buffer and w <- w decay - lr d.
-    """
-    momentum, dampening, lr, eps, decay, decay_projected, thr_c, thr_l = hyper.unbind(0)
-    sdt = unit.dtype
-    w_, g_ = w.to(sdt), g.to(sdt)
-    buf = momentum_buffer.to(sdt) * momentum + g_ * (1 - dampening)
-    d = (g_ + momentum * buf if nesterov else buf) * unit.reshape(-1)[:, None]
-    views, coefs = P.project_rows(w_, g_, d, unit.shape[0], (thr_c, thr_l), eps)
-    pieces = unit.shape
-    projected = d - coefs[:, None].expand(pieces).reshape(-1)[:, None] * w_
-    decay_rows = torch.where(views != int(View.NONE), decay_projected, decay).to(sdt)
-    w.copy_(w_ * decay_rows - lr * projected)
-    momentum_buffer.copy_(buf if nesterov else projected)
-    projection.copy_(views[0])
-
-
-#: Per device and dtype: a plain multi-tensor momentum step for tensors that are never
-#: projected, `_blocked_sgdp` (multi-tensor) or `_sgdp_rows` (fused) for the others, the
-#: reference path for odd layouts.
+#: The per-tensor reference; the multi-tensor engine's two parts (tensors never projected:
+#: momentum SGD; the others: `_blocked_sgdp`), which ``fused=True`` compiles.
 _KERNELS = B.Kernels(
     reference=_single_tensor_sgdp,
     plain=_plain_sgd,
     blocked=_blocked_sgdp,
     state_keys=("momentum_buffer",),
-    rows=B.RowStep(
-        native="sgdp_step",
-        floats=lambda h, state, numel, rows: h.row_floats(state, numel, rows),
-        fn=_sgdp_rows,
-        nesterov=lambda h: bool(h.nesterov),
-    ),
+    scalars=lambda h, step: h.scalars(step),
 )
+
+SGDP._kernels = _KERNELS

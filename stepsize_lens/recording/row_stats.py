@@ -25,51 +25,21 @@ from __future__ import annotations
 
 import torch
 
-# below this row length a batched matmul of tiny matrices costs more than multiply-and-sum
-MATMUL_MIN_ROW = 128
+from stepsize_lens._rows import MATMUL_MIN_ROW, dots, matmul_is_exact, norms
+
+__all__ = [
+    "MATMUL_MIN_ROW",
+    "dots",
+    "matmul_is_exact",
+    "norms",
+    "refine",
+    "tangential_sq",
+]
+
 # a row whose radial part is more than this share of ‖Δ_r‖² gets its tangential part formed
 REFINE_FRACTION = 0.5
 # refine a whole block in place once more than 1/DENSE_SHARE of its rows need it
 DENSE_SHARE = 8
-
-
-def matmul_is_exact(device: torch.device) -> bool:
-    """Whether float32 matmuls on ``device`` run in full float32 precision right now."""
-    if device.type != "cpu":
-        return False  # TF32 and friends: never trust a matmul setting off the CPU
-    return torch.get_float32_matmul_precision() == "highest"
-
-
-def norms(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[r] = ‖x_r‖ for x [n, K] (square them in bulk afterwards: one op, not one per block)."""
-    return torch.linalg.vector_norm(x, dim=-1, out=out)
-
-
-def dots(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, matmul: bool) -> torch.Tensor:
-    """out[r] = ⟨a_r, b_r⟩ for a, b [n, K] and a contiguous ``out`` [n]; ``matmul``: use the
-    paired batched matmul where it pays (rows of at least `MATMUL_MIN_ROW`, dense rows)."""
-    n, width = a.shape
-    if matmul and n >= 2 and width >= MATMUL_MIN_ROW and a.is_contiguous() and b.is_contiguous():
-        even = n - n % 2
-        pairs = torch.bmm(
-            a[:even].view(-1, 2, width), b[:even].view(-1, 2, width).transpose(1, 2)
-        ).view(-1, 4)
-        torch.index_select(pairs, 1, _DIAGONAL[pairs.device], out=out[:even].view(-1, 2))
-        if even < n:
-            torch.dot(a[-1], b[-1], out=out[-1])
-        return out
-    return torch.sum(a * b, dim=-1, out=out)
-
-
-class _Diagonal(dict):
-    """Positions 0 and 3 of a flattened 2x2 block (its diagonal), per device."""
-
-    def __missing__(self, device: torch.device) -> torch.Tensor:
-        self[device] = torch.tensor([0, 3], device=device)
-        return self[device]
-
-
-_DIAGONAL = _Diagonal()
 
 
 def tangential_sq(wd: torch.Tensor, ww: torch.Tensor, dd: torch.Tensor) -> torch.Tensor:
