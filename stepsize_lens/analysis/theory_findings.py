@@ -268,22 +268,29 @@ def equilibrium(ctx: Context) -> list[Finding]:
     if found is None:
         return []
     fc, decayed = found
+    names = [ctx.names[i] for i in fc.tensor_index()[decayed]]
+    judged_at = judged_equilibrium(ctx)
+    evidence, predicted_step, relax = _equilibrium_timing(ctx, fc, decayed, judged_at)
+    findings = [_equilibrium_time_finding(ctx, names, evidence, predicted_step, relax)]
+    judged = _equilibrium_judged_finding(ctx, names, evidence, judged_at)
+    if judged is not None:
+        findings.append(judged)
+    return findings
+
+
+def _equilibrium_timing(
+    ctx: Context, fc: Any, decayed: np.ndarray, judged_at: dict[str, np.ndarray]
+) -> tuple[dict[str, Any], float | None, float | None]:
+    """When the decayed tensors come within tolerance of equilibrium: the evidence of
+    ``equilibrium_time``, the predicted step (a step within the run where most got there; none
+    extrapolated at constant lr across a decaying schedule) and the relaxation time."""
     th = ctx.thresholds
     eq = equilibrium_steps(ctx)
-    names = [ctx.names[i] for i in fc.tensor_index()[decayed]]
     steps = fc.steps.astype(np.float64)
     first, last = float(steps[0]), float(steps[-1])
-    judged_at = judged_equilibrium(ctx)
-    measured, predicted, judged_from = (
-        judged_at["measured"],
-        judged_at["predicted"],
-        judged_at["start"],
-    )
     step = eq["step"][decayed]
-    in_time = np.isfinite(measured) & np.isfinite(predicted)
     predicted_step = _median(step) if np.isfinite(step).any() else math.inf
     relax = _median(eq["relaxation"][decayed])
-    span = last - first
     reached_steps = step[eq["reached"][decayed]]
     if eq["reached"][decayed].mean() >= 0.5:  # the run got there: a step within it
         predicted_step = _median(reached_steps)
@@ -296,58 +303,75 @@ def equilibrium(ctx: Context) -> list[Finding]:
         "tolerance": th.equilibrium_time_tolerance,
         "relaxation_steps": jsonable(relax),
         "relaxation_times_elapsed": jsonable(_median(eq["elapsed"][decayed])),
-        "span_steps": span,
+        "span_steps": last - first,
         "last_step": int(last),
         "optimizer_family": ctx.family.name,
         "tensor_count": int(decayed.sum()),
-        "measured_angular_update": jsonable(_median(measured)),
-        "predicted_angular_update": jsonable(_median(predicted)),
+        "measured_angular_update": jsonable(_median(judged_at["measured"])),
+        "predicted_angular_update": jsonable(_median(judged_at["predicted"])),
     }
-    findings = []
+    return evidence, predicted_step, relax
+
+
+def _equilibrium_time_finding(
+    ctx: Context,
+    names: list[str],
+    evidence: dict[str, Any],
+    predicted_step: float | None,
+    relax: float | None,
+) -> Finding:
+    """``equilibrium_time``: the schedule-aware statement of a decaying run (`tracking`), else
+    the step by which the run got within tolerance, else the step predicted past its end."""
+    th = ctx.thresholds
     track = tracking(ctx)
     if track is not None:
-        findings.append(_tracking_finding(ctx, track, names, evidence))
-    elif evidence["reached_within_run"]:
-        findings.append(
-            Finding(
-                kind="equilibrium_time",
-                severity="info",
-                title=(
-                    f"Effective step came within {th.equilibrium_time_tolerance:.0%} of "
-                    f"equilibrium by step {_fmt_steps(predicted_step)} (predicted; relaxation "
-                    f"time {_fmt_steps(relax or math.inf)} steps)"
-                ),
-                evidence=evidence,
-                tensors=listed(names),
-                suggestion=(
-                    "From there weight decay holds the effective step near sqrt(2ηλ'/κ) "
-                    "(docs/design.md §5.3); tune lr × weight decay to move it."
-                ),
-            )
+        return _tracking_finding(ctx, track, names, evidence)
+    if evidence["reached_within_run"]:
+        return Finding(
+            kind="equilibrium_time",
+            severity="info",
+            title=(
+                f"Effective step came within {th.equilibrium_time_tolerance:.0%} of "
+                f"equilibrium by step {_fmt_steps(predicted_step)} (predicted; relaxation "
+                f"time {_fmt_steps(relax or math.inf)} steps)"
+            ),
+            evidence=evidence,
+            tensors=listed(names),
+            suggestion=(
+                "From there weight decay holds the effective step near sqrt(2ηλ'/κ) "
+                "(docs/design.md §5.3); tune lr × weight decay to move it."
+            ),
         )
-    else:
-        findings.append(
-            Finding(
-                kind="equilibrium_time",
-                severity="info",
-                title=(
-                    f"Equilibrium predicted at step {_fmt_steps(predicted_step)} at this constant "
-                    f"lr, after this run's {int(last):,} steps (relaxation time "
-                    f"{_fmt_steps(relax or math.inf)} steps): weight decay has not balanced the "
-                    "norm yet"
-                ),
-                evidence=evidence,
-                tensors=listed(names),
-                suggestion=(
-                    "Information, not a problem: a run shorter than its relaxation time is not at "
-                    "equilibrium, whatever its angle. To get there sooner raise lr × weight decay "
-                    "(the time scales as 1/(ηλ')); see the weight-decay timescale."
-                ),
-            )
-        )
-    judged = np.flatnonzero(in_time)
+    return Finding(
+        kind="equilibrium_time",
+        severity="info",
+        title=(
+            f"Equilibrium predicted at step {_fmt_steps(predicted_step)} at this constant "
+            f"lr, after this run's {evidence['last_step']:,} steps (relaxation time "
+            f"{_fmt_steps(relax or math.inf)} steps): weight decay has not balanced the "
+            "norm yet"
+        ),
+        evidence=evidence,
+        tensors=listed(names),
+        suggestion=(
+            "Information, not a problem: a run shorter than its relaxation time is not at "
+            "equilibrium, whatever its angle. To get there sooner raise lr × weight decay "
+            "(the time scales as 1/(ηλ')); see the weight-decay timescale."
+        ),
+    )
+
+
+def _equilibrium_judged_finding(
+    ctx: Context, names: list[str], evidence: dict[str, Any], judged_at: dict[str, np.ndarray]
+) -> Finding | None:
+    """``equilibrium_reached`` or ``equilibrium_missed``: the measured angle against the
+    closed-form equilibrium over the records where the recurrence puts each tensor at it; None
+    where it puts none there."""
+    th = ctx.thresholds
+    measured, predicted = judged_at["measured"], judged_at["predicted"]
+    judged = np.flatnonzero(np.isfinite(measured) & np.isfinite(predicted))
     if judged.size == 0:
-        return findings
+        return None
     m, p = measured[judged], predicted[judged]
     ratio = float(_nanmean(m) / _nanmean(p))
     tensor_ratio = m / p
@@ -360,31 +384,28 @@ def equilibrium(ctx: Context) -> list[Finding]:
         "tensors_outside_tolerance": int(
             (np.abs(tensor_ratio - 1.0) > th.equilibrium_tolerance).sum()
         ),
-        "window_start": int(np.nanmin(judged_from[judged])),
+        "window_start": int(np.nanmin(judged_at["start"][judged])),
         "tensor_count": int(judged.size),
     }
     judged_names = [names[i] for i in judged]
     if abs(ratio - 1.0) <= th.equilibrium_tolerance:
-        findings.append(
-            Finding(
-                kind="equilibrium_reached",
-                severity="info",
-                title=(
-                    "Scale-invariant tensors are at equilibrium: angular update "
-                    f"{judged_evidence['measured_angular_update']:.3g} rad/step vs "
-                    f"{judged_evidence['predicted_angular_update']:.3g} predicted"
-                ),
-                evidence=judged_evidence,
-                tensors=listed(judged_names),
-                suggestion=(
-                    "Nothing to fix: the run lasted past its relaxation time and weight decay "
-                    "holds the effective step at its equilibrium, sqrt(2ηλ'/κ); tune that "
-                    "product to move it."
-                ),
-                score=0.0,
-            )
+        return Finding(
+            kind="equilibrium_reached",
+            severity="info",
+            title=(
+                "Scale-invariant tensors are at equilibrium: angular update "
+                f"{judged_evidence['measured_angular_update']:.3g} rad/step vs "
+                f"{judged_evidence['predicted_angular_update']:.3g} predicted"
+            ),
+            evidence=judged_evidence,
+            tensors=listed(judged_names),
+            suggestion=(
+                "Nothing to fix: the run lasted past its relaxation time and weight decay "
+                "holds the effective step at its equilibrium, sqrt(2ηλ'/κ); tune that "
+                "product to move it."
+            ),
+            score=0.0,
         )
-        return findings
     cause = (
         "below: gradients still carry signal the theory leaves out, or the norm has not come "
         "down from a larger value yet"
@@ -392,27 +413,24 @@ def equilibrium(ctx: Context) -> list[Finding]:
         else "above: gradients correlated across steps (signal-dominated) turn faster than "
         "noise, which the theory assumes"
     )
-    findings.append(
-        Finding(
-            kind="equilibrium_missed",
-            severity="warning",
-            title=(
-                f"Angular update {judged_evidence['measured_angular_update']:.3g} rad/step is "
-                f"{ratio:.2f}x the equilibrium {judged_evidence['predicted_angular_update']:.3g} "
-                "where the run should be at it"
-            ),
-            evidence=judged_evidence,
-            tensors=listed(judged_names),
-            suggestion=(
-                "From step "
-                f"{judged_evidence['window_start']:,} the run had lasted a relaxation time and "
-                "the recurrence puts it at equilibrium, yet its measured effective step is "
-                f"{cause}. Compare `analysis.predict(run)`, which follows the recorded schedule."
-            ),
-            score=abs(math.log(ratio)) if ratio > 0 else 0.0,
-        )
+    return Finding(
+        kind="equilibrium_missed",
+        severity="warning",
+        title=(
+            f"Angular update {judged_evidence['measured_angular_update']:.3g} rad/step is "
+            f"{ratio:.2f}x the equilibrium {judged_evidence['predicted_angular_update']:.3g} "
+            "where the run should be at it"
+        ),
+        evidence=judged_evidence,
+        tensors=listed(judged_names),
+        suggestion=(
+            "From step "
+            f"{judged_evidence['window_start']:,} the run had lasted a relaxation time and "
+            "the recurrence puts it at equilibrium, yet its measured effective step is "
+            f"{cause}. Compare `analysis.predict(run)`, which follows the recorded schedule."
+        ),
+        score=abs(math.log(ratio)) if ratio > 0 else 0.0,
     )
-    return findings
 
 
 def decaying(ctx: Context) -> bool:

@@ -297,83 +297,182 @@ def probe(
     A weight shared by several paths is invariant only if every path it feeds is normalised.
     Call ``probe`` outside a forward/backward pass (parameters are rescaled in place and put back).
     """
-    import pandas as pd
-
     model = unwrap_model(model)  # names as in the plain model, like the lens records them
     if draws < 1:
         raise UserInputError(f"draws must be at least 1, not {draws}")
     all_params = dict(model.named_parameters())
-    if names is None:
-        selected = list(all_params)
-    else:
-        unknown = [name for name in names if name not in all_params]
-        if unknown:
-            raise KeyError(f"model has no parameter named {unknown[0]!r}")
-        selected = list(names)
+    selected = _selected(all_params, names)
     owners = _module_types(model)
-    plans = {
+    plans = _factor_plans(all_params, selected, seed, draws)
+    if tolerance is None:
+        tolerance = _default_tolerance(structural, structural_dtype)
+    guessed = _feeds_a_norm(model)
+    likely = {name for name in plans if id(all_params[name]) in guessed}
+    verdicts = _Verdicts(selected, plans, grouped, likely)
+    structural_noise = (
+        _structural_pass(model, example_inputs, structural_dtype, verdicts, tolerance)
+        if structural
+        else float("nan")
+    )
+    numerical_noise = _numerical_pass(
+        model, example_inputs, verdicts, structural, numerical_tolerance
+    )
+    table = _probe_table(all_params, owners, verdicts, numerical_tolerance)
+    settings = {
+        "draws": draws,
+        "seed": seed,
+        "tolerance": float(tolerance),
+        "numerical_tolerance": float(numerical_tolerance),
+        "structural": structural,
+        "structural_dtype": str(structural_dtype).replace("torch.", ""),
+        "structural_eps": STRUCTURAL_EPS,
+        "noise_floor": structural_noise,
+        "numerical_noise_floor": numerical_noise,
+    }
+    return ProbeResult(table, settings)
+
+
+def _selected(all_params: dict[str, torch.nn.Parameter], names: Sequence[str] | None) -> list[str]:
+    """The tensors to probe: ``names`` (each must name a parameter), else every parameter."""
+    if names is None:
+        return list(all_params)
+    unknown = [name for name in names if name not in all_params]
+    if unknown:
+        raise KeyError(f"model has no parameter named {unknown[0]!r}")
+    return list(names)
+
+
+def _factor_plans(
+    all_params: dict[str, torch.nn.Parameter], selected: list[str], seed: int, draws: int
+) -> dict[str, tuple[list[np.ndarray], list[float]]]:
+    """The rows' and the whole tensor's factors (`_factor_plan`) of every tested tensor
+    (ndim >= 2), seeded by its place among the selected."""
+    return {
         name: _factor_plan(seed, index, tuple(all_params[name].shape), draws)
         for index, name in enumerate(selected)
         if all_params[name].ndim >= 2
     }
-    if tolerance is None:
-        tolerance = 1e-6 if structural and structural_dtype == torch.float64 else 1e-3
 
-    verdict: dict[str, str] = {name: "none" for name in selected}
-    channel_change = dict.fromkeys(selected, float("nan"))
-    layer_change = dict.fromkeys(selected, float("nan"))
-    numerical_change = dict.fromkeys(selected, float("nan"))
-    noise = {"structural": float("nan"), "numerical": float("nan")}
 
-    guessed = _feeds_a_norm(model)
-    likely = {name for name in plans if id(all_params[name]) in guessed}
+def _default_tolerance(structural: bool, structural_dtype: torch.dtype) -> float:
+    """1e-6 for the structural probe in float64, 1e-3 otherwise."""
+    return 1e-6 if structural and structural_dtype == torch.float64 else 1e-3
 
-    def judge(prober: _Prober, limit: float) -> None:
-        rows = {name: plan[0] for name, plan in plans.items()}
-        channel_change.update(prober.screen(rows, limit, grouped, likely))
-        failed = {name: plans[name][1] for name in rows if not channel_change[name] <= limit}
+
+class _Verdicts:
+    """The verdict and the measured changes of every selected tensor, filled in by the passes
+    of `probe` (untested tensors stay "none" and NaN)."""
+
+    def __init__(
+        self,
+        selected: list[str],
+        plans: dict[str, tuple[list[np.ndarray], list[float]]],
+        grouped: bool,
+        likely: set[str],
+    ) -> None:
+        self.selected = selected
+        self.plans = plans
+        self.grouped = grouped
+        self.likely = likely
+        self.verdict: dict[str, str] = {name: "none" for name in selected}
+        self.channel_change = dict.fromkeys(selected, float("nan"))
+        self.layer_change = dict.fromkeys(selected, float("nan"))
+        self.numerical_change = dict.fromkeys(selected, float("nan"))
+
+    def judge(self, prober: _Prober, limit: float) -> None:
+        """The channel test on every tested tensor, the layer test on those it fails; the
+        verdicts against ``limit``."""
+        rows = {name: plan[0] for name, plan in self.plans.items()}
+        self.channel_change.update(prober.screen(rows, limit, self.grouped, self.likely))
+        failed = {
+            name: self.plans[name][1] for name in rows if not self.channel_change[name] <= limit
+        }
         for name in rows:
             if name not in failed:
-                verdict[name] = "channel"
-        layer_change.update(prober.screen(failed, limit, grouped, likely))
+                self.verdict[name] = "channel"
+        self.layer_change.update(prober.screen(failed, limit, self.grouped, self.likely))
         for name in failed:
-            verdict[name] = "layer" if layer_change[name] <= limit else "none"
+            self.verdict[name] = "layer" if self.layer_change[name] <= limit else "none"
 
-    if structural:
-        import copy
+    def measure_numerical(self, prober: _Prober, limit: float) -> None:
+        """The change of the invariant tensors under their verdict's rescaling, in ``prober``'s
+        model (the model as it is)."""
+        invariant = {
+            name: plan[0] if self.verdict[name] == "channel" else plan[1]
+            for name, plan in self.plans.items()
+            if self.verdict[name] != "none"
+        }
+        self.numerical_change.update(prober.measure(invariant, limit, self.grouped))
 
-        twin = copy.deepcopy(model).to(structural_dtype)
-        _negligible_eps(twin, STRUCTURAL_EPS)
-        prober = _Prober(twin, _cast_inputs(example_inputs, structural_dtype))
-        try:
-            noise["structural"] = prober.noise
-            judge(prober, tolerance)
-        finally:
-            prober.close()
-            del twin, prober
+    def numerical_from_judged(self) -> None:
+        """Without the structural probe: an invariant tensor's numerical change is the change
+        of the test that judged it."""
+        for name in self.plans:
+            if self.verdict[name] != "none":
+                self.numerical_change[name] = (
+                    self.channel_change[name]
+                    if self.verdict[name] == "channel"
+                    else self.layer_change[name]
+                )
 
+
+def _structural_pass(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    structural_dtype: torch.dtype,
+    verdicts: _Verdicts,
+    tolerance: float,
+) -> float:
+    """The verdicts from a copy of ``model`` in ``structural_dtype`` with negligible eps;
+    returns that copy's noise floor."""
+    import copy
+
+    twin = copy.deepcopy(model).to(structural_dtype)
+    _negligible_eps(twin, STRUCTURAL_EPS)
+    prober = _Prober(twin, _cast_inputs(example_inputs, structural_dtype))
+    try:
+        noise = prober.noise
+        verdicts.judge(prober, tolerance)
+        return noise
+    finally:
+        prober.close()
+        del twin, prober
+
+
+def _numerical_pass(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    verdicts: _Verdicts,
+    structural: bool,
+    numerical_tolerance: float,
+) -> float:
+    """The model as it is: the invariant tensors' numerical change after the structural pass,
+    else the verdicts themselves; returns the model's noise floor."""
     prober = _Prober(model, example_inputs)
     try:
-        noise["numerical"] = prober.noise
+        noise = prober.noise
         if structural:
-            invariant = {
-                name: plan[0] if verdict[name] == "channel" else plan[1]
-                for name, plan in plans.items()
-                if verdict[name] != "none"
-            }
-            numerical_change.update(prober.measure(invariant, numerical_tolerance, grouped))
+            verdicts.measure_numerical(prober, numerical_tolerance)
         else:
-            judge(prober, numerical_tolerance)
-            for name in plans:
-                if verdict[name] != "none":
-                    numerical_change[name] = (
-                        channel_change[name] if verdict[name] == "channel" else layer_change[name]
-                    )
+            verdicts.judge(prober, numerical_tolerance)
+            verdicts.numerical_from_judged()
+        return noise
     finally:
         prober.close()
 
-    numerical = pd.Series(numerical_change, dtype=np.float64)
-    table = pd.DataFrame(
+
+def _probe_table(
+    all_params: dict[str, torch.nn.Parameter],
+    owners: dict[int, str],
+    verdicts: _Verdicts,
+    numerical_tolerance: float,
+) -> pd.DataFrame:
+    """`ProbeResult.table`: one row per selected tensor (``owners``: `_module_types`)."""
+    import pandas as pd
+
+    selected = verdicts.selected
+    numerical = pd.Series(verdicts.numerical_change, dtype=np.float64)
+    return pd.DataFrame(
         {
             "shape": [tuple(all_params[name].shape) for name in selected],
             "numel": [all_params[name].numel() for name in selected],
@@ -383,26 +482,14 @@ def probe(
             ],
             "module_type": [owners.get(id(all_params[name]), "") for name in selected],
             "tested": [all_params[name].ndim >= 2 for name in selected],
-            "verdict": [verdict[name] for name in selected],
-            "channel_change": [channel_change[name] for name in selected],
-            "layer_change": [layer_change[name] for name in selected],
+            "verdict": [verdicts.verdict[name] for name in selected],
+            "channel_change": [verdicts.channel_change[name] for name in selected],
+            "layer_change": [verdicts.layer_change[name] for name in selected],
             "numerical_change": numerical.to_numpy(),
             "approximate": (numerical > numerical_tolerance).to_numpy(),
         },
         index=pd.Index(selected, name="tensor"),
     )
-    settings = {
-        "draws": draws,
-        "seed": seed,
-        "tolerance": float(tolerance),
-        "numerical_tolerance": float(numerical_tolerance),
-        "structural": structural,
-        "structural_dtype": str(structural_dtype).replace("torch.", ""),
-        "structural_eps": STRUCTURAL_EPS,
-        "noise_floor": noise["structural"],
-        "numerical_noise_floor": noise["numerical"],
-    }
-    return ProbeResult(table, settings)
 
 
 PROBE_COLUMNS: tuple[str, ...] = (

@@ -41,7 +41,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -69,6 +69,7 @@ from stepsize_lens.recording.group_fields import (
 )
 from stepsize_lens.recording.hooks import closure_of, dense_grad
 from stepsize_lens.recording.metrics import all_metrics
+from stepsize_lens.recording.options import LensOptions, options_from
 from stepsize_lens.recording.pending import PendingRecord, Records
 from stepsize_lens.recording.record import Feed, Record
 from stepsize_lens.recording.resume import (
@@ -96,6 +97,35 @@ if TYPE_CHECKING:
 _lens_of: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[Lens]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+class _Where(NamedTuple):
+    """Where a lens's run goes: ``path`` as given (or the default one), before the rank's
+    suffix; this process's rank and the world size; whether to announce the default path."""
+
+    path: str | os.PathLike[str] | None
+    rank: int
+    world_size: int
+    announce: bool
+
+
+def _check_arguments(optimizer: Any, step: int | None) -> None:
+    """An optimizer to watch and, if given, a whole number of steps taken before."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ValueError(f"step must be a whole number of steps >= 0, not {step!r}")
+
+
+def _check_path_rules(options: LensOptions) -> None:
+    """``resume`` needs a path, and excludes ``overwrite``."""
+    if options.resume and (options.path is DEFAULT_PATH or options.path is None):
+        raise ResumeError("attach(..., resume=True) continues a run file: give its path (path=...)")
+    if options.resume and options.overwrite:
+        raise ValueError(
+            "attach: resume=True continues the run at path, overwrite=True replaces it; "
+            "pass one of them"
+        )
 
 
 class Lens:
@@ -128,86 +158,111 @@ class Lens:
         step: int | None = None,
         overwrite: bool = False,
     ) -> None:
+        """Prefer `attach`, which takes the same parameters (documented there): the optimizer,
+        the model and the options of `options.LensOptions`: ``path``, ``schedule``, ``label``,
+        ``delta``, ``flush_every``, ``scaler``, ``write``, ``probe_inputs``, ``tensors``,
+        ``on_record``, ``resume``, ``step``, ``overwrite``."""
         try:
-            self._start(
-                optimizer,
-                model,
-                path,
-                schedule,
-                label,
-                delta,
-                flush_every,
-                scaler,
-                write,
-                probe_inputs,
-                tensors,
-                on_record,
-                resume,
-                step,
-                overwrite,
-            )
+            self._start(optimizer, model, options_from(locals()))
+        finally:
+            signals.deliver()
+
+    @classmethod
+    @signals.guarded
+    def _from_options(
+        cls, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, options: LensOptions
+    ) -> Lens:
+        """A lens built from ``options`` as ``Lens(optimizer, model, **options)`` builds it
+        (how `attach` hands its options over)."""
+        try:
+            lens = cls.__new__(cls)
+            lens._start(optimizer, model, options)
+            return lens
         finally:
             signals.deliver()
 
     def _start(
-        self,
-        optimizer: torch.optim.Optimizer,
-        model: torch.nn.Module | None,
-        path: str | os.PathLike[str] | None,
-        schedule: schedules.Schedule | int | None,
-        label: str | None,
-        delta: float,
-        flush_every: float | None,
-        scaler: Any | None,
-        write: bool | None,
-        probe_inputs: Any | None,
-        tensors: Selection | None,
-        on_record: Callable[[Record], Any] | None,
-        resume: bool,
-        step: int | None,
-        overwrite: bool,
+        self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, options: LensOptions
     ) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-            raise ValueError(f"step must be a whole number of steps >= 0, not {step!r}")
+        """Attach, step by step: check the arguments, take the settings, check the path rules,
+        place the run, open (or resume) the run file, start the writer with the run's metadata,
+        reset the per-step state, add the tensors' rows, probe (``probe_inputs``), install the
+        hooks and the signal handlers."""
+        _check_arguments(optimizer, options.step)
+        self._take_settings(optimizer, options)
+        _check_path_rules(options)
+        where = self._place_run(optimizer, options)
+        first_rows, resumed, stopped = self._open_run_file(optimizer, model, where, options)
+        self._start_writer(resumed, self._meta(optimizer, model, where))
+        self._reset_step_state(optimizer, options.on_record)
+        self._add_first_params(optimizer, first_rows, resumed, stopped)
+        if options.probe_inputs is not None:
+            self._store_probe(model, options.probe_inputs)
+        self._install(optimizer, options.scaler)
+        if where.announce:
+            print(f"stepsize_lens: recording {self.label!r} to {self.path}", file=sys.stderr)
+
+    def _take_settings(self, optimizer: torch.optim.Optimizer, options: LensOptions) -> None:
+        """The optimizer (held weakly), the schedule, δ, the flush period, the starting step and
+        whether this process writes."""
         self._optimizer = weakref.ref(optimizer)
         self._optimizer_class = type(optimizer).__name__
-        self.schedule = schedules.resolve(schedule)
-        self.delta = float(delta)
-        self.flush_every = flush_every
-        self.step = 0 if step is None else step
+        self.schedule = schedules.resolve(options.schedule)
+        self.delta = float(options.delta)
+        self.flush_every = options.flush_every
+        self.step = 0 if options.step is None else options.step
+        self.writing = (process_rank()[0] == 0) if options.write is None else bool(options.write)
+
+    def _place_run(self, optimizer: torch.optim.Optimizer, options: LensOptions) -> _Where:
+        """The label and where the run goes: this rank's file (`distributed.rank_path`), the
+        default path when none was given (announced once it is taken)."""
         rank, world_size = process_rank()
-        self.writing = (rank == 0) if write is None else bool(write)
-        if resume and (path is DEFAULT_PATH or path is None):
-            raise ResumeError(
-                "attach(..., resume=True) continues a run file: give its path (path=...)"
-            )
-        if resume and overwrite:
-            raise ValueError(
-                "attach: resume=True continues the run at path, overwrite=True replaces it; "
-                "pass one of them"
-            )
-        self._label_given = bool(label)
-        self.label = label or type(optimizer).__name__
+        self._label_given = bool(options.label)
+        self.label = options.label or type(optimizer).__name__
+        path = options.path
         announce = path is DEFAULT_PATH and self.writing
         if path is DEFAULT_PATH:
             path = default_path(self.label) if self.writing else None
         self.path = rank_path(path, rank, world_size)
         self._closed = False
         self._file: RunFile | None = None
+        return _Where(path, rank, world_size, announce)
+
+    def _open_run_file(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module | None,
+        where: _Where,
+        options: LensOptions,
+    ) -> tuple[list[dict[str, Any]], Run | None, int]:
+        """Claim the run file (the lock, the overwrite rules: `_take_path`), then what the lens
+        watches and the run it resumes (`_prepare`); the file is let go if that fails."""
         live = _live_lens_of(optimizer)
-        live_step = live.step if live is not None and resume else None
+        live_step = live.step if live is not None and options.resume else None
         if self.writing and self.path is not None:  # fail before replacing anything
-            self._file = self._take_path(optimizer, Path(self.path), resume, overwrite)
+            self._file = self._take_path(
+                optimizer, Path(self.path), options.resume, options.overwrite
+            )
         try:
-            prepared = self._prepare(optimizer, model, path, tensors, resume, step, live_step)
+            return self._prepare(
+                optimizer,
+                model,
+                where.path,
+                options.tensors,
+                options.resume,
+                options.step,
+                live_step,
+            )
         except BaseException:
             if self._file is not None:
                 self._file.release()
             raise
-        first_rows, resumed, stopped = prepared
-        meta = {
+
+    def _meta(
+        self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None, where: _Where
+    ) -> dict[str, Any]:
+        """The run's metadata: label, optimizer, model class, schedule, δ, rank, metrics."""
+        return {
             "label": self.label,
             "optimizer": {
                 "class": type(optimizer).__name__,
@@ -217,10 +272,14 @@ class Lens:
             "model_class": model_class_name(model),
             "schedule": schedules.describe(self.schedule),
             "delta": self.delta,
-            "rank": rank,
-            "world_size": world_size,
+            "rank": where.rank,
+            "world_size": where.world_size,
             "metrics": list(METRICS),
         }
+
+    def _start_writer(self, resumed: Run | None, meta: dict[str, Any]) -> None:
+        """The run writer (continuing ``resumed`` up to the starting step, else a new run), the
+        records on their way to it, and the final save (`weakref.finalize` over the records)."""
         target = self.path if self.writing else None
         if resumed is not None:
             self.writer = RunWriter.from_run(resumed, target, until_step=self.step)
@@ -233,6 +292,11 @@ class Lens:
         self.writer.meta["last_step"] = self.step
         self._records = Records(self.writer, self._file, self.delta)
         self._finalizer = weakref.finalize(self, self._records)
+
+    def _reset_step_state(
+        self, optimizer: torch.optim.Optimizer, on_record: Callable[[Record], Any] | None
+    ) -> None:
+        """The live feed and the state the hooks keep between and across steps."""
         self._feed = (
             Feed(on_record, describe_lens(optimizer, None, self.label))
             if on_record is not None
@@ -248,6 +312,16 @@ class Lens:
         self._post_calls = 0
         self._last_flush = time.monotonic()
         self._flushed_records = -1
+
+    def _add_first_params(
+        self,
+        optimizer: torch.optim.Optimizer,
+        first_rows: list[dict[str, Any]],
+        resumed: Run | None,
+        stopped: int,
+    ) -> None:
+        """The params-table rows of the tensors tracked at attach; a resumed run keeps its own
+        rows (with this run's ``requires_grad``), gains the new ones and says it resumed."""
         if resumed is not None:
             known = self.writer.num_tensors
             self.writer.set_param_column(
@@ -258,8 +332,9 @@ class Lens:
             )
             first_rows = first_rows[known:]
         self._add_params(first_rows, len(optimizer.param_groups), event=resumed is not None)
-        if probe_inputs is not None:
-            self._store_probe(model, probe_inputs)
+
+    def _install(self, optimizer: torch.optim.Optimizer, scaler: Any | None) -> None:
+        """The step hooks, the GradScaler watch, this optimizer's lens, the signal handlers."""
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
@@ -271,8 +346,6 @@ class Lens:
         )
         _lens_of[optimizer] = weakref.ref(self)
         signals.watch(self, writes_file=self._file is not None)
-        if announce:
-            print(f"stepsize_lens: recording {self.label!r} to {self.path}", file=sys.stderr)
 
     def _take_path(
         self, optimizer: torch.optim.Optimizer, path: Path, resume: bool, overwrite: bool
@@ -290,7 +363,7 @@ class Lens:
                     f"stepsize_lens: closed {holder.describe} before attaching the new lens "
                     f"({'resume' if resume else 'overwrite'}=True)",
                     RuntimeWarning,
-                    stacklevel=5,
+                    stacklevel=6,  # the attach call: _open_run_file, _start, attach
                 )
                 lens.close()
         file = RunFile(path, describe_lens(optimizer, path, self.label))
@@ -373,7 +446,7 @@ class Lens:
             f"stepsize_lens: this {type(optimizer).__name__} already had a lens "
             f"{previous.label!r}{where}; closed it before attaching the new one",
             RuntimeWarning,
-            stacklevel=6,
+            stacklevel=7,  # the attach call: _prepare, _open_run_file, _start, attach
         )
         previous.close()
 
@@ -783,24 +856,9 @@ def attach(
     An optimizer has at most one lens: attaching another closes the previous one (with a
     warning). Returns the `Lens`, also a context manager.
     """
+    options = options_from(locals())
     if isinstance(model, torch.optim.Optimizer) and optimizer is None:
         model, optimizer = None, model
     if optimizer is None:
         raise TypeError("attach(model, optimizer, ...) needs an optimizer")
-    return Lens(
-        optimizer,
-        model=model,
-        path=path,
-        schedule=schedule,
-        label=label,
-        delta=delta,
-        flush_every=flush_every,
-        scaler=scaler,
-        write=write,
-        probe_inputs=probe_inputs,
-        tensors=tensors,
-        on_record=on_record,
-        resume=resume,
-        step=step,
-        overwrite=overwrite,
-    )
+    return Lens._from_options(optimizer, model, options)
