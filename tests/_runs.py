@@ -227,7 +227,7 @@ def bn_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module
 def record_run(path, make_optimizer, steps: int = 20, seed: int = 0, dtype=torch.float64) -> Run:
     """Train `bn_net` on random data for ``steps`` with the lens recording every step."""
     import stepsize_lens
-    from stepsize_lens.schedules import every
+    from stepsize_lens.recording.schedules import every
 
     model = bn_net(seed, dtype)
     optimizer = make_optimizer(model.parameters())

@@ -124,14 +124,11 @@ FLOORS = {
     "_native": 0,
     "_device_paths": 0,
     "errors": 0,
-    "schedules": 0,
     "model_names": 0,
     "table_fit": 0,
     "_launches": 0,
-    "models": 0,
     "_rows": 1,
     "paper_test": 1,
-    "datasets": 1,
     "run": 2,
     "optim": 2,
     "invariance": 3,
@@ -142,7 +139,6 @@ FLOORS = {
     "report": 7,
     "integrations": 8,  # above report: the W&B artifact holds the HTML report
     "experiments": 8,
-    "demo": 9,
     "cli": 10,
 }
 
@@ -184,9 +180,11 @@ def test_every_subpackage_is_an_attribute_of_a_bare_import():
         "import sys, stepsize_lens as s\n"
         "assert 'torch' not in sys.modules, 'import stepsize_lens must stay light'\n"
         "assert str(s.schedules.every(5)) == 'every(5)'\n"
+        "moved = {'models': 'experiments.models', 'datasets': 'experiments.datasets',\n"
+        "         'schedules': 'recording.schedules', 'demo': 'experiments.demo'}\n"
         "for name in ('analysis', 'plots', 'invariance', 'report', 'optim', 'integrations',\n"
         "             'experiments', 'recording', 'run', 'models', 'datasets', 'schedules'):\n"
-        "    assert getattr(s, name).__name__ == 'stepsize_lens.' + name, name\n"
+        "    assert getattr(s, name).__name__ == 'stepsize_lens.' + moved.get(name, name), name\n"
         "    assert name in dir(s), name\n"
         "assert callable(s.attach) and s.Run.__name__ == 'Run'\n"
         "try:\n"
@@ -197,6 +195,29 @@ def test_every_subpackage_is_an_attribute_of_a_bare_import():
         "    raise AssertionError('unknown attributes must raise')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_old_names_of_moved_modules_import_the_moved_module():
+    code = (
+        "import sys, stepsize_lens\n"
+        "from stepsize_lens.schedules import every\n"
+        "assert 'torch' not in sys.modules, 'the schedules stay light'\n"
+        "import stepsize_lens.recording.schedules as new\n"
+        "assert every is new.every and stepsize_lens.schedules is new\n"
+        "assert new.__spec__.name == new.__name__ == 'stepsize_lens.recording.schedules'\n"
+        "import stepsize_lens.models as old\n"
+        "from stepsize_lens.experiments import models\n"
+        "assert old is models and sys.modules['stepsize_lens.models'] is models\n"
+        "for name, target in stepsize_lens.MOVED.items():\n"
+        "    module = __import__('stepsize_lens.' + name, fromlist=['_'])\n"
+        "    assert module.__name__ == target, name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert not [
+        name
+        for name in (PACKAGE.glob("*.py"))
+        if name.stem in ("models", "datasets", "demo", "schedules")
+    ]
 
 
 def test_dir_lists_only_what_resolves():

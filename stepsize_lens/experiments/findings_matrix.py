@@ -177,7 +177,7 @@ def train_cell(cell: Cell, path: Path, record_every: int = 2) -> Run:
 
 def _train(cell: Cell, path: Path, record_every: int) -> Run:
     import stepsize_lens
-    from stepsize_lens.schedules import every
+    from stepsize_lens.recording.schedules import every
 
     torch.manual_seed(cell.seed)
     model = bn_cnn()
