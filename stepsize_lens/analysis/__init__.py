@@ -37,7 +37,7 @@ detail)::
     decay_split(run, by="class") -> per set: total fall = lr part x norm part x gradient part
     split_series(run, by="class") -> the same along the run, for figures
 
-    # findings.py (theory checks in theory_findings.py; every kind's contract: docs/findings.md)
+    # findings.py (theory checks in theory/findings.py; every kind's contract: docs/findings.md)
     find(run, classes=None, delta=None, thresholds=Thresholds(), forecasted=None)
         -> list[Finding]  (ranked; advice.py: changes in the user's own arguments)
     verdict(findings) -> {healthy, sentences, text, kinds}  (verdict.py: the report's opening)
