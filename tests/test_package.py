@@ -117,6 +117,7 @@ def test_the_lower_floors_only_look_down(leaf, allowed):
 # below its own (or from its own subpackage). Every top-level module must be placed here.
 FLOORS = {
     "_schema": 0,
+    "set_figures": 0,
     "_version": 0,
     "_files": 0,
     "_sanitize": 0,

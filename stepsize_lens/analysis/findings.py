@@ -57,7 +57,7 @@ import numpy as np
 
 from stepsize_lens._jsonable import jsonable
 from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, Thresholds, listed
-from stepsize_lens.analysis.frames import is_invariant, tensor_classes, tensor_group_field
+from stepsize_lens.analysis.sets import is_invariant, tensor_classes, tensor_group_field
 from stepsize_lens.analysis.summary import nonfinite_gradient, nonfinite_mask
 from stepsize_lens.analysis.theory import findings as T
 from stepsize_lens.analysis.theory.families import FAMILY_TABLE, family_entry

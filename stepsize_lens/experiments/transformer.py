@@ -373,7 +373,7 @@ def invariant_series(run: Any) -> dict[str, Any]:
     ``lr`` (the first invariant tensor's group)."""
     import numpy as np
 
-    from stepsize_lens.analysis.frames import is_invariant, tensor_group_field
+    from stepsize_lens.analysis.sets import is_invariant, tensor_group_field
 
     mask = is_invariant(probe_classes(run))
     if not mask.any():

@@ -15,7 +15,8 @@ import numpy as np
 
 from stepsize_lens._jsonable import jsonable
 from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, listed
-from stepsize_lens.analysis.frames import rolling_mean, starts_at_zero, tensor_group_field
+from stepsize_lens.analysis.sets import starts_at_zero, tensor_group_field
+from stepsize_lens.analysis.smoothing import rolling_mean
 from stepsize_lens.analysis.split import split_values
 from stepsize_lens.analysis.theory.formulas import warmup_steps
 from stepsize_lens.analysis.theory.relaxation import elapsed_relaxation, equilibrium_steps
