@@ -55,9 +55,9 @@ from torch import nn
 import stepsize_lens
 from stepsize_lens._device_paths import ENV_VAR
 from stepsize_lens._launches import count_launches
-from stepsize_lens.models import CifarResNet, vit_tiny
+from stepsize_lens.experiments.models import CifarResNet, vit_tiny
 from stepsize_lens.optim import SGDP, AdamP
-from stepsize_lens.schedules import every
+from stepsize_lens.recording.schedules import every
 
 
 # -- models -------------------------------------------------------------------------------------

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import stepsize_lens
-from stepsize_lens.models import CifarResNet, cifar_resnet18
-from stepsize_lens.schedules import every
+from stepsize_lens.experiments.models import CifarResNet, cifar_resnet18
+from stepsize_lens.recording.schedules import every
 
 BATCH = 32
 Step = Callable[[torch.Tensor, torch.Tensor], None]

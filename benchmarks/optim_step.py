@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stepsize_lens.models import cifar_resnet18, vit_tiny  # noqa: E402
+from stepsize_lens.experiments.models import cifar_resnet18, vit_tiny  # noqa: E402
 from stepsize_lens.optim import SGDP, AdamP  # noqa: E402
 
 ADAM = dict(lr=1e-3, weight_decay=1e-2)

@@ -76,7 +76,7 @@ class _Bottleneck(nn.Module):
 
 def imagenet_resnet18() -> nn.Module:
     """ResNet-18 in torchvision's layout (7x7 stem, 1000 classes): 62 tensors, 11.7M."""
-    from stepsize_lens.models import CifarResNet
+    from stepsize_lens.experiments.models import CifarResNet
 
     model = CifarResNet((2, 2, 2, 2), num_classes=1000)
     model.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -99,6 +99,6 @@ def imagenet_resnet50() -> nn.Module:
 
 def vit_tiny_224() -> nn.Module:
     """ViT-Tiny in timm's layout (patch 16, 224x224, 1000 classes): 152 tensors, 5.7M."""
-    from stepsize_lens.models import vit_tiny
+    from stepsize_lens.experiments.models import vit_tiny
 
     return vit_tiny(num_classes=1000, image_size=224, patch_size=16)

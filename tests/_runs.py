@@ -45,6 +45,14 @@ DEFAULT_TENSORS = (
     Tensor("fc.bias", (10,), 1, "none"),
 )
 
+# four tensors of two groups, one per class but channel twice (the frames and sets tests)
+FOUR_TENSORS = (
+    Tensor("a.weight", (2, 3), 0, "channel"),  # numel 6
+    Tensor("b.weight", (4, 6), 0, "channel"),  # numel 24
+    Tensor("c.weight", (5, 2), 1, "layer"),  # numel 10
+    Tensor("d.bias", (5,), 1, "none"),  # numel 5
+)
+
 
 def _grid(value, num_records: int, num_cols: int) -> np.ndarray:
     """Broadcast a scalar, [cols], [records, cols] or callable(step_index [R,1]) to [R, cols]."""
@@ -227,7 +235,7 @@ def bn_net(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module
 def record_run(path, make_optimizer, steps: int = 20, seed: int = 0, dtype=torch.float64) -> Run:
     """Train `bn_net` on random data for ``steps`` with the lens recording every step."""
     import stepsize_lens
-    from stepsize_lens.schedules import every
+    from stepsize_lens.recording.schedules import every
 
     model = bn_net(seed, dtype)
     optimizer = make_optimizer(model.parameters())
@@ -242,3 +250,9 @@ def record_run(path, make_optimizer, steps: int = 20, seed: int = 0, dtype=torch
         optimizer.step()
     lens.close()
     return stepsize_lens.load(path)
+
+
+def four_tensor_run(**kwargs) -> Run:
+    """`FOUR_TENSORS` over 3 records, ‖w‖ growing linearly: 1, 2, 3, 4 times the record."""
+    weight = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0], [3.0, 6.0, 9.0, 12.0]])
+    return crafted_run(tensors=FOUR_TENSORS, records=3, weight_norm=weight, **kwargs)

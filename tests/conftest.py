@@ -48,7 +48,7 @@ def report_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sgd, sgd_momentum, adamw, sgdp, adamp. Name → run file."""
     import torch
 
-    from stepsize_lens.demo import train_digits_run
+    from stepsize_lens.experiments.demo import train_digits_run
     from stepsize_lens.optim import SGDP, AdamP
 
     folder = tmp_path_factory.mktemp("report_runs")

@@ -211,7 +211,7 @@ def test_premature_decay_per_set_and_its_tensor_count():
         crafted_run(records=records, weight_norm=1.0, label="flat"),
     ]
     table = premature_decay(runs, by="invariant").set_index("run")
-    # the norm-growth part over frames.default_window(100) = 5 records at each end
+    # the norm-growth part over smoothing.default_window(100) = 5 records at each end
     late = np.mean(1 + 0.5 * np.arange(95, 100) / 99)
     early = np.mean(1 + 0.5 * np.arange(5) / 99)
     assert table.loc["grows", "norm_part"] == pytest.approx((late / early) ** 2, rel=1e-6)

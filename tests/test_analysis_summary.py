@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _runs import DEFAULT_TENSORS, Tensor, crafted_run, healthy_run
 
-from stepsize_lens.analysis import frames, summary
+from stepsize_lens.analysis import sets, summary
 
 TENSORS = (
     Tensor("conv.weight", (4, 2, 3, 3), 0, "channel"),
@@ -118,7 +118,7 @@ def test_tensors_that_start_at_zero_have_undefined_ratios_and_stay_out_of_set_me
         angular_update=angle,
         overrides={"effective_lr": eff, "grad_norm": grad, "update_norm": update},
     )
-    assert list(frames.starts_at_zero(run.metric("weight_norm"))) == [False, False, False, True]
+    assert list(sets.starts_at_zero(run.metric("weight_norm"))) == [False, False, False, True]
     table = summary.summarize(run, by=["tensor", "class", "group"])
     assert (table["nonfinite"] == 0).all()
     numbers = table.select_dtypes("number").to_numpy(dtype=np.float64, na_value=np.nan)

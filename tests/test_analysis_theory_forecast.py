@@ -13,7 +13,7 @@ from _runs import Tensor, bn_net, crafted_run
 
 import stepsize_lens
 from stepsize_lens.analysis import forecast, predict, theory
-from stepsize_lens.schedules import log_spaced
+from stepsize_lens.recording.schedules import log_spaced
 
 TENSORS = (
     Tensor("conv.weight", (4, 2, 3, 3), 0, "channel"),

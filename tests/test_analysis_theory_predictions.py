@@ -152,8 +152,8 @@ def test_bn_network_reaches_the_sgd_momentum_equilibrium(tmp_path) -> None:
     from sklearn.datasets import load_digits
 
     from stepsize_lens.analysis import find
-    from stepsize_lens.models import digits_cnn
-    from stepsize_lens.schedules import every
+    from stepsize_lens.experiments.models import digits_cnn
+    from stepsize_lens.recording.schedules import every
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -151,6 +151,6 @@ def test_run_metrics_needs_a_scale_invariant_tensor(tmp_path: Path) -> None:
 
 
 def test_demo_module_reexports_the_training_function() -> None:
-    from stepsize_lens import demo
+    from stepsize_lens.experiments import demo
 
     assert demo.train_digits_run is digits.train_digits_run

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stepsize_lens
-from stepsize_lens.schedules import every
+from stepsize_lens.recording.schedules import every
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import stepsize_lens
 from stepsize_lens._schema import METRICS
-from stepsize_lens.schedules import default_schedule, every
+from stepsize_lens.recording.schedules import default_schedule, every
 
 pl = pytest.importorskip("lightning.pytorch")
 

@@ -78,7 +78,7 @@ def test_agreement_with_a_probe_result_and_without_verdicts():
 @pytest.mark.slow
 def test_recorded_run_with_probe_columns_end_to_end():
     import stepsize_lens
-    from stepsize_lens.models import digits_cnn
+    from stepsize_lens.experiments.models import digits_cnn
 
     torch.manual_seed(0)
     model = digits_cnn(width=8)

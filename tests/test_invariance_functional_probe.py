@@ -13,7 +13,7 @@ from _invariance_models import ConvBNClassifier
 from torch import nn
 
 from stepsize_lens import invariance as inv
-from stepsize_lens.models import Attention, cifar_resnet18
+from stepsize_lens.experiments.models import Attention, cifar_resnet18
 
 
 def probe_state(model: nn.Module) -> dict:

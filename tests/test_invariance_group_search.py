@@ -13,8 +13,8 @@ from _invariance_models import ConvBNClassifier
 from torch import nn
 
 from stepsize_lens import invariance as inv
+from stepsize_lens.experiments.models import CifarResNet, tiny_gpt, vit_tiny
 from stepsize_lens.invariance._group_search import group_search
-from stepsize_lens.models import CifarResNet, tiny_gpt, vit_tiny
 
 # --------------------------------------------------------------------------------------------
 # the search with a synthetic measure: a group's change is the sum of its members' own changes

@@ -1,5 +1,6 @@
-"""The package as a whole: no import circle, lazy public attributes, one version, and code that
-only points to documents inside the repository."""
+"""The package as a whole: no import circle, the floors of docs/design.md#floors (read from its
+tables), lazy public attributes, one version, and code that only points to documents inside
+the repository."""
 
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def test_the_cycle_finder_finds_a_planted_circle():
     ("leaf", "allowed"),
     [
         ("stepsize_lens._schema", set()),
+        ("stepsize_lens.set_figures", set()),
         ("stepsize_lens.paper_test", {"stepsize_lens._schema"}),
         (
             "stepsize_lens.run.format",
@@ -113,57 +115,100 @@ def test_the_lower_floors_only_look_down(leaf, allowed):
     assert import_graph()[leaf] <= allowed
 
 
-# The floors of the house (docs/design.md §2): a module may import only from floors strictly
-# below its own (or from its own subpackage). Every top-level module must be placed here.
-FLOORS = {
-    "_schema": 0,
-    "_version": 0,
-    "_files": 0,
-    "_sanitize": 0,
-    "_jsonable": 0,
-    "_device_paths": 0,
-    "errors": 0,
-    "schedules": 0,
-    "model_names": 0,
-    "table_fit": 0,
-    "_launches": 0,
-    "models": 0,
-    "_rows": 1,
-    "paper_test": 1,
-    "datasets": 1,
-    "run": 2,
-    "optim": 2,
-    "invariance": 3,
-    "recording": 4,
-    "<root>": 5,
-    "analysis": 5,
-    "plots": 6,
-    "report": 7,
-    "integrations": 8,  # above report: the W&B artifact holds the HTML report
-    "experiments": 8,
-    "demo": 9,
-    "cli": 10,
-}
+DESIGN = ROOT / "docs" / "design.md"
+# the package and the subpackages with floors of their own (docs/design.md#floors)
+FLOOR_SCOPES = ("stepsize_lens", "stepsize_lens.recording", "stepsize_lens.analysis")
 
 
-def _floor_name(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "<root>"
+def floor_tables(text: str | None = None) -> dict[str, list[tuple[int, list[str]]]]:
+    """scope -> its rows (floor, entries), read from the markdown table that follows each
+    ``<!-- floors: scope -->`` line of docs/design.md: the floor number is the first cell, the
+    entries are the backticked names of the second."""
+    text = DESIGN.read_text(encoding="utf-8") if text is None else text
+    tables: dict[str, list[tuple[int, list[str]]]] = {}
+    for match in re.finditer(r"^<!-- floors: ([\w.]+) -->\n((?:\|.*\n)+)", text, re.MULTILINE):
+        rows = []
+        for line in match.group(2).splitlines()[2:]:  # past the header and |---| lines
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            rows.append((int(cells[0]), re.findall(r"`([^`]+)`", cells[1])))
+        tables[match.group(1)] = rows
+    return tables
 
 
-def test_every_module_has_a_floor():
-    assert {_floor_name(m) for m in import_graph()} <= set(FLOORS)
+def _entry_modules(scope: str, entry: str, modules: set[str]) -> set[str]:
+    """The modules a table entry names: ``__init__`` the scope itself, ``name/`` a subpackage
+    and everything in it, else one module (dotted inside the scope)."""
+    if entry == "__init__":
+        return {scope} & modules
+    if entry.endswith("/"):
+        package = f"{scope}.{entry[:-1]}"
+        return {m for m in modules if m == package or m.startswith(package + ".")}
+    return {f"{scope}.{entry}"} & modules
 
 
-def test_the_upper_floors_only_look_down():
-    upward = [
-        f"{module} -> {target}"
-        for module, targets in import_graph().items()
-        for target in targets
-        if _floor_name(module) != _floor_name(target)
-        and FLOORS[_floor_name(target)] >= FLOORS[_floor_name(module)]
+def floor_problems(
+    graph: dict[str, set[str]], tables: dict[str, list[tuple[int, list[str]]]]
+) -> list[str]:
+    """Every way the import graph breaks the floor tables: a module of a scope that no row
+    places (or two rows do), an entry that names no module, an import that runs up a floor."""
+    modules = set(graph)
+    problems = []
+    for scope, rows in tables.items():
+        inside = {m for m in modules if m == scope or m.startswith(scope + ".")}
+        floor: dict[str, int] = {}
+        for number, entries in rows:
+            for entry in entries:
+                named = _entry_modules(scope, entry, modules)
+                if not named:
+                    problems.append(f"{scope}: the entry {entry!r} names no module")
+                for module in named:
+                    if module in floor:
+                        problems.append(f"{scope}: {module} is placed twice")
+                    floor[module] = number
+        problems += [f"{scope}: {m} has no floor" for m in sorted(inside - set(floor))]
+        problems += [
+            f"{scope}: {module} (floor {floor[module]}) imports {target} (floor {floor[target]})"
+            for module in sorted(inside & set(floor))
+            for target in sorted(graph[module])
+            if target in floor and floor[target] > floor[module]
+        ]
+    return problems
+
+
+def test_the_design_document_has_the_floor_tables():
+    tables = floor_tables()
+    assert set(tables) == set(FLOOR_SCOPES)
+    for rows in tables.values():
+        numbers = [number for number, _ in rows]
+        assert numbers == list(range(len(rows))) and all(entries for _, entries in rows)
+
+
+def test_every_import_keeps_to_the_floors():
+    """docs/design.md#floors: a module imports only from its floor and below, in the package
+    and inside recording/ and analysis/; every module has a floor; every entry is a module."""
+    assert floor_problems(import_graph(), floor_tables()) == []
+
+
+def test_the_floor_check_notices_each_kind_of_break():
+    graph = import_graph()
+    tables = floor_tables()
+    assert floor_problems(graph, tables) == []
+    loose = {**graph, "stepsize_lens.loose": set(), "stepsize_lens.analysis.loose": set()}
+    assert floor_problems(loose, tables) == [
+        "stepsize_lens: stepsize_lens.loose has no floor",
+        "stepsize_lens.analysis: stepsize_lens.analysis.loose has no floor",
     ]
-    assert upward == []
+    gone = {name: targets for name, targets in graph.items() if name != "stepsize_lens.table_fit"}
+    gone = {name: targets - {"stepsize_lens.table_fit"} for name, targets in gone.items()}
+    assert floor_problems(gone, tables) == ["stepsize_lens: the entry 'table_fit' names no module"]
+    upward = {name: set(targets) for name, targets in graph.items()}
+    upward["stepsize_lens.analysis.sets"].add("stepsize_lens.analysis.summary")
+    upward["stepsize_lens.run.format"].add("stepsize_lens.plots")
+    assert floor_problems(upward, tables) == [
+        "stepsize_lens: stepsize_lens.run.format (floor 2) imports stepsize_lens.plots (floor 6)",
+        "stepsize_lens.analysis: stepsize_lens.analysis.sets (floor 0) imports "
+        "stepsize_lens.analysis.summary (floor 3)",
+    ]
 
 
 def test_only_the_run_package_touches_the_raw_run_dict():
@@ -183,9 +228,11 @@ def test_every_subpackage_is_an_attribute_of_a_bare_import():
         "import sys, stepsize_lens as s\n"
         "assert 'torch' not in sys.modules, 'import stepsize_lens must stay light'\n"
         "assert str(s.schedules.every(5)) == 'every(5)'\n"
+        "moved = {'models': 'experiments.models', 'datasets': 'experiments.datasets',\n"
+        "         'schedules': 'recording.schedules', 'demo': 'experiments.demo'}\n"
         "for name in ('analysis', 'plots', 'invariance', 'report', 'optim', 'integrations',\n"
         "             'experiments', 'recording', 'run', 'models', 'datasets', 'schedules'):\n"
-        "    assert getattr(s, name).__name__ == 'stepsize_lens.' + name, name\n"
+        "    assert getattr(s, name).__name__ == 'stepsize_lens.' + moved.get(name, name), name\n"
         "    assert name in dir(s), name\n"
         "assert callable(s.attach) and s.Run.__name__ == 'Run'\n"
         "try:\n"
@@ -196,6 +243,29 @@ def test_every_subpackage_is_an_attribute_of_a_bare_import():
         "    raise AssertionError('unknown attributes must raise')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_old_names_of_moved_modules_import_the_moved_module():
+    code = (
+        "import sys, stepsize_lens\n"
+        "from stepsize_lens.schedules import every\n"
+        "assert 'torch' not in sys.modules, 'the schedules stay light'\n"
+        "import stepsize_lens.recording.schedules as new\n"
+        "assert every is new.every and stepsize_lens.schedules is new\n"
+        "assert new.__spec__.name == new.__name__ == 'stepsize_lens.recording.schedules'\n"
+        "import stepsize_lens.models as old\n"
+        "from stepsize_lens.experiments import models\n"
+        "assert old is models and sys.modules['stepsize_lens.models'] is models\n"
+        "for name, target in stepsize_lens.MOVED.items():\n"
+        "    module = __import__('stepsize_lens.' + name, fromlist=['_'])\n"
+        "    assert module.__name__ == target, name\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert not [
+        name
+        for name in (PACKAGE.glob("*.py"))
+        if name.stem in ("models", "datasets", "demo", "schedules")
+    ]
 
 
 def test_dir_lists_only_what_resolves():

@@ -15,7 +15,7 @@ import stepsize_lens
 from stepsize_lens._device_paths import ENV_VAR
 from stepsize_lens._launches import Launches, count_launches
 from stepsize_lens.recording.device import ACCELERATOR_PATHS
-from stepsize_lens.schedules import every
+from stepsize_lens.recording.schedules import every
 
 LIMIT = 300  # launches per record (issue 22)
 

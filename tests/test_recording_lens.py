@@ -26,7 +26,7 @@ from stepsize_lens.recording.device import (
     DevicePaths,
     forced_paths,
 )
-from stepsize_lens.schedules import every
+from stepsize_lens.recording.schedules import every
 
 
 @pytest.mark.parametrize(
@@ -288,7 +288,7 @@ def test_memory_held_is_one_copy_of_the_tracked_parameters():
 
 
 def test_a_record_needs_at_most_a_quarter_of_the_parameters_more():
-    from stepsize_lens.models import cifar_resnet18
+    from stepsize_lens.experiments.models import cifar_resnet18
 
     torch.manual_seed(0)
     model = cifar_resnet18()

@@ -11,7 +11,7 @@ from _lens_models import small_model, train
 
 import stepsize_lens
 from stepsize_lens._schema import METRICS
-from stepsize_lens.analysis import frames
+from stepsize_lens.analysis import frames, sets
 from stepsize_lens.integrations import key_scalars
 from stepsize_lens.recording.device import ACCELERATOR_PATHS, forced_paths
 from stepsize_lens.recording.record import Record
@@ -138,7 +138,9 @@ def test_on_close_is_called_after_the_final_save(tmp_path):
 
 def test_key_scalars_are_the_analysis_set_figures_of_the_run_so_far():
     """A live chart and the report agree: each ``<metric>/<set>`` is the last row of
-    `frames.reduce` over the run so far (the same classes, the same left-out tensors)."""
+    `frames.reduce` over the run so far. Both form a figure with `set_figures.set_figure`
+    (tested on its own in test_set_figures.py); what this guards is the rest: the lens's running
+    tally (`SetTally`) gives the analysis's classes, left-out tensors and sets."""
     model = small_model()
     optimizer = torch.optim.SGD(
         [
@@ -155,7 +157,7 @@ def test_key_scalars_are_the_analysis_set_figures_of_the_run_so_far():
     record = lens.latest()
     run = lens.run()
     scalars = record.key_scalars
-    classes = frames.tensor_classes(run)
+    classes = sets.tensor_classes(run)
     assert record.classes == tuple(classes)
     names = ("angular_update", "weight_norm", "effective_lr")
     for by, prefix in (("class", "class_"), ("group", "group_"), ("invariant", "")):

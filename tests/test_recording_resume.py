@@ -23,8 +23,8 @@ from stepsize_lens.analysis import summary
 from stepsize_lens.errors import UserInputError
 from stepsize_lens.integrations import resume_options
 from stepsize_lens.recording.resume import ResumeError
+from stepsize_lens.recording.schedules import default_schedule, every
 from stepsize_lens.report.data import report_data
-from stepsize_lens.schedules import default_schedule, every
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,8 @@
 No file I/O, no hooks, no plotting. The public API (everything else is an implementation
 detail)::
 
-    # frames.py: tidy / wide frames, reducers, smoothing, several runs
+    # frames.py: tidy / wide frames, several runs; sets.py: the sets of tensors and their
+    # figures (reducers, left-out tensors); smoothing.py: EMA, rolling mean; axes.py: step / epoch
     tensor_frame(run, metrics=None, form="tidy"|"wide", classes=None)       -> DataFrame
     reduce(run, by="class"|"group"|"tensor"|"invariant"|"all", metrics=None,
            reducer="mean"|"weighted"|"median", form="tidy"|"wide")          -> DataFrame
@@ -14,7 +15,7 @@ detail)::
     epochs(run, scalar="epoch"), stack(runs, by, metrics, on="step"|"epoch")  -> x axis / frame
     run_labels(runs) -> unique labels;  set_name(by, key) -> "group 0" / key
     last_logged(run, "test_accuracy") -> float
-    frames.tensor_group_field(run, "lr") -> [R, T];  frames.record_frame(run, columns)
+    sets.tensor_group_field(run, "lr") -> [R, T];  frames.record_frame(run, columns)
 
     # summary.py: per group and per class
     summarize(run, by=("group", "class"), reducer="mean", window=None)       -> DataFrame
@@ -37,7 +38,7 @@ detail)::
     decay_split(run, by="class") -> per set: total fall = lr part x norm part x gradient part
     split_series(run, by="class") -> the same along the run, for figures
 
-    # findings.py (theory checks in theory_findings.py; every kind's contract: docs/findings.md)
+    # findings.py (theory checks in theory/findings.py; every kind's contract: docs/findings.md)
     find(run, classes=None, delta=None, thresholds=Thresholds(), forecasted=None)
         -> list[Finding]  (ranked; advice.py: changes in the user's own arguments)
     verdict(findings) -> {healthy, sentences, text, kinds}  (verdict.py: the report's opening)
@@ -53,22 +54,12 @@ channel / layer / none); by default `stepsize_lens.invariance.classify_tensors` 
 from __future__ import annotations
 
 from stepsize_lens.analysis.advice import PLAUSIBLE_WEIGHT_DECAY
+from stepsize_lens.analysis.axes import epochs, last_logged, run_labels
 from stepsize_lens.analysis.compare import compare, compare_summary
 from stepsize_lens.analysis.findings import KINDS, SEVERITIES, Finding, Thresholds, find, rank
-from stepsize_lens.analysis.frames import (
-    ema,
-    ema_values,
-    epochs,
-    is_invariant,
-    last_logged,
-    reduce,
-    rolling_mean,
-    run_labels,
-    set_mean,
-    stack,
-    tensor_classes,
-    tensor_frame,
-)
+from stepsize_lens.analysis.frames import reduce, stack, tensor_frame
+from stepsize_lens.analysis.sets import is_invariant, set_mean, tensor_classes
+from stepsize_lens.analysis.smoothing import ema, ema_values, rolling_mean
 from stepsize_lens.analysis.split import decay_split, split_series
 from stepsize_lens.analysis.summary import (
     DecayCrossings,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.equilibrium import equilibrium_steps
+from stepsize_lens.analysis.theory.relaxation import equilibrium_steps
 
 if TYPE_CHECKING:
     from stepsize_lens.analysis.finding import Context

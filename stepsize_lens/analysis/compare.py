@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import ema_values, interp_inside, reduce, run_labels, x_of_steps
+from stepsize_lens.analysis.axes import interp_inside, run_labels, x_of_steps
+from stepsize_lens.analysis.frames import reduce
+from stepsize_lens.analysis.smoothing import ema_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +29,7 @@ DEFAULT_METRICS: tuple[str, ...] = ("weight_norm", "angular_update", "effective_
 
 def reference_index(runs: Sequence[Run], reference: int | str) -> int:
     """The position in ``runs`` of the reference run: ``reference`` is an index (negative counts
-    from the end) or a label (`frames.run_labels`, so repeated labels carry #2, #3...).
+    from the end) or a label (`axes.run_labels`, so repeated labels carry #2, #3...).
     ValueError when no run matches."""
     labels = run_labels(runs)
     if isinstance(reference, str):
@@ -398,7 +400,7 @@ def premature_decay(
 ) -> pd.DataFrame:
     """Premature step-size decay per run and set: how much norm growth alone cut the effective
     step (`split.decay_split`'s norm-growth part, (‖w‖_late/‖w‖_early)^k with k = 2 for
-    SGD-like updates, 1 for adaptive ones, over `frames.default_window` records), at the end of
+    SGD-like updates, 1 for adaptive ones, over `smoothing.default_window` records), at the end of
     the run and at the norm's peak ((max_t ‖w‖_t/‖w‖_early)^k, the trailing window mean).
 
     ``verdict``: ``premature`` when the end's part is at least ``threshold`` (default: the
@@ -406,20 +408,15 @@ def premature_decay(
     peak's is (the norm grew, then weight decay pulled it back), ``none`` below, ``""``
     undefined. ``premature_tensors``: how many of the set's tensors have a norm-growth part of
     at least ``threshold`` each (the per-tensor verdict; tensors that start at zero or are
-    frozen, `frames.left_out_of_means`, never count). Columns: run, <by> (the set's key, as
+    frozen, `sets.left_out_of_means`, never count). Columns: run, <by> (the set's key, as
     `frames.reduce` names it), tensors, power, norm_part, peak_norm_part, verdict,
     premature_tensors.
     """
     import pandas as pd
 
     from stepsize_lens.analysis.finding import Thresholds
-    from stepsize_lens.analysis.frames import (
-        default_window,
-        left_out_of_means,
-        set_name,
-        tensor_classes,
-        tensor_sets,
-    )
+    from stepsize_lens.analysis.sets import left_out_of_means, set_name, tensor_classes, tensor_sets
+    from stepsize_lens.analysis.smoothing import default_window
     from stepsize_lens.analysis.split import decay_split
 
     limit = Thresholds().norm_decay_ratio if threshold is None else threshold

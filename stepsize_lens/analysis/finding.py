@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import default_window
+from stepsize_lens.analysis.smoothing import default_window
 from stepsize_lens.analysis.split import norm_power
 from stepsize_lens.analysis.theory.families import Family
 

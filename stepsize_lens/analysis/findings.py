@@ -1,6 +1,6 @@
 """Findings: what a run says the user should look at, ranked, each with evidence and a suggestion.
 
-`find(run)` runs these checks (the theory checks are in `theory_findings`, docs/design.md §5.11):
+`find(run)` runs these checks (the theory checks are in `theory.findings`, docs/design.md §5.11):
 
 - ``nonfinite`` (critical): any non-finite gradient, update or weight
   (`summary.nonfinite_mask`).
@@ -56,10 +56,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stepsize_lens._jsonable import jsonable
-from stepsize_lens.analysis import theory_findings as T
 from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, Thresholds, listed
-from stepsize_lens.analysis.frames import is_invariant, tensor_classes, tensor_group_field
+from stepsize_lens.analysis.sets import is_invariant, tensor_classes, tensor_group_field
 from stepsize_lens.analysis.summary import nonfinite_gradient, nonfinite_mask
+from stepsize_lens.analysis.theory import findings as T
 from stepsize_lens.analysis.theory.families import FAMILY_TABLE, family_entry
 
 if TYPE_CHECKING:

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import (
-    default_window,
+from stepsize_lens.analysis.sets import (
     left_out_of_means,
     measured,
     reduce_values,
@@ -40,6 +39,7 @@ from stepsize_lens.analysis.frames import (
     tensor_group_field,
     tensor_sets,
 )
+from stepsize_lens.analysis.smoothing import default_window
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,9 +114,9 @@ def _set_series(
     window: int | None,
 ) -> tuple[np.ndarray, int, list[tuple[str, int, tuple[np.ndarray, np.ndarray, np.ndarray]]]]:
     """The series a split is taken from, over the non-skipped records: their steps, the window
-    (``window`` or `frames.default_window`), and per set of tensors its name, its size and the
+    (``window`` or `smoothing.default_window`), and per set of tensors its name, its size and the
     means of angular_update, weight_norm and lr over the tensors its figures use
-    (`frames.measured`: frozen and zero-start tensors left out unless all are)."""
+    (`sets.measured`: frozen and zero-start tensors left out unless all are)."""
     cls = tensor_classes(run, classes)
     keep = ~run.skipped.astype(bool)
     win = window if window is not None else default_window(int(keep.sum()))
@@ -145,8 +145,8 @@ def decay_split(
     Columns: set, tensors, power (k), angle_early, angle_late, total (Δθ early/late), lr_part,
     norm_part ((‖w‖_late/‖w‖_early)^k), gradient_part (the rest), norm_growth. A set's series
     is the mean over its tensors, leaving out frozen tensors and tensors that start at zero
-    unless all are (`frames.measured`, as every set figure);
-    ``window`` defaults to `frames.default_window` of the non-skipped records.
+    unless all are (`sets.measured`, as every set figure);
+    ``window`` defaults to `smoothing.default_window` of the non-skipped records.
     """
     import pandas as pd
 

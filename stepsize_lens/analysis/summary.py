@@ -1,7 +1,7 @@
 """Per group and per invariance class: how the norms grew and how the effective step decayed.
 
-For each set of tensors (`frames.tensor_sets`), on the non-skipped records, with the set's
-series reduced over its tensors (`frames.reduce_values`, default the mean):
+For each set of tensors (`sets.tensor_sets`), on the non-skipped records, with the set's
+series reduced over its tensors (`sets.reduce_values`, default the mean):
 
 - weight norm: initial (first finite record), final (last), ``weight_norm_ratio`` = final/initial;
 - effective step, both as the angular update (radians per step) and as η/‖w‖²: initial = mean of
@@ -11,12 +11,12 @@ series reduced over its tensors (`frames.reduce_values`, default the mean):
 - tensors that *start at zero* (first finite ‖w‖ = 0, e.g. BatchNorm and other zero-initialised
   biases) have no scale to grow from: their η/‖w‖² is undefined at first, huge just after, then
   falls by orders of magnitude, and their early angular updates are large. Tensors with *no
-  gradient* at any record (frozen, ``requires_grad=False``, or unused; `frames.frozen_tensors`)
+  gradient* at any record (frozen, ``requires_grad=False``, or unused; `sets.frozen_tensors`)
   never move: they would average Δθ = 0 into their set. Both are left out of a set's weight
   norm, angular update and η/‖w‖² series (and so of every column built from them) unless every
   tensor of the set is one of them; ``tensors``, ``numel``, the shares and the counts include
   them;
-- a set's η/‖w‖² is reduce(η) / reduce(‖w‖²) over its tensors (`frames.set_effective_lr`), not
+- a set's η/‖w‖² is reduce(η) / reduce(‖w‖²) over its tensors (`sets.set_effective_lr`), not
   the reduction of per-tensor ratios, which the tensor with the smallest norm dominates: one
   bias shrinking 150-fold would show the set's η/‖w‖² rising 700-fold while its norm grew.
 - the fall of the angular update split into its three factors (`decay_split`): ``lr_part`` =
@@ -46,8 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import (
-    default_window,
+from stepsize_lens.analysis.sets import (
     left_out_of_means,
     measured,
     reduce_values,
@@ -56,6 +55,7 @@ from stepsize_lens.analysis.frames import (
     tensor_group_field,
     tensor_sets,
 )
+from stepsize_lens.analysis.smoothing import default_window
 
 if TYPE_CHECKING:
     import pandas as pd

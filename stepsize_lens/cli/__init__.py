@@ -274,7 +274,7 @@ def demo(
 ) -> None:
     """Train a small BatchNorm CNN on real digits with SGD, SGD+momentum, SGDP, AdamW, AdamP and
     AdamC (lens attached; under a minute on two CPU cores), then write their comparison report."""
-    from stepsize_lens.demo import run_demo
+    from stepsize_lens.experiments.demo import run_demo
 
     run_demo(out=out, steps=steps, seed=seed)
 

@@ -1,6 +1,6 @@
 """Model specs of ``stepsize-lens inspect``: a spec and input options become a model and inputs.
 
-A spec is a built-in model name (`stepsize_lens.models.BUILTIN_MODELS`) or
+A spec is a built-in model name (`stepsize_lens.experiments.models.BUILTIN_MODELS`) or
 ``package.module:factory`` (a module in the current folder is found, like ``python -m``). The
 inputs are a random batch of a given shape, dtype (`INPUT_DTYPES`: floats are standard normal,
 integers such as token ids are uniform in a range) or whatever an ``--example module:function``
@@ -107,7 +107,7 @@ def resolve_model(spec: str) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
     The factory is called with no arguments. Returns the model and the built-in default input
     shape (None for a factory). Every failure raises `UserInputError` with one line.
     """
-    from stepsize_lens.models import BUILTIN_MODELS
+    from stepsize_lens.experiments.models import BUILTIN_MODELS
 
     if spec in BUILTIN_MODELS:
         factory, shape = BUILTIN_MODELS[spec]

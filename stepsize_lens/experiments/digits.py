@@ -93,9 +93,9 @@ def train_digits_run(
     every 50 steps and at the last; ``progress()`` is called after every step.
     """
     import stepsize_lens
-    from stepsize_lens.datasets import batches, digits
+    from stepsize_lens.experiments.datasets import batches, digits
     from stepsize_lens.experiments.lr_schedules import lr_scheduler
-    from stepsize_lens.models import digits_cnn
+    from stepsize_lens.experiments.models import digits_cnn
 
     torch.manual_seed(seed)
     data = digits(seed=0)

@@ -19,13 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import (
-    is_invariant,
-    last_logged,
-    rolling_mean,
-    set_mean,
-    tensor_classes,
-)
+from stepsize_lens.analysis.axes import last_logged
+from stepsize_lens.analysis.sets import is_invariant, set_mean, tensor_classes
+from stepsize_lens.analysis.smoothing import rolling_mean
 from stepsize_lens.plots import OKABE_ITO, style
 from stepsize_lens.plots._series import window_for
 from stepsize_lens.plots._style import WIDTH, figure
@@ -325,7 +321,7 @@ def schedules_figure(
                 if "angular_update" in curves:
                     angle_ax.plot(*curves["angular_update"], color=color, ls="--", lw=1.0)
                 if not lr_drawn:
-                    from stepsize_lens.analysis.frames import tensor_group_field
+                    from stepsize_lens.analysis.sets import tensor_group_field
 
                     lr_ax = angle_ax.twinx()
                     lr = tensor_group_field(run, "lr")[:, 0]

@@ -177,7 +177,7 @@ def train_cell(cell: Cell, path: Path, record_every: int = 2) -> Run:
 
 def _train(cell: Cell, path: Path, record_every: int) -> Run:
     import stepsize_lens
-    from stepsize_lens.schedules import every
+    from stepsize_lens.recording.schedules import every
 
     torch.manual_seed(cell.seed)
     model = bn_cnn()
@@ -228,7 +228,8 @@ class Truth:
 
 def truth(run: Run) -> Truth:
     from stepsize_lens.analysis import forecast, is_invariant, tensor_classes
-    from stepsize_lens.analysis.frames import default_window, tensor_group_field
+    from stepsize_lens.analysis.sets import tensor_group_field
+    from stepsize_lens.analysis.smoothing import default_window
     from stepsize_lens.analysis.split import norm_power
     from stepsize_lens.analysis.theory import optimizer_family
 

@@ -152,8 +152,8 @@ class TransformerRun:
 
 
 def build_model(config: TransformerConfig) -> nn.Module:
-    from stepsize_lens.datasets import TEXT_TOKENS
-    from stepsize_lens.models import tiny_gpt
+    from stepsize_lens.experiments.datasets import TEXT_TOKENS
+    from stepsize_lens.experiments.models import tiny_gpt
 
     torch.manual_seed(config.seed)
     return tiny_gpt(
@@ -168,7 +168,7 @@ def build_model(config: TransformerConfig) -> nn.Module:
 
 def probe_batch(tokens: torch.Tensor, config: TransformerConfig, size: int = 8) -> torch.Tensor:
     """A fixed batch of ``size`` text windows for the functional probe."""
-    from stepsize_lens.datasets import text_batches
+    from stepsize_lens.experiments.datasets import text_batches
 
     inputs, _ = next(iter(text_batches(tokens, size, config.context, 1, seed=12345)))
     return inputs
@@ -181,7 +181,7 @@ def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torc
 
 def validation_loss(model: nn.Module, tokens: torch.Tensor, config: TransformerConfig) -> float:
     """Mean loss over ``eval_batches`` fixed batches of the validation text."""
-    from stepsize_lens.datasets import text_batches
+    from stepsize_lens.experiments.datasets import text_batches
 
     model.eval()
     with torch.no_grad():
@@ -202,7 +202,7 @@ def train_transformer_run(
     ``folder/<name>[<suffix>]_seed<seed>.pt``. ``data``: a `datasets.TextSplit` (default:
     `datasets.stdlib_text` with the config's ``max_chars`` and seed 0)."""
     import stepsize_lens
-    from stepsize_lens.datasets import stdlib_text, text_batches
+    from stepsize_lens.experiments.datasets import stdlib_text, text_batches
     from stepsize_lens.experiments.lr_schedules import lr_scheduler
 
     config = config.checked()
@@ -265,7 +265,7 @@ def train_all(
 ) -> list[TransformerRun]:
     """Train every optimizer (`OPTIMIZERS`, or the ``optimizers`` named) one after the other
     into ``folder``, all from the same weights on the same batches of the same text."""
-    from stepsize_lens.datasets import stdlib_text
+    from stepsize_lens.experiments.datasets import stdlib_text
     from stepsize_lens.experiments.digits import torch_threads
 
     config = config.checked()
@@ -293,7 +293,7 @@ def probe_census(config: TransformerConfig = TransformerConfig()) -> Any:
     none)."""
     import pandas as pd
 
-    from stepsize_lens.datasets import stdlib_text
+    from stepsize_lens.experiments.datasets import stdlib_text
     from stepsize_lens.invariance import probe
 
     data = stdlib_text(min(config.max_chars, 100_000))
@@ -373,7 +373,7 @@ def invariant_series(run: Any) -> dict[str, Any]:
     ``lr`` (the first invariant tensor's group)."""
     import numpy as np
 
-    from stepsize_lens.analysis.frames import is_invariant, tensor_group_field
+    from stepsize_lens.analysis.sets import is_invariant, tensor_group_field
 
     mask = is_invariant(probe_classes(run))
     if not mask.any():

@@ -109,7 +109,7 @@ def to_tensorboard(
     event file is written in a private folder inside ``logdir`` and renamed into place, so a
     symlink planted at its name is replaced, never followed.
     """
-    from stepsize_lens.analysis.frames import REDUCERS
+    from stepsize_lens.analysis.sets import REDUCERS
 
     target = Path(logdir)
     if target.exists() and not target.is_dir():

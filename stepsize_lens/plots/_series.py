@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import is_invariant, rolling_mean, tensor_classes
+from stepsize_lens.analysis.sets import is_invariant, tensor_classes
+from stepsize_lens.analysis.smoothing import rolling_mean
 from stepsize_lens.analysis.summary import lr_changes
 from stepsize_lens.plots._style import CLASS_COLORS, LINESTYLES, OKABE_ITO
 

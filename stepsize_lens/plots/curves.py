@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import run_labels, set_mean, set_name
+from stepsize_lens.analysis.axes import run_labels
+from stepsize_lens.analysis.sets import set_mean, set_name
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import OKABE_ITO, figure, place_legend, style
 

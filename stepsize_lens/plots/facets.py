@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stepsize_lens.analysis.axes import run_labels
 from stepsize_lens.analysis.compare import DEFAULT_METRICS
-from stepsize_lens.analysis.frames import rolling_mean, run_labels, set_name, stack
+from stepsize_lens.analysis.frames import stack
+from stepsize_lens.analysis.sets import set_name
+from stepsize_lens.analysis.smoothing import rolling_mean
 from stepsize_lens.plots import _series as S
 from stepsize_lens.plots._style import (
     METRIC_LABELS,

@@ -130,7 +130,7 @@ def decay_split(
     the lr part η/η_early, and the scale-free gradient's part, the rest. Log scale; below 1 a
     factor shrank the step."""
     from stepsize_lens.analysis import tensor_classes
-    from stepsize_lens.analysis.frames import is_invariant
+    from stepsize_lens.analysis.sets import is_invariant
     from stepsize_lens.analysis.split import norm_power, split_series
 
     if by not in ("class", "invariant"):

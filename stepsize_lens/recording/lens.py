@@ -45,11 +45,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from stepsize_lens import schedules
 from stepsize_lens._schema import DEFAULT_DELTA, METRICS, View
 from stepsize_lens._version import __version__
 from stepsize_lens.model_names import model_class_name, parameter_names, unwrap_model
-from stepsize_lens.recording import signals
+from stepsize_lens.recording import schedules, signals
 from stepsize_lens.recording.device import PendingCopy, paths_for, to_device
 from stepsize_lens.recording.distributed import ShardedRows, process_rank, rank_path, sharded_rows
 from stepsize_lens.recording.files import (

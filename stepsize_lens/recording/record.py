@@ -21,7 +21,8 @@ far, last row), so a live chart and the report agree:
   first recorded ‖w‖ was 0 (zero-initialised biases);
 - figures per set: the mean ``angular_update`` (radians per step), the mean ``weight_norm``, and
   ``effective_lr`` = mean η / mean ‖w‖² (for one tensor its own η/‖w‖²: the set's weights taken
-  as one vector, so a vanishing tensor drops out instead of dominating); plus
+  as one vector, so a vanishing tensor drops out instead of dominating), formed by
+  `stepsize_lens.set_figures.set_figure`, the function the analysis forms them with; plus
   ``invariant_fraction``, the share of the tensors tested at this record that passed.
 
 Keys read ``<metric>/<set>`` (``angular_update/invariant``, ``weight_norm/group_0``...) and
@@ -51,6 +52,7 @@ from stepsize_lens._schema import (
     View,
 )
 from stepsize_lens.paper_test import paper_test
+from stepsize_lens.set_figures import set_figure
 
 if TYPE_CHECKING:
     from stepsize_lens.run import RunWriter
@@ -134,13 +136,14 @@ def key_scalars(record: Record) -> dict[str, float]:
         measured = members & ~record.left_out
         if not bool(measured.any()):
             measured = members
-        for metric in ("angular_update", "weight_norm"):
-            values[metric][name] = _finite_mean(record.metrics[metric][measured])
-        values["effective_lr"][name] = (
-            float(record.metrics["effective_lr"][measured][0])
-            if int(measured.sum()) == 1
-            else set_effective_lr(lr[measured], record.metrics["weight_norm"][measured])
-        )
+        for metric in KEY_METRICS:
+            figure, _ = set_figure(
+                metric,
+                record.metrics[metric][measured],
+                lr[measured],
+                record.metrics["weight_norm"][measured],
+            )
+            values[metric][name] = float(figure)
     out = {
         f"{metric}/{name}": value
         for metric, by_set in values.items()
@@ -150,24 +153,6 @@ def key_scalars(record: Record) -> dict[str, float]:
     if tested:
         out["invariant_fraction"] = passed / tested
     return out
-
-
-def set_effective_lr(lr: torch.Tensor, weight_norm: torch.Tensor) -> float:
-    """η/‖w‖² of a set of tensors: mean η / mean ‖w‖² over the tensors where both are finite
-    (NaN if none is, or if every ‖w‖ is 0). `analysis.frames.set_effective_lr` is the same
-    figure over records."""
-    lr = lr.to(torch.float64)
-    squared = weight_norm.to(torch.float64) ** 2
-    both = torch.isfinite(lr) & torch.isfinite(squared)
-    if not bool(both.any()):
-        return math.nan
-    denominator = float(squared[both].mean())
-    return float(lr[both].mean()) / denominator if denominator > 0 else math.nan
-
-
-def _finite_mean(values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    return float(finite.to(torch.float64).mean()) if finite.numel() else math.nan
 
 
 class SetTally:
@@ -229,7 +214,7 @@ class SetTally:
         found = finite.any(dim=0) & torch.isnan(self.first_norm)
         self.first_norm[found] = weight[first, torch.arange(weight.shape[1])][found]
         # no gradient: NaN ‖g‖ with Δ = 0, or with any Δ where requires_grad was False (an
-        # optimizer that decays every tensor moves frozen ones too), as `frames.frozen_tensors`
+        # optimizer that decays every tensor moves frozen ones too), as `sets.frozen_tensors`
         frozen = torch.tensor(
             [value is False for value in params.get("requires_grad") or []]
             or [False] * writer.num_tensors,

@@ -56,7 +56,7 @@ SET_NAMES = {"invariant": "scale-invariant", "all": "all tracked"}
 
 
 def _set_label(by: str, key: Any) -> str:
-    from stepsize_lens.analysis.frames import set_name
+    from stepsize_lens.analysis.sets import set_name
 
     return SET_NAMES[by] if by in SET_NAMES else set_name(by, key)
 
@@ -87,12 +87,13 @@ def compare_sections(
     """The JSON sections of the module docstring (``by``: the comparison's sets, class or
     group; ``reference``: the index of the reference run; ``classes``: shared invariance
     classes, or None when each run classifies itself)."""
+    from stepsize_lens.analysis.axes import run_labels
     from stepsize_lens.analysis.compare import (
         compare_windows,
         norm_growth,
         premature_decay,
     )
-    from stepsize_lens.analysis.frames import is_invariant, run_labels, tensor_classes
+    from stepsize_lens.analysis.sets import is_invariant, tensor_classes
 
     labels = run_labels(runs)
     norms, windows, decay = [], [], []

@@ -130,7 +130,7 @@ def _constant_late_lr(run: Run, start: float = 0.5, rtol: float = 1e-2) -> np.nd
     """[T] bool: the tensor's lr stayed within ``rtol`` over the non-skipped records from
     ``start`` × the last step on (where `decay_exponents` fits), so the fitted exponent speaks
     of the norms and gradients and not of the schedule."""
-    from stepsize_lens.analysis.frames import tensor_group_field
+    from stepsize_lens.analysis.sets import tensor_group_field
 
     steps = run.steps.astype(np.float64)
     late = (steps >= start * steps.max()) & ~run.skipped.astype(bool)
@@ -280,8 +280,8 @@ def compare_data(
     """Every run's report plus the side-by-side ratios (`analysis.compare_summary`) against the
     reference run (an index or a label)."""
     from stepsize_lens.analysis import compare_summary
+    from stepsize_lens.analysis.axes import run_labels
     from stepsize_lens.analysis.compare import reference_index
-    from stepsize_lens.analysis.frames import run_labels
 
     if len(runs) < 2:
         raise UserInputError("compare needs at least two run files")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stepsize_lens.analysis.frames import set_name
+from stepsize_lens.analysis.sets import set_name
 from stepsize_lens.report.formatting import num, share, step, times
 
 SEVERITY_COLORS = {"critical": "red", "warning": "yellow", "info": "blue"}

@@ -13,6 +13,10 @@
 - `predictions`: per record and tensor of a `Run` (`norm_identity`, `equilibrium_predictions`,
   `equilibrium_check`, `decay_exponents`, `sqrt_law`).
 
+Above them, and not imported here (they use the findings' context, `analysis.finding`):
+`relaxation` (the relaxation times a run has lasted and the first step at equilibrium, for the
+findings and the advice) and `findings` (the findings that hold a run against the theory).
+
 Everything public is importable from here.
 """
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stepsize_lens.analysis.frames import (
+from stepsize_lens.analysis.sets import (
     is_invariant,
     set_name,
     starts_at_zero,
@@ -352,7 +352,7 @@ def predict(
     gradient norm and without weight decay). ``forecasted``: this run's `forecast`, when the
     caller has it (a report computes it once). A set's value is the plain mean over its tensors
     of the per-tensor values. ``by``: ``class`` (channel / layer), ``group``, ``tensor``,
-    ``invariant`` or ``all`` (`frames.tensor_sets`), restricted to the tensors `forecast`
+    ``invariant`` or ``all`` (`sets.tensor_sets`), restricted to the tensors `forecast`
     predicts (scale-invariant ones the family covers).
 
     How: `forecast`: the exact per-step recurrence of the family (docs/design.md §5.9) from the

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stepsize_lens._schema import INVARIANT_CLASSES
-from stepsize_lens.analysis.frames import record_frame, tensor_classes, tensor_group_field
+from stepsize_lens.analysis.frames import record_frame
+from stepsize_lens.analysis.sets import tensor_classes, tensor_group_field
 from stepsize_lens.analysis.theory.families import family_entry
 from stepsize_lens.analysis.theory.forecast import optimizer_family, run_hyper
 from stepsize_lens.analysis.theory.formulas import (

@@ -15,7 +15,7 @@ from stepsize_lens.cli import app
 def test_demo_writes_runs_report_and_figures_and_says_where(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from stepsize_lens.demo import run_demo
+    from stepsize_lens.experiments.demo import run_demo
     from stepsize_lens.run import load
 
     console = Console(file=io.StringIO(), width=200)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from stepsize_lens.analysis.finding import Context
-from stepsize_lens.analysis.frames import rolling_mean
+from stepsize_lens.analysis.smoothing import rolling_mean
 from stepsize_lens.analysis.theory.formulas import steps_to_within
 
 

@@ -1,7 +1,9 @@
 """The findings that hold a run against the theory (docs/design.md §5.11): why the effective step
 fell, whether and when equilibrium comes, the weight-decay timescale, the early overshoot and
 warmup, the late gradient-norm rise, and rotation balance. Each check takes the findings'
-context (`finding.Context`) and returns a list of `Finding`; `findings.find` runs them.
+context (`analysis.finding.Context`) and returns a list of `Finding`; `analysis.findings.find`
+runs them (this module is not imported by the package's ``__init__``: it stands on the findings'
+context, which stands on the theory).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from stepsize_lens._jsonable import jsonable
-from stepsize_lens.analysis.equilibrium import elapsed_relaxation, equilibrium_steps
 from stepsize_lens.analysis.finding import MAX_LISTED, Context, Finding, listed
-from stepsize_lens.analysis.frames import rolling_mean, starts_at_zero, tensor_group_field
+from stepsize_lens.analysis.sets import starts_at_zero, tensor_group_field
+from stepsize_lens.analysis.smoothing import rolling_mean
 from stepsize_lens.analysis.split import split_values
 from stepsize_lens.analysis.theory.formulas import warmup_steps
+from stepsize_lens.analysis.theory.relaxation import elapsed_relaxation, equilibrium_steps
 
 
 def _nanmedian(values: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -18,7 +18,8 @@ examples and experiments train:
 - `tiny_gpt` (not in `BUILTIN_MODELS`: it takes token ids, not images): a pre-LN decoder-only
   transformer for character-level text with separate query/key/value/output projections and an
   optional QK-norm; used by ``stepsize-lens reproduce transformer``. Inspect it with
-  ``stepsize-lens inspect stepsize_lens.models:tiny_gpt --input-shape 64 --input-dtype long``.
+  ``stepsize-lens inspect stepsize_lens.experiments.models:tiny_gpt --input-shape 64
+  --input-dtype long``.
 
 `BUILTIN_MODELS` maps each name to ``(factory, default_input_shape)``; the shape excludes the
 batch dimension.

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from stepsize_lens.models import (
+from stepsize_lens.experiments.models import (
     BUILTIN_MODELS,
     cifar_resnet18,
     digits_cnn,
@@ -94,7 +94,7 @@ def test_builtin_names():
 
 
 def test_tiny_gpt_is_causal_and_small():
-    from stepsize_lens.models import tiny_gpt
+    from stepsize_lens.experiments.models import tiny_gpt
 
     torch.manual_seed(0)
     model = tiny_gpt(qk_norm=True)
@@ -113,8 +113,8 @@ def test_tiny_gpt_is_causal_and_small():
 
 
 def test_qk_norm_makes_q_and_k_scale_invariant_and_nothing_else():
+    from stepsize_lens.experiments.models import tiny_gpt
     from stepsize_lens.invariance import probe
-    from stepsize_lens.models import tiny_gpt
 
     tokens = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
     for qk_norm in (False, True):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stepsize_lens.datasets import (
+from stepsize_lens.errors import UserInputError
+from stepsize_lens.experiments.datasets import (
     TEXT_TOKENS,
     TEXT_VOCAB,
     decode,
@@ -17,7 +18,6 @@ from stepsize_lens.datasets import (
     stdlib_text,
     text_batches,
 )
-from stepsize_lens.errors import UserInputError
 
 
 def test_digits_split_is_standardised_on_the_training_set() -> None:

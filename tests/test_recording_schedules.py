@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepsize_lens import schedules
+from stepsize_lens.recording import schedules
 
 
 def test_every():
