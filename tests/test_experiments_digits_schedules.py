@@ -69,7 +69,7 @@ def test_bad_steps(tmp_path: Path) -> None:
 def test_predicted_angular_updates_match_on_noise_dominated_gradients(tmp_path: Path) -> None:
     """Shuffled labels, warmup + cosine, 300 steps: the prediction's mean angular update over the
     second half is within 20% of the measured one for SGD momentum, AdamW and AdamC (measured
-    here: 1.05, 1.05, 1.06; the 1,000-step reproduction in the README)."""
+    here: 1.05, 1.05, 1.06; the 1,000-step reproduction in docs/experiments.md)."""
     runs = S.train_all(tmp_path, steps=300, variants=[S.Variant("cosine", shuffled=True)])
     assert [item.optimizer for item in runs] == ["sgd_momentum", "adamw", "adamc"]
     for item in runs:

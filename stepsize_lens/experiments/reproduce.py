@@ -161,7 +161,7 @@ def toy2d_rows(table: pd.DataFrame) -> list[list[str]]:
 
 
 def toy2d_markdown(table: pd.DataFrame) -> str:
-    """The README's 2D-toy table."""
+    """The 2D-toy table of docs/experiments.md."""
     return markdown_table(TOY2D_HEADER, toy2d_rows(table))
 
 
@@ -243,7 +243,7 @@ def toy3d_rows(table: pd.DataFrame) -> list[list[str]]:
 
 
 def toy3d_markdown(table: pd.DataFrame) -> str:
-    """The README's 3D-toy table."""
+    """The 3D-toy table of docs/experiments.md."""
     return markdown_table(TOY3D_HEADER, toy3d_rows(table))
 
 

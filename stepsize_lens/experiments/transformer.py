@@ -43,7 +43,7 @@ from stepsize_lens.experiments.specs import select as select_specs
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Everything one run depends on (defaults: the README's experiment)."""
+    """Everything one run depends on (defaults: the experiment of docs/experiments.md)."""
 
     steps: int = 1500
     warmup: int = 100

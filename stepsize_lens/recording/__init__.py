@@ -4,7 +4,7 @@
 step, and the passes over w, g and w') → `row_stats` (the per-row sums those passes take) →
 `metrics` (pure batched math from row sums to every metric) → `pending` (records on their way
 from the device, the final save) → `stepsize_lens.run.RunWriter`. Beside them, one job each:
-`naming` (tensor names and the model class through compile/DDP/FSDP wrappers), `selection`
+`model_names` (tensor names and the model class through compile/DDP/FSDP wrappers), `selection`
 (``attach(..., tensors=...)``), `tracked` (the watched tensors and their params-table rows),
 `views` (the paper's test live, the view AdamP/SGDP applied), `group_fields` (param-group
 hyperparameters), `scaler` (GradScaler skips), `hooks` (closures, sparse gradients), `device`

@@ -9,7 +9,7 @@ hook forms Δ = w' − w tile by tile and reduces it too, `metrics.all_metrics` 
 into every metric, and one small [metrics, tensors] block goes to the host. Steps the schedule
 skips cost one Python call.
 
-The `Lens` orchestrates; each job lives in its own module: `naming` (tensor names through
+The `Lens` orchestrates; each job lives in its own module: `model_names` (tensor names through
 compile/DDP/FSDP wrappers), `selection` (``tensors=``), `tracked` (which tensors, their
 params-table rows), `snapshot` and `row_stats` (the one copy of w, the passes), `metrics` (the
 math), `views` (the paper's test, the applied view), `group_fields` (param-group
