@@ -152,11 +152,9 @@ def config(opt_name: str, name: str) -> tuple[dict, list | None]:
 
 
 def make(opt_name: str, params, path: str, **kwargs) -> torch.optim.Optimizer:
-    """Our optimizer on ``path``; on the fused path, once its compiled kernels are ready."""
-    opt = OURS[opt_name](params, **PATH_FLAGS[path], **kwargs)
-    if path == "fused":
-        assert opt.fused_ready(timeout=None), "the fused kernels did not compile"
-    return opt
+    """Our optimizer on ``path``. The suite does not compile (tests/conftest.py), so the fused
+    path runs its multi-tensor fallback here; tests/test_optim_compiled.py compiles it."""
+    return OURS[opt_name](params, **PATH_FLAGS[path], **kwargs)
 
 
 def matches_reference(opt_name: str, config_name: str, kind: str) -> set[int]:
