@@ -47,6 +47,8 @@ def steps(net: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int, len
 def main(path: str, checkpoint: str, kind: str) -> None:
     import stepsize_lens
 
+    torch.set_num_threads(1)  # as the test's own runs (tests/conftest.py one_thread): same sums
+
     net = model()
     opt = optimizer(net, kind)
     lens = stepsize_lens.attach(net, opt, path=path, label="killed", flush_every=None)

@@ -105,18 +105,6 @@ def test_findings_md_is_the_contract_of_every_kind():
 ROOT = DESIGN.parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# Modules another change moves to these paths (issue 23's code part): the documents already name
-# them there. Whoever merges both deletes this allowlist; the test then holds for every path.
-PENDING_MOVES = frozenset(
-    {
-        "stepsize_lens/experiments/datasets.py",  # from stepsize_lens/datasets.py
-        "stepsize_lens/experiments/models.py",  # from stepsize_lens/models.py
-        "stepsize_lens/experiments/demo.py",  # from stepsize_lens/demo.py
-        "stepsize_lens/recording/schedules.py",  # from stepsize_lens/schedules.py
-        "stepsize_lens/analysis/theory/findings.py",  # from analysis/theory_findings.py
-    }
-)
-
 _FILE = re.compile(
     r"(?<![\w/.-])((?:stepsize_lens|tests|benchmarks)/[\w/]+\.py|docs/[\w-]+\.md"
     r"|notebooks/[\w-]+\.ipynb)\b"
@@ -176,17 +164,17 @@ def anchors(path: Path) -> set[str]:
 
 def broken_references(document: Path, text: str | None = None) -> list[str]:
     """Every path, dotted module name and relative link of ``document`` that does not exist
-    (``PENDING_MOVES`` excepted), as ``document: reference``."""
+    as ``document: reference``."""
     text = document.read_text(encoding="utf-8") if text is None else text
     where = document.relative_to(ROOT)
     broken = [
         f"{where}: {path}"
         for path in sorted(named_files(text))
-        if path not in PENDING_MOVES and not (ROOT / path).exists()
+        if not (ROOT / path).exists()
     ]
     for name in sorted(set(_DOTTED.findall(text))):
         missing = dotted_missing(name)
-        if missing is not None and missing.split(":")[0] not in PENDING_MOVES:
+        if missing is not None:
             broken.append(f"{where}: {name} ({missing} missing)")
     for target in _LINK.findall(text):
         if re.match(r"[a-z]+:", target):

@@ -253,9 +253,9 @@ class Kernels(Generic[H]):
         if path == PER_TENSOR:
             in_float32(self.reference, params, grads, states, hyper, self.state_keys)
             return
-        if path == FUSED and not torch.compiler.is_compiling():
-            if self.compiled.run(params, grads, states, hyper):
-                return
+        compiling = torch.compiler.is_compiling()
+        if path == FUSED and not compiling and self.compiled.run(params, grads, states, hyper):
+            return
         self.multi_tensor(params, grads, states, hyper)
 
     def multi_tensor(

@@ -23,13 +23,10 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from stepsize_lens.optim._base import Kernels
 
 ENV_VAR = "STEPSIZE_LENS_COMPILE"
 
@@ -56,7 +53,9 @@ def _meta(t: Tensor) -> tuple:
 class CompiledSteps:
     """The compiled steps of one optimizer family, one compilation per tensor signature."""
 
-    def __init__(self, kernels: Kernels) -> None:
+    def __init__(self, kernels: Any) -> None:
+        """``kernels``: the `_base.Kernels` whose ``multi_tensor`` step is compiled (typed Any:
+        `_base` imports this module)."""
         self.kernels = kernels
         self._fn: Any = None
         self._status: dict[tuple, str] = {}
