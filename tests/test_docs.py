@@ -168,9 +168,7 @@ def broken_references(document: Path, text: str | None = None) -> list[str]:
     text = document.read_text(encoding="utf-8") if text is None else text
     where = document.relative_to(ROOT)
     broken = [
-        f"{where}: {path}"
-        for path in sorted(named_files(text))
-        if not (ROOT / path).exists()
+        f"{where}: {path}" for path in sorted(named_files(text)) if not (ROOT / path).exists()
     ]
     for name in sorted(set(_DOTTED.findall(text))):
         missing = dotted_missing(name)
