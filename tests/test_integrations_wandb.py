@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from _lens_models import Tee, batches, small_model
+from _wandb_env import wandb_offline
 from torch import nn
 
 import stepsize_lens
@@ -124,16 +125,7 @@ def _train(tmp_path: Path, run, writer: WandbWriter) -> tuple[list, object]:
 @pytest.fixture
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An offline, silent wandb whose every file (staging and cache too) is under tmp_path."""
-    for name, value in {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off",
-        "WANDB_DATA_DIR": str(tmp_path / "data"),
-        "WANDB_CACHE_DIR": str(tmp_path / "cache"),
-        "WANDB_CONFIG_DIR": str(tmp_path / "config"),
-        "WANDB_ARTIFACT_DIR": str(tmp_path / "artifacts"),
-    }.items():
-        monkeypatch.setenv(name, value)
+    wandb_offline(monkeypatch, tmp_path)
     return tmp_path
 
 

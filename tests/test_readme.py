@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _wandb_env import wandb_offline
 
 from tests._cli_runs import call_main, tiny_run
 
@@ -67,18 +68,7 @@ def _param(line: int, code: str, skipped: bool):
 @pytest.fixture
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working folder, wandb offline with every file under it, one torch thread."""
-    for name, value in {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off",
-        "WANDB_DIR": str(tmp_path / "wandb"),
-        "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
-        "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
-        "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
-        "WANDB_ARTIFACT_DIR": str(tmp_path / "wandb_artifacts"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    (tmp_path / "wandb").mkdir()
+    wandb_offline(monkeypatch, tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
