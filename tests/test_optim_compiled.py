@@ -152,6 +152,35 @@ def test_a_compiler_that_fails_says_so_once_and_falls_back(compiling, monkeypatc
     ]
 
 
+def test_a_model_whose_tensors_keep_changing_stops_compiling_after_a_few(
+    compiling, monkeypatch, capsys
+):
+    compiled_calls = []
+
+    def fake(fn, **kwargs):  # "compiles" at once and runs the eager code
+        def call(*args):
+            compiled_calls.append(len(args[0]))
+            return fn(*args)
+
+        return call
+
+    monkeypatch.setattr(_compiled.torch, "compile", fake)
+    monkeypatch.setattr(SGDP, "_kernels", dataclasses.replace(SGDP._kernels))
+    params = [nn.Parameter(torch.randn(3, n + 2)) for n in range(_compiled.MAX_COMPILES + 3)]
+    opt = SGDP(params, lr=0.1, momentum=0.9, fused=True)
+    for n in range(len(params)):  # a different set of tensors with a gradient at every step
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape) if i <= n else None
+        opt.step()
+        assert opt.fused_ready(timeout=60) == (n < _compiled.MAX_COMPILES)
+    assert len(opt._kernels.compiled.statuses()) == _compiled.MAX_COMPILES
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"stepsize_lens: the fused step met more than {_compiled.MAX_COMPILES} different sets "
+        "of tensors; it compiles no more of them, they take the multi-tensor path"
+    ]
+
+
 def test_compilation_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(_compiled.ENV_VAR, "0")
     monkeypatch.setattr(AdamP, "_kernels", dataclasses.replace(AdamP._kernels))

@@ -32,6 +32,10 @@ ENV_VAR = "STEPSIZE_LENS_COMPILE"
 
 READY, FAILED, COMPILING = "ready", "failed", "compiling"
 
+#: Compilations one optimizer family starts at most (torch.compile's own recompile limit): a
+#: model whose set of tensors with a gradient keeps changing steps on the multi-tensor path.
+MAX_COMPILES = 8
+
 
 def compile_enabled() -> bool:
     """False where ``STEPSIZE_LENS_COMPILE=0`` (read at each step)."""
@@ -149,15 +153,16 @@ class CompiledSteps:
             self._status[signature] = status
 
     def _say(self, error: BaseException) -> None:
-        if self._said:
-            return
-        self._said = True
         first = (str(error).strip().splitlines() or [""])[0][:160]
-        print(
+        self._say_once(
             f"stepsize_lens: the fused step could not be compiled ({type(error).__name__}: "
-            f"{first}); fused=True steps take the multi-tensor path",
-            file=sys.stderr,
+            f"{first}); fused=True steps take the multi-tensor path"
         )
+
+    def _say_once(self, line: str) -> None:
+        if not self._said:
+            self._said = True
+            print(line, file=sys.stderr)
 
     def run(
         self, params: list[Tensor], grads: list[Tensor], states: list[dict], hyper: Any
@@ -174,8 +179,17 @@ class CompiledSteps:
             with torch.no_grad():
                 self._fn(*self._arguments(params, grads, states, hyper, step), constants)
             return True
-        if status is None:
+        if status is None and self._may_start():
             self._start(signature, self._arguments(params, grads, states, hyper, step), constants)
+        return False
+
+    def _may_start(self) -> bool:
+        if len(self._status) < MAX_COMPILES:
+            return True
+        self._say_once(
+            f"stepsize_lens: the fused step met more than {MAX_COMPILES} different sets of "
+            "tensors; it compiles no more of them, they take the multi-tensor path"
+        )
         return False
 
     def wait(
@@ -192,7 +206,7 @@ class CompiledSteps:
         if prepared is None:
             return False
         signature, (step, constants) = prepared
-        if signature not in self._status:
+        if signature not in self._status and self._may_start():
             self._start(signature, self._arguments(params, grads, states, hyper, step), constants)
         thread = self._threads.get(signature)
         if thread is not None:
