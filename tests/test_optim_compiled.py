@@ -68,6 +68,7 @@ def test_compiled_step_follows_the_reference_with_channels_last_and_a_reloaded_s
     F.cross_entropy(twin(x), y).backward()
     assert opt.fused_ready(timeout=None), "the step did not compile"
     calls = _calls(opt, monkeypatch)
+    graphs = dict(torch._dynamo.utils.counters["stats"])
     for i in range(8):
         for n, o in ((net, ref), (twin, opt)):
             for group in o.param_groups:
@@ -80,6 +81,7 @@ def test_compiled_step_follows_the_reference_with_channels_last_and_a_reloaded_s
             opt = OURS[opt_name](twin.parameters(), fused=True, **kwargs)
             opt.load_state_dict(saved)
     assert len(calls) == 8  # every step ran compiled, the reloaded optimizer's too
+    assert dict(torch._dynamo.utils.counters["stats"]) == graphs  # and nothing recompiled
     assert opt._kernels.compiled.statuses().count(_compiled.COMPILING) == 0
     assert_close_params(twin, net)
     views = [int(s["projection"]) for s in opt.state.values()]
