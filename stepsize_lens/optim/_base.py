@@ -123,24 +123,10 @@ class ProjectedOptimizer(Optimizer):
         for group in self.param_groups:
             if not group["fused"]:
                 continue
-            tensors = self._peek(group)
+            tensors = self._gather(group, peek=True)
             if tensors[0]:
                 ok &= self._kernels.compiled.wait(*tensors, self._hyper(group), timeout)
         return ok
-
-    def _peek(self, group: dict[str, Any]) -> GroupTensors:
-        """The group's tensors with a gradient and their states as its next step will see them
-        (state created, step counted), without changing anything."""
-        params, grads, states = [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = dict(self.state[p])
-            self._init_state(p, state)
-            params.append(p)
-            grads.append(p.grad)
-            states.append(state)
-        return params, grads, states
 
     #: The optimizer's steps on lists of tensors (`Kernels`); set by each subclass.
     _kernels: Kernels
@@ -161,13 +147,16 @@ class ProjectedOptimizer(Optimizer):
         """The step on the parameters of ``group`` that have a gradient (`_gather`)."""
         self._kernels(*tensors, self._hyper(group), path=path)
 
-    def _gather(self, group: dict[str, Any]) -> GroupTensors:
+    def _gather(self, group: dict[str, Any], peek: bool = False) -> GroupTensors:
+        """The group's parameters with a gradient, their gradients and their states, created
+        and counting this step. ``peek``: on copies of the state dicts, changing nothing (the
+        tensors as the next step will see them)."""
         params, grads, states = [], [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
             check_grad(type(self).__name__, p, p.grad)
-            state = self.state[p]
+            state = dict(self.state[p]) if peek else self.state[p]
             self._init_state(p, state)
             params.append(p)
             grads.append(p.grad)
@@ -277,7 +266,7 @@ class Kernels(Generic[H]):
             route = _blocked.Partition(ps, by_width=mode.gather)
 
             blocked = functools.partial(self._blocked_step, mode=mode, scalars=scalars)
-            plain = functools.partial(self._plain_step, scalars=scalars)
+            plain = functools.partial(self.plain, scalars=scalars)
             for ids, step in (
                 (route.fallback, self.reference),
                 (route.plain, plain),
@@ -306,17 +295,6 @@ class Kernels(Generic[H]):
         route = _blocked.Partition(params, by_width=mode.gather)  # all blocked
         part = route.blocked_tensors(params, grads, states, self.state_keys, mode)
         part.save_views(self.blocked(part, hyper, scalars))
-
-    def _plain_step(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        states: list[dict],
-        hyper: H,
-        *,
-        scalars: Tensor | None,
-    ) -> None:
-        self.plain(params, grads, states, hyper, scalars)
 
 
 def in_float32(

@@ -8,7 +8,7 @@ momentum buffer, giving the step d) and the test's row sums <w_r, g_r>, ||w_r||,
 math of `_projection`; pass 2 (the optimizer's) applies decay, projection and step block by
 block. The same code runs in three modes (`Mode`, chosen per step by `mode_for`):
 
-- ``CPU``: blocks of `BLOCK_NUMEL` elements; the row sums are one ``vecdot``/``vector_norm``
+- ``CPU``: blocks of `BLOCK_NUMEL` elements; the row sums are one `_rows.dots`/`_rows.norms`
   per piece, into slices of one table, so each pass reads the data from memory about once;
 - ``ACCELERATOR`` (any device but the CPU, or ``STEPSIZE_LENS_DEVICE_PATHS=accelerator``):
   one block; w, g and d are gathered into one flat scratch with three
@@ -35,8 +35,6 @@ from stepsize_lens.optim._projection import (
     choose_views,
     projectable,
     projection_coefs,
-    row_dot,
-    row_norm,
     row_pieces,
     stats_dtype,
 )
@@ -136,26 +134,18 @@ def _sums_per_piece(
     w: Sequence[Tensor], g: Sequence[Tensor], d: Sequence[Tensor], out: Tensor
 ) -> None:
     """CPU: out[:, rows of each piece] = <w, g>, ||w||, ||g||, <w, d>: one read of the data
-    per sum (`_rows.dots`, `_rows.norms`) where the dtypes agree, else `row_dot`/`row_norm`."""
+    per sum (`_rows.dots`, `_rows.norms`)."""
     sizes = [x.shape[0] for x in w]
     columns = [list(row.split(sizes)) for row in out]
     matmul = matmul_is_exact(out.device)
     for i, (wi, gi, di) in enumerate(zip(w, g, d)):
-        if wi.dtype == out.dtype and di.dtype == out.dtype:
-            dots(wi, gi, columns[0][i], matmul)
-            norms(wi, columns[1][i])
-            norms(gi, columns[2][i])
-            dots(wi, di, columns[3][i], matmul)
-        else:
-            row_dot(wi, gi, columns[0][i])
-            row_norm(wi, columns[1][i])
-            row_norm(gi, columns[2][i])
-            row_dot(wi, di, columns[3][i])
+        dots(wi, gi, columns[0][i], matmul)
+        norms(wi, columns[1][i])
+        norms(gi, columns[2][i])
+        dots(wi, di, columns[3][i], matmul)
 
 
-def _sums_traced(
-    w: Sequence[Tensor], g: Sequence[Tensor], d: Sequence[Tensor], dtype: torch.dtype
-) -> Tensor:
+def _sums_traced(w: Sequence[Tensor], g: Sequence[Tensor], d: Sequence[Tensor]) -> Tensor:
     """Inside ``torch.compile``: per tensor, products and row sums the compiler fuses with
     their producers. Long rows are summed in `row_pieces` equal pieces (inductor sums short
     rows faster)."""
@@ -167,12 +157,8 @@ def _sums_traced(
         def total(x: Tensor, rows: int = rows, pieces: int = pieces) -> Tensor:
             return x.reshape(rows * pieces, -1).sum(1).view(rows, pieces).sum(1)
 
-        w_, g_, d_ = wi.to(dtype), gi.to(dtype), di.to(dtype)
-        out.append(
-            torch.stack(
-                [total(w_ * g_), total(w_ * w_).sqrt(), total(g_ * g_).sqrt(), total(w_ * d_)]
-            )
-        )
+        sums = [total(wi * gi), total(wi * wi).sqrt(), total(gi * gi).sqrt(), total(wi * di)]
+        out.append(torch.stack(sums))
     return torch.cat(out, 1)
 
 
@@ -209,9 +195,11 @@ def row_sums(
     mode: Mode, w: Sequence[Tensor], g: Sequence[Tensor], d: Sequence[Tensor], dtype: torch.dtype
 ) -> Tensor:
     """[4, rows] in ``dtype``: <w_r, g_r>, ||w_r||, ||g_r||, <w_r, d_r> over the rows of the
-    [rows, K] pieces ``w``, ``g``, ``d``, in piece order."""
+    [rows, K] pieces ``w``, ``g``, ``d``, in piece order. The pieces are float32 or float64, the
+    statistics' own dtype: half-precision parameters reach the engine as float32 copies
+    (`_base.in_float32`)."""
     if mode.traced:
-        return _sums_traced(w, g, d, dtype)
+        return _sums_traced(w, g, d)
     if mode.gather:
         return _sums_gathered(w, g, d, dtype)
     out = torch.empty((4, sum(x.shape[0] for x in w)), dtype=dtype, device=w[0].device)

@@ -249,16 +249,14 @@ def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper, scalars: Tensor | No
     buf = part.state["momentum_buffer"]
     one_pass = part.mode.block_numel is not None  # the CPU's blocks hold few, large pieces
     traced = scalars is not None
-    momentum: list[Tensor] = []
 
     def direction(a: int, b: int) -> list[Tensor]:
         if not traced:
             return _sgd_directions(part.g[a:b], buf[a:b], h, one_pass=one_pass)
-        # traced: the new buffer as a value, written back once at the end
+        # traced: the new buffer as a value, written back once in pass 2
         new = torch._foreach_add(
             torch._foreach_mul(buf[a:b], h.momentum), part.g[a:b], alpha=1 - h.dampening
         )
-        momentum.extend(new)
         return torch._foreach_add(part.g[a:b], new, alpha=h.momentum) if h.nesterov else new
 
     d, views, coefs = part.first_pass(direction, delta=h.delta, eps=h.eps)
@@ -272,12 +270,12 @@ def _blocked_sgdp(part: _blocked.BlockedTensors, h: _Hyper, scalars: Tensor | No
     if scalars is not None:  # traced: one expression per tensor, each written once
         for i, (wi, gi, bi) in enumerate(zip(w, part.g, buf)):
             # the direction again from (buf, g), so that the compiler need not store it
-            momentum[i] = bi * h.momentum + gi * (1 - h.dampening)
-            di = gi + momentum[i] * h.momentum if h.nesterov else momentum[i]
+            new = bi * h.momentum + gi * (1 - h.dampening)
+            di = gi + new * h.momentum if h.nesterov else new
             projected = di + neg_coefs[i] * wi
             decayed = wi if decay is None else wi * decay[i]
             wi.copy_(decayed - scalars[0] * projected)
-            buf[i].copy_(momentum[i] if h.nesterov else projected)
+            bi.copy_(new if h.nesterov else projected)
         return views
     for a, b in reversed(part.blocks.blocks):  # the last blocks of pass 1 are still in cache
         torch._foreach_addcmul_(d[a:b], w[a:b], neg_coefs[a:b])
